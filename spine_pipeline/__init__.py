@@ -1,0 +1,1 @@
+"""spine-pipeline: audit archiver and orchestrator for Spine runs."""
