@@ -1,0 +1,97 @@
+"""Envelope unwrapping keeps the exact `data` text and maps every failure to one error type."""
+
+import json
+
+import pytest
+
+from spine_pipeline.spine import (
+    AuthenticationError,
+    BadRequestError,
+    MalformedResponseError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    SpineAPIError,
+)
+from spine_pipeline.spine.envelope import unwrap
+from spine_pipeline.spine.rawjson import dumps, loads
+
+
+def test_data_text_is_the_exact_source_slice():
+    data_src = '{ "content" : "  caf\\u00e9 \\r\\n",\n "n": 1.50, "x": [ ] }'
+    body = ('{"success": true,  "data": ' + data_src + ' , "extra": 1}').encode()
+    answer = unwrap(200, body, "req-1")
+    assert answer.data_text == data_src
+    assert answer.data["content"] == "  café \r\n"
+    assert answer.request_id == "req-1"
+    assert answer.body == body
+
+
+def test_invalid_utf8_keeps_original_bytes():
+    body = b'{"success":true,"data":{"c":"ok \xff\xfe end"}}'
+    answer = unwrap(200, body, None)
+    assert not answer.utf8_valid
+    assert answer.body == body
+    assert answer.data["c"] == "ok \ufffd\ufffd end"
+
+
+def test_deeply_nested_data_parses_without_recursion_error():
+    depth = 6000
+    data = '{"c":' * depth + "1" + "}" * depth
+    answer = unwrap(200, ('{"success":true,"data":' + data + "}").encode(), None)
+    assert answer.data_text == data
+    node, seen = answer.data, 0
+    while isinstance(node, dict):
+        node, seen = node["c"], seen + 1
+    assert (seen, node) == (depth, 1)
+    assert dumps(answer.data) == data.replace(":", ": ")
+    assert loads(dumps(answer.data))["c"]["c"]["c"] is not None
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (400, BadRequestError),
+        (401, AuthenticationError),
+        (404, NotFoundError),
+        (429, RateLimitError),
+        (500, ServerError),
+        (503, ServerError),
+        (403, SpineAPIError),
+        (422, SpineAPIError),
+    ],
+)
+def test_status_codes_map_to_the_hierarchy(status, cls):
+    body = json.dumps({"success": False, "error": "Run not found: abc"}).encode()
+    with pytest.raises(cls) as info:
+        unwrap(status, body, "rid-9")
+    assert type(info.value) is cls
+    assert info.value.status_code == status
+    assert info.value.error_message == "Run not found: abc"
+    assert info.value.request_id == "rid-9"
+    assert "rid-9" in str(info.value)
+
+
+def test_error_without_envelope_says_http_code():
+    with pytest.raises(ServerError, match="HTTP 502"):
+        unwrap(502, b"<html>bad gateway</html>", None)
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1,2]", b'{"success":true}', b""])
+def test_malformed_2xx_bodies(body):
+    with pytest.raises(MalformedResponseError):
+        unwrap(200, body, None)
+
+
+def test_success_false_on_200_is_an_api_error():
+    with pytest.raises(SpineAPIError, match="quota exceeded") as info:
+        unwrap(200, b'{"success": false, "error": "quota exceeded"}', None)
+    assert info.value.status_code == 200
+
+
+def test_server_echoing_a_key_is_redacted():
+    body = b'{"success": false, "error": "bad key sk_spine_live_abcdef123"}'
+    with pytest.raises(AuthenticationError) as info:
+        unwrap(401, body, None)
+    assert "sk_spine_live_abcdef123" not in str(info.value)
+    assert "sk_spine_live_abcdef123" not in (info.value.response_body or "")
