@@ -5,8 +5,8 @@ the client would take is visible without timing anything.
 """
 
 import time
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import httpx
 import pytest
@@ -61,7 +61,9 @@ def test_get_retries_429_honouring_retry_after_seconds():
 
 def test_get_retry_after_http_date():
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=20), usegmt=True)
-    result, sleeps, _ = drive(RequestKind.READ, [resp(503, headers={"Retry-After": when}), resp(200, OK)])
+    result, sleeps, _ = drive(
+        RequestKind.READ, [resp(503, headers={"Retry-After": when}), resp(200, OK)]
+    )
     assert result.data["status"] == "running"
     assert 17 <= sleeps[0] <= 20
 
@@ -104,7 +106,7 @@ def test_get_gives_up_after_the_budget(status):
     ],
 )
 def test_get_retries_transport_errors(exc):
-    result, sleeps, sends = drive(RequestKind.READ, [exc, resp(200, OK)])
+    result, _, sends = drive(RequestKind.READ, [exc, resp(200, OK)])
     assert result.data["run_id"] == "r1" and sends == 2
 
 
@@ -153,7 +155,9 @@ def test_create_never_retries_an_ambiguous_failure(reply):
 
 
 def test_deadline_stops_retries_early():
-    flow = api_flow(_request(RequestKind.READ), RequestKind.READ, POLICY, TIMEOUT, time.monotonic() + 1.0)
+    flow = api_flow(
+        _request(RequestKind.READ), RequestKind.READ, POLICY, TIMEOUT, time.monotonic() + 1.0
+    )
     step = next(flow)
     assert isinstance(step, _Send)
     assert step.request.extensions["timeout"]["read"] <= 1.0
