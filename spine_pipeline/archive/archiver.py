@@ -1,0 +1,319 @@
+"""Archive a batch of terminal runs: fetch, download, flatten, write, commit.
+
+Order is the protocol: data files, then artifacts, then the manifest. Until the manifest
+exists the batch does not exist for readers, so a crash at any point leaves only garbage
+(`gc` removes it) and the next attempt archives the runs again, under a new batch id. A run
+already named by a committed manifest is skipped, which makes every retry safe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from spine_pipeline.archive.artifacts import download_artifact
+from spine_pipeline.archive.fetch import (
+    NotTerminalError,
+    TransientFetchError,
+    fetch_canvas,
+    fetch_run,
+    raw_doc,
+    terminal_time,
+)
+from spine_pipeline.archive.flatten import flatten_batch
+from spine_pipeline.archive.manifest import (
+    ArtifactEntry,
+    FileEntry,
+    Manifest,
+    ManifestLog,
+    RunEntry,
+)
+from spine_pipeline.archive.parquet import encode_table
+from spine_pipeline.archive.records import BatchContext, FetchedRun
+from spine_pipeline.archive.schemas import SCHEMA_VERSION
+from spine_pipeline.archive.store import AlreadyExists, ObjectStore
+from spine_pipeline.spine import AsyncSpineClient, SpineError
+
+log = logging.getLogger(__name__)
+COMMIT_ATTEMPTS = 20
+PARQUET_TYPE = "application/vnd.apache.parquet"
+
+
+@dataclass(frozen=True)
+class ArchiveRequest:
+    """A run to archive, with what we know about it from submission."""
+
+    run_id: str
+    request_name: str | None = None
+    submitted_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What happened to one requested run. `outcome` is one of OUTCOMES."""
+
+    run_id: str
+    outcome: str
+    message: str = ""
+    status: str | None = None
+    seq: int | None = None
+    block_count: int = 0
+    artifact_count: int = 0
+    artifact_errors: int = 0
+    credits: int | None = None
+    canvas_id: str | None = None
+
+
+OUTCOMES = ("archived", "already_archived", "not_terminal", "failed")
+
+
+@dataclass
+class BatchResult:
+    """The batch's manifest (None if nothing new was committed) and per-run outcomes."""
+
+    manifest: Manifest | None
+    outcomes: list[RunOutcome] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def by_outcome(self, outcome: str) -> list[RunOutcome]:
+        return [o for o in self.outcomes if o.outcome == outcome]
+
+    @property
+    def ok(self) -> bool:
+        return all(o.outcome in ("archived", "already_archived") for o in self.outcomes)
+
+
+def new_batch_id(now: datetime | None = None) -> str:
+    now = now or datetime.now(UTC)
+    return f"{now:%Y%m%dT%H%M%S}Z-{uuid.uuid4().hex[:12]}"
+
+
+class Archiver:
+    """Archives batches of runs into one archive root. Safe to run concurrently with others."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        client_factory: Callable[[], AsyncSpineClient],
+        *,
+        concurrency: int = 8,
+        workdir: Path | None = None,
+        before_commit: Callable[[list[FileEntry]], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.client_factory = client_factory
+        self.concurrency = max(1, concurrency)
+        self.workdir = workdir
+        self.before_commit = before_commit  # test hook: crash injection point
+        self.log = ManifestLog(store)
+
+    def archive(self, requests: Sequence[ArchiveRequest | str]) -> BatchResult:
+        """Blocking entry point (CLI, Dagster ops)."""
+        return asyncio.run(self.archive_async(requests))
+
+    async def archive_async(self, requests: Sequence[ArchiveRequest | str]) -> BatchResult:
+        started = time.perf_counter()
+        reqs = _dedupe(
+            [r if isinstance(r, ArchiveRequest) else ArchiveRequest(r) for r in requests]
+        )
+        await asyncio.to_thread(self.log.refresh)
+        outcomes: dict[str, RunOutcome] = {}
+        todo = []
+        for req in reqs:
+            seq = self.log.committed_runs.get(req.run_id)
+            if seq is not None:
+                outcomes[req.run_id] = RunOutcome(req.run_id, "already_archived", seq=seq)
+            else:
+                todo.append(req)
+        fetched: list[FetchedRun] = []
+        if todo:
+            with tempfile.TemporaryDirectory(prefix="spine-archive-", dir=self.workdir) as tmp:
+                fetched = await self._fetch_all(todo, Path(tmp), outcomes)
+        fetch_done = time.perf_counter()
+        manifest = None
+        if fetched:
+            manifest = await asyncio.to_thread(self._write_and_commit, fetched, outcomes)
+        result = BatchResult(
+            manifest=manifest,
+            outcomes=[outcomes[r.run_id] for r in reqs],
+            metrics={
+                "runs_requested": len(reqs),
+                "runs_archived": sum(1 for o in outcomes.values() if o.outcome == "archived"),
+                "fetch_seconds": round(fetch_done - started, 3),
+                "write_seconds": round(time.perf_counter() - fetch_done, 3),
+            },
+        )
+        return result
+
+    async def _fetch_all(
+        self, todo: list[ArchiveRequest], workdir: Path, outcomes: dict[str, RunOutcome]
+    ) -> list[FetchedRun]:
+        gate = asyncio.Semaphore(self.concurrency)
+        async with self.client_factory() as client:
+
+            async def one(req: ArchiveRequest) -> FetchedRun | None:
+                async with gate:
+                    try:
+                        return await self._fetch_one(client, req, workdir)
+                    except NotTerminalError as exc:
+                        outcomes[req.run_id] = RunOutcome(req.run_id, "not_terminal", str(exc))
+                    except (TransientFetchError, SpineError) as exc:
+                        outcomes[req.run_id] = RunOutcome(req.run_id, "failed", str(exc))
+                    except Exception as exc:  # one hostile run must not sink its batch
+                        log.exception("archiving run %s failed", req.run_id)
+                        outcomes[req.run_id] = RunOutcome(
+                            req.run_id, "failed", f"{type(exc).__name__}: {exc}"
+                        )
+                    return None
+
+            results = await asyncio.gather(*(one(r) for r in todo))
+        return [r for r in results if r is not None]
+
+    async def _fetch_one(
+        self, client: AsyncSpineClient, req: ArchiveRequest, workdir: Path
+    ) -> FetchedRun:
+        run = await fetch_run(client, req.run_id)
+        observed = datetime.now(UTC)
+        canvas_id = run.canvas_id
+        dag, tasks, errors = await fetch_canvas(client, canvas_id)
+        artifacts = []
+        for ref in run.artifacts:
+            artifacts.append(
+                await download_artifact(
+                    client, self.store, ref, lambda: client.get_run(req.run_id), workdir
+                )
+            )
+        return FetchedRun(
+            run_id=req.run_id,
+            run=raw_doc(run.response),
+            dag=dag,
+            tasks=tasks,
+            artifacts=artifacts,
+            fetch_errors=errors,
+            request_name=req.request_name,
+            submitted_at=req.submitted_at,
+            terminal_at=terminal_time(run, req.submitted_at, observed),
+        )
+
+    def _write_and_commit(
+        self, fetched: list[FetchedRun], outcomes: dict[str, RunOutcome]
+    ) -> Manifest | None:
+        runs = list(fetched)
+        draft = self._write_files(runs, new_batch_id())
+        for _ in range(COMMIT_ATTEMPTS):
+            if self.before_commit is not None:
+                self.before_commit(list(draft.files))
+            committed = self.log.commit(draft)
+            if committed is not None:
+                for run in runs:
+                    outcomes[run.run_id] = _archived(run, committed)
+                return committed
+            # Lost the race for this sequence number: catch up; if the winner committed any
+            # of our runs, rewrite our files without them (the old ones become garbage).
+            self.log.refresh()
+            taken = [r for r in runs if r.run_id in self.log.committed_runs]
+            for run in taken:
+                outcomes[run.run_id] = RunOutcome(
+                    run.run_id, "already_archived", seq=self.log.committed_runs[run.run_id]
+                )
+            if taken:
+                runs = [r for r in runs if r.run_id not in self.log.committed_runs]
+                if not runs:
+                    return None
+                draft = self._write_files(runs, new_batch_id())
+        raise RuntimeError(f"could not commit a manifest after {COMMIT_ATTEMPTS} attempts")
+
+    def _write_files(self, runs: list[FetchedRun], batch_id: str) -> Manifest:
+        ctx = BatchContext(batch_id=batch_id, archived_at=datetime.now(UTC))
+        by_dt: dict[str, list[FetchedRun]] = defaultdict(list)
+        for run in runs:
+            by_dt[_dt(run.terminal_at)].append(run)
+        files: list[FileEntry] = []
+        for dt, group in sorted(by_dt.items()):
+            for table, arrow in flatten_batch(group, ctx).items():
+                encoded = encode_table(table, arrow)
+                key = f"tables/{table}/dt={dt}/{batch_id}.parquet"
+                try:
+                    self.store.put_bytes(
+                        key, encoded.data, content_type="application/vnd.apache.parquet"
+                    )
+                except AlreadyExists:  # batch ids are unique; this is a real conflict
+                    raise RuntimeError(f"refusing to overwrite {key}") from None
+                files.append(FileEntry(key, table, encoded.rows, len(encoded.data), encoded.sha256))
+        artifacts = [
+            ArtifactEntry(run.run_id, a.artifact_id, a.sha256, a.size_bytes or 0, a.storage_uri)
+            for run in runs
+            for a in run.artifacts
+            if a.sha256 and a.storage_uri
+        ]
+        return Manifest(
+            seq=0,
+            batch_id=batch_id,
+            committed_at="",
+            prev_sha256=None,
+            schema_version=SCHEMA_VERSION,
+            runs=tuple(
+                RunEntry(
+                    run_id=r.run_id,
+                    status=_status(r),
+                    dt=_dt(r.terminal_at),
+                    terminal_at=r.terminal_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
+                )
+                for r in runs
+            ),
+            files=tuple(files),
+            artifacts=tuple(artifacts),
+            writer={"host": socket.gethostname(), "pid": os.getpid(), "tool": "spine-pipeline"},
+        )
+
+
+def _dt(ts: datetime) -> str:
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return ts.astimezone(UTC).strftime("%Y-%m-%d")
+
+
+def _status(run: FetchedRun) -> str | None:
+    value = run.run.value
+    status = value.get("status") if isinstance(value, dict) else None
+    return status if isinstance(status, str) else None
+
+
+def _archived(run: FetchedRun, manifest: Manifest) -> RunOutcome:
+    value = run.run.value if isinstance(run.run.value, dict) else {}
+    dag = run.dag.value if run.dag is not None and isinstance(run.dag.value, dict) else {}
+    nodes = dag.get("nodes")
+    metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
+    credits = metadata.get("credits_consumed")
+    return RunOutcome(
+        run_id=run.run_id,
+        outcome="archived",
+        status=_status(run),
+        seq=manifest.seq,
+        block_count=len(nodes) if isinstance(nodes, list) else 0,
+        artifact_count=len(run.artifacts),
+        artifact_errors=sum(1 for a in run.artifacts if a.download_error),
+        credits=credits if isinstance(credits, int) and not isinstance(credits, bool) else None,
+        canvas_id=value.get("canvas_id") if isinstance(value.get("canvas_id"), str) else None,
+        message="; ".join(run.fetch_errors),
+    )
+
+
+def _dedupe(reqs: list[ArchiveRequest]) -> list[ArchiveRequest]:
+    seen: set[str] = set()
+    out = []
+    for r in reqs:
+        if r.run_id not in seen:
+            seen.add(r.run_id)
+            out.append(r)
+    return out

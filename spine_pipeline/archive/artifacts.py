@@ -1,0 +1,120 @@
+"""Artifact bytes: downloaded right after a run ends, stored once by content hash.
+
+Pre-signed URLs expire, so a refused download (403/404/410) fetches the run again for fresh
+URLs before giving up. Bytes stream through a temp file (bounded memory, hashed on the way)
+into `artifacts/sha256/<2 hex>/<sha256>`; identical bytes from any run are stored once. An
+artifact that still cannot be fetched is recorded with `download_error`, never dropped.
+Names from the API are data: they never touch a path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from spine_pipeline.archive.records import ArtifactOutcome
+from spine_pipeline.archive.store import AlreadyExists, ObjectStore
+from spine_pipeline.spine import (
+    ArtifactRef,
+    AsyncSpineClient,
+    DownloadError,
+    DownloadExpiredError,
+    Run,
+    SpineError,
+)
+
+ARTIFACT_PREFIX = "artifacts/sha256/"
+URL_REFRESHES = 2
+
+
+def artifact_key(sha256: str) -> str:
+    return f"{ARTIFACT_PREFIX}{sha256[:2]}/{sha256}"
+
+
+async def _store_file(store: ObjectStore, path: Path, sha256: str, content_type: str | None) -> str:
+    key = artifact_key(sha256)
+    if not await asyncio.to_thread(store.exists, key):
+        with contextlib.suppress(AlreadyExists):  # same bytes, stored by another writer
+            await asyncio.to_thread(
+                store.put_file, key, path, sha256_hex=sha256, content_type=content_type
+            )
+    return key
+
+
+async def download_artifact(
+    client: AsyncSpineClient,
+    store: ObjectStore,
+    ref: ArtifactRef,
+    refresh: Callable[[], Awaitable[Run]],
+    workdir: Path,
+    *,
+    max_bytes: int | None = None,
+) -> ArtifactOutcome:
+    """Download one artifact into the store; the outcome says what happened, errors included."""
+    url = ref.download_url
+    error: str | None = None
+    for attempt in range(URL_REFRESHES + 1):
+        if not url:
+            error = "no download_url in the run result"
+            break
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix="artifact-", delete=True) as fh:
+            try:
+                got = await client.download(url, fh, max_bytes=max_bytes)  # type: ignore[arg-type]
+            except DownloadExpiredError as exc:
+                error = f"URL refused: {exc.message}"
+                if attempt == URL_REFRESHES:
+                    break
+                url = await _fresh_url(refresh, ref)
+                continue
+            except DownloadError as exc:
+                error = exc.message
+                break
+            key = await _store_file(store, Path(fh.name), got.sha256, got.content_type)
+            mismatch = None
+            if ref.size_bytes is not None and ref.size_bytes != got.size_bytes:
+                mismatch = (
+                    f"size mismatch: run reported size_bytes={ref.size_bytes}, "
+                    f"downloaded {got.size_bytes} bytes (bytes kept)"
+                )
+            return ArtifactOutcome(
+                artifact_id=ref.id or "",
+                type=ref.type,
+                name=ref.name,
+                reported_size_bytes=ref.size_bytes,
+                size_bytes=got.size_bytes,
+                sha256=got.sha256,
+                storage_uri=key,
+                content_type=got.content_type,
+                downloaded_at=datetime.now(UTC),
+                download_error=mismatch,
+                raw=ref.raw,
+            )
+    return ArtifactOutcome(
+        artifact_id=ref.id or "",
+        type=ref.type,
+        name=ref.name,
+        reported_size_bytes=ref.size_bytes,
+        size_bytes=None,
+        sha256=None,
+        storage_uri=None,
+        content_type=None,
+        downloaded_at=None,
+        download_error=error,
+        raw=ref.raw,
+    )
+
+
+async def _fresh_url(refresh: Callable[[], Awaitable[Run]], ref: ArtifactRef) -> str | None:
+    """GET the run again: Spine mints new pre-signed URLs on every read."""
+    try:
+        run = await refresh()
+    except SpineError:
+        return None
+    for candidate in run.artifacts:
+        if candidate.id == ref.id and candidate.name == ref.name:
+            return candidate.download_url
+    return None

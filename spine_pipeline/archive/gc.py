@@ -1,0 +1,60 @@
+"""Garbage collection: remove files of batches that never committed.
+
+A crashed writer leaves data files (and perhaps artifacts) that no manifest names; readers
+never see them. After a grace period, long enough that no live writer can still be about to
+commit them, they are deleted. Committed objects are never touched.
+
+Unreferenced artifacts are only deleted on request (`include_artifacts`): artifact keys are
+content addresses, so a live writer that finds an old unreferenced object with its bytes
+reuses it instead of uploading again, and deleting it under that writer would break its
+batch. The retry of a crashed batch usually references them again anyway. Stop archivers
+before collecting artifacts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from spine_pipeline.archive.manifest import ManifestLog
+from spine_pipeline.archive.store import ObjectStore
+
+DEFAULT_GRACE = timedelta(hours=6)
+TABLE_PREFIX = "tables/"
+ARTIFACT_PREFIX = "artifacts/"
+
+
+@dataclass
+class GcReport:
+    deleted: list[str] = field(default_factory=list)
+    kept_young: list[str] = field(default_factory=list)
+    bytes_freed: int = 0
+
+
+def collect_garbage(
+    store: ObjectStore,
+    *,
+    grace: timedelta = DEFAULT_GRACE,
+    dry_run: bool = False,
+    include_artifacts: bool = False,
+    now: datetime | None = None,
+) -> GcReport:
+    """Delete unlisted objects older than `grace`; the manifest chain must be intact."""
+    log = ManifestLog(store)
+    log.refresh()  # raises ManifestError on a broken chain: never collect from a damaged log
+    referenced = {f.key for m in log for f in m.files} | {a.key for m in log for a in m.artifacts}
+    cutoff = (now or datetime.now(UTC)) - grace
+    report = GcReport()
+    prefixes = (TABLE_PREFIX, ARTIFACT_PREFIX) if include_artifacts else (TABLE_PREFIX,)
+    for prefix in prefixes:
+        for info in store.list(prefix):
+            if info.key in referenced:
+                continue
+            if info.last_modified > cutoff:
+                report.kept_young.append(info.key)
+                continue
+            if not dry_run:
+                store.delete(info.key)
+            report.deleted.append(info.key)
+            report.bytes_freed += info.size
+    return report
