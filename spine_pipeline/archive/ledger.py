@@ -155,10 +155,13 @@ class Ledger:
     def tracked(self, *, since: date | None = None) -> Iterator[TrackedRun]:
         """Tracked runs, oldest day first, each once; `since` limits the listing to recent days."""
         seen: set[str] = set()
-        for info in self.store.list(TRACKED):
-            day = info.key[len(TRACKED) :].split("/", 1)[0].removeprefix("dt=")
-            if since is not None and day < since.isoformat():
-                continue
+        if since is None:
+            listing = self.store.list(TRACKED)
+        else:
+            today = datetime.now(UTC).date()
+            days = [since + timedelta(days=i) for i in range((today - since).days + 2)]
+            listing = (i for d in days for i in self.store.list(f"{TRACKED}dt={d:%Y-%m-%d}/"))
+        for info in listing:
             run_id = info.key.rsplit("/", 1)[-1].removesuffix(".json")
             if run_id in seen:
                 continue
