@@ -11,10 +11,15 @@ from typing import Any, TypeVar
 
 import click
 
+from spine_pipeline.archive.ledger import Ledger
+from spine_pipeline.archive.manifest import ManifestError
+from spine_pipeline.archive.store import StoreError, open_store
 from spine_pipeline.catalog import CatalogError
+from spine_pipeline.config import PipelineSettings
 from spine_pipeline.spine import SpineClient, SpineError, UploadFile
 from spine_pipeline.spine.redact import redact
 from spine_pipeline.spine.settings import ConfigurationError
+from spine_pipeline.submission import SubmitSpec, submit_and_record
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,6 +28,8 @@ EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     SpineError,
     CatalogError,
     ConfigurationError,
+    StoreError,
+    ManifestError,
     FileNotFoundError,
     ValueError,
 )
@@ -119,16 +126,144 @@ def submit(
             raise click.BadParameter(f"not valid JSON: {exc.msg}", param_hint="--blocks") from None
         if not isinstance(block_list, list) or not all(isinstance(b, str) for b in block_list):
             raise click.BadParameter("must be a JSON array of strings", param_hint="--blocks")
-    uploads = [UploadFile.from_path(f) for f in files]
+    spec = SubmitSpec(
+        prompt=prompt,
+        template=template,
+        blocks=block_list,
+        agent_instructions=instructions,
+        files=[UploadFile.from_path(f) for f in files],
+    )
     with SpineClient() as client:
-        created = client.create_run(
-            prompt,
-            template=template,
-            blocks=block_list,
-            agent_instructions=instructions,
-            files=uploads,
+        result = submit_and_record(client, _ledger(), spec, source="cli")
+    click.echo(result.created.run_id)
+
+
+@main.command()
+@click.argument("run_ids", nargs=-1, required=True)
+@expected_errors
+def track(run_ids: tuple[str, ...]) -> None:
+    """Register runs submitted elsewhere, so they are polled and archived."""
+    ledger = _ledger()
+    for run_id in run_ids:
+        added = ledger.track(run_id, source="cli")
+        click.echo(f"{'tracking' if added else 'already tracked'} {run_id}")
+
+
+@main.command()
+@click.argument("run_ids", nargs=-1, required=True)
+@click.option("--wait", is_flag=True, help="wait for the runs to be terminal first")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=8100.0,
+    show_default=True,
+    help="seconds to wait with --wait (default 2 h 15 min)",
+)
+@expected_errors
+def archive(run_ids: tuple[str, ...], wait: bool, timeout: float) -> None:
+    """Archive runs now (no daemon needed). Exit 1 if any run could not be archived."""
+    from spine_pipeline.archive.service import archive_now
+
+    settings = PipelineSettings.from_env()
+    outcomes = archive_now(
+        settings.archive_uri,
+        list(dict.fromkeys(run_ids)),
+        wait=wait,
+        timeout=timeout,
+        progress=lambda line: click.echo(line, err=True),
+    )
+    failed = 0
+    for o in outcomes:
+        if o.outcome in ("archived", "already_archived"):
+            click.echo(
+                f"{o.outcome} {o.run_id} status={o.status or '-'} manifest={o.seq} "
+                f"blocks={o.block_count} artifacts={o.artifact_count}"
+                + (f" artifact_errors={o.artifact_errors}" if o.artifact_errors else "")
+            )
+        else:
+            failed += 1
+            click.echo(
+                f"error: run {o.run_id}: {o.outcome.replace('_', ' ')}: {o.message}", err=True
+            )
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@expected_errors
+def verify() -> None:
+    """Re-check the manifest hash chain, file hashes and artifact hashes."""
+    from spine_pipeline.archive.verify import verify_archive
+
+    report = verify_archive(open_store(PipelineSettings.from_env().archive_uri))
+    for problem in report.problems:
+        click.echo(f"FAIL {problem}", err=True)
+    click.echo(
+        f"verified {report.manifests} manifests, {report.files} files, {report.artifacts} "
+        f"artifacts, {report.bytes_hashed} bytes hashed: "
+        + ("OK" if report.ok else f"{len(report.problems)} problem(s)")
+    )
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "--grace-hours",
+    type=click.FloatRange(min=0),
+    default=6.0,
+    show_default=True,
+    help="only remove uncommitted files older than this",
+)
+@click.option("--dry-run", is_flag=True)
+@click.option(
+    "--include-artifacts",
+    is_flag=True,
+    help="also remove unreferenced artifacts (stop archivers first)",
+)
+@expected_errors
+def gc(grace_hours: float, dry_run: bool, include_artifacts: bool) -> None:
+    """Remove files of batches that never committed."""
+    from datetime import timedelta
+
+    from spine_pipeline.archive.gc import collect_garbage
+
+    report = collect_garbage(
+        open_store(PipelineSettings.from_env().archive_uri),
+        grace=timedelta(hours=grace_hours),
+        dry_run=dry_run,
+        include_artifacts=include_artifacts,
+    )
+    verb = "would remove" if dry_run else "removed"
+    for key in report.deleted:
+        click.echo(f"{verb} {key}")
+    click.echo(
+        f"{verb} {len(report.deleted)} object(s), {report.bytes_freed} bytes; "
+        f"{len(report.kept_young)} uncommitted object(s) younger than the grace period kept"
+    )
+
+
+@main.command()
+@click.argument("run_ids", nargs=-1)
+@expected_errors
+def status(run_ids: tuple[str, ...]) -> None:
+    """In-flight and archived runs with their state."""
+    from spine_pipeline.archive.service import run_states
+
+    rows = run_states(open_store(PipelineSettings.from_env().archive_uri), list(run_ids))
+    if not rows:
+        click.echo("no tracked or archived runs")
+        return
+    click.echo(f"{'run_id':36}  {'state':10}  {'status':10}  {'request':28}  since")
+    for r in rows:
+        click.echo(
+            f"{r.run_id:36}  {r.state:10}  {r.status or '-':10}  {(r.request_name or '-')[:28]:28}"
+            f"  {r.since or '-'}"
         )
-    click.echo(created.run_id)
+
+
+def _ledger() -> Ledger:
+    return Ledger(open_store(PipelineSettings.from_env().archive_uri))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,107 @@
+"""Archive-level operations shared by the CLI and Dagster: archive now, list run states."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from spine_pipeline.archive.archiver import Archiver, ArchiveRequest, RunOutcome
+from spine_pipeline.archive.ledger import Ledger
+from spine_pipeline.archive.manifest import ManifestLog
+from spine_pipeline.archive.store import ObjectStore, open_store
+from spine_pipeline.spine import AsyncSpineClient
+from spine_pipeline.spine.poll import poll_runs
+
+ClientFactory = Callable[[], AsyncSpineClient]
+
+
+async def wait_until_terminal(
+    client_factory: ClientFactory,
+    run_ids: Sequence[str],
+    *,
+    timeout: float,
+    progress: Callable[[str], None] = lambda _: None,
+) -> None:
+    """Poll with backoff (1 s doubling to 30 s) until every run is terminal or gone."""
+    deadline = time.monotonic() + timeout
+    pending = list(dict.fromkeys(run_ids))
+    delay = 1.0
+    async with client_factory() as client:
+        while pending and time.monotonic() < deadline:
+            passed = await poll_runs(client, pending, deadline=min(deadline, time.monotonic() + 60))
+            settled = {r.run_id for r in passed.results if r.is_terminal or r.not_found}
+            pending = [r for r in pending if r not in settled]
+            if not pending:
+                return
+            progress(f"waiting for {len(pending)} run(s) to finish")
+            await asyncio.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            delay = min(delay * 2, 30.0)
+
+
+def archive_now(
+    archive_uri: str,
+    run_ids: Sequence[str],
+    *,
+    wait: bool = False,
+    timeout: float = 8100.0,
+    progress: Callable[[str], None] = lambda _: None,
+    client_factory: ClientFactory | None = None,
+) -> list[RunOutcome]:
+    """Archive the given runs into `archive_uri` now, optionally waiting for them first."""
+    store = open_store(archive_uri)
+    factory = client_factory or AsyncSpineClient
+    ledger = Ledger(store)
+    requests = []
+    for run_id in run_ids:
+        tracked = ledger.find_tracked(run_id) if _plausible(run_id) else None
+        requests.append(
+            ArchiveRequest(
+                run_id,
+                request_name=tracked.request_name if tracked else None,
+                submitted_at=tracked.submitted_time if tracked else None,
+            )
+        )
+    if wait:
+        asyncio.run(wait_until_terminal(factory, run_ids, timeout=timeout, progress=progress))
+    return Archiver(store, factory).archive(requests).outcomes
+
+
+def _plausible(run_id: str) -> bool:
+    return 0 < len(run_id) <= 100 and all(c.isalnum() or c in "-_" for c in run_id)
+
+
+@dataclass(frozen=True)
+class RunState:
+    run_id: str
+    state: str  # archived | in_flight | abandoned | unknown
+    status: str | None = None
+    request_name: str | None = None
+    since: str | None = None
+    seq: int | None = None
+
+
+def run_states(store: ObjectStore, run_ids: Sequence[str] = ()) -> list[RunState]:
+    """Every tracked or archived run (or just `run_ids`) with where it stands."""
+    log = ManifestLog(store)
+    log.refresh()
+    archived = {r.run_id: (m.seq, r) for m in log for r in m.runs}
+    ledger = Ledger(store)
+    abandoned = ledger.abandoned()
+    tracked = {t.run_id: t for t in ledger.tracked()}
+    wanted = list(dict.fromkeys(run_ids)) or list(dict.fromkeys([*tracked, *archived]))
+    rows = []
+    for run_id in wanted:
+        t = tracked.get(run_id)
+        name = t.request_name if t else None
+        if run_id in archived:
+            seq, entry = archived[run_id]
+            rows.append(RunState(run_id, "archived", entry.status, name, entry.terminal_at, seq))
+        elif run_id in abandoned:
+            rows.append(RunState(run_id, "abandoned", None, name, t.tracked_at if t else None))
+        elif t is not None:
+            rows.append(RunState(run_id, "in_flight", None, name, t.tracked_at))
+        else:
+            rows.append(RunState(run_id, "unknown"))
+    return rows
