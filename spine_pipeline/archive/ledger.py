@@ -96,6 +96,7 @@ class Ledger:
 
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
+        self._records: dict[str, TrackedRun | None] = {}  # records are immutable: cache them
 
     def record_submission(self, submission: Submission) -> str:
         if submission.outcome not in OUTCOMES:
@@ -166,7 +167,9 @@ class Ledger:
             if run_id in seen:
                 continue
             seen.add(run_id)
-            record = _tracked(self.store.get_bytes(info.key))
+            if info.key not in self._records:
+                self._records[info.key] = _tracked(self.store.get_bytes(info.key))
+            record = self._records[info.key]
             if record is not None:
                 yield record
 

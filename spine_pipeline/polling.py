@@ -1,0 +1,232 @@
+"""One poll tick: which in-flight runs to ask about now, and what to do with the answers.
+
+Plain library (no Dagster) so that the sensor stays thin and the logic is testable on its
+own. Durable truth comes from the archive root: the ledger says which runs are tracked, the
+manifest log which are archived. The plan (a Dagster cursor) only schedules the next poll
+of each run; if it is lost or corrupt, every in-flight run is simply due again.
+
+Timing rules: a run is polled 15 s after it was last seen running, backing off to 60 s
+(15, 30, 60, 60, ...), like Spine's own guidance. Terminal runs are handed to archiving in
+batches and re-requested only if still unarchived 10 minutes later. A run in flight for
+more than 3 h is overdue; after 24 h it is abandoned (recorded in the ledger).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+
+from spine_pipeline.archive.ledger import Ledger, TrackedRun
+from spine_pipeline.archive.manifest import ManifestLog
+from spine_pipeline.spine import AsyncSpineClient
+from spine_pipeline.spine.poll import PollResult, poll_runs
+
+MIN_INTERVAL = 15.0
+MAX_INTERVAL = 60.0
+REREQUEST_AFTER = 600.0
+OVERDUE_AFTER = timedelta(hours=3)
+ABANDON_AFTER = timedelta(hours=24)
+PLAN_VERSION = 1
+
+
+@dataclass
+class RunSchedule:
+    """Per-run polling state: when to poll next, the current backoff, last answer."""
+
+    next_poll: float = 0.0
+    interval: float = 0.0
+    status: str | None = None
+    requested: float = 0.0  # when it was last handed to archiving (0 = never)
+    errors: int = 0
+
+    def pack(self) -> list[object]:
+        return [
+            round(self.next_poll, 3),
+            self.interval,
+            self.status,
+            round(self.requested, 3),
+            self.errors,
+        ]
+
+    @classmethod
+    def unpack(cls, raw: object) -> RunSchedule:
+        if not isinstance(raw, list) or len(raw) != 5:
+            raise ValueError("bad entry")
+        next_poll, interval, status, requested, errors = raw
+        return cls(
+            float(next_poll),  # type: ignore[arg-type]
+            float(interval),  # type: ignore[arg-type]
+            status if isinstance(status, str) else None,
+            float(requested),  # type: ignore[arg-type]
+            int(errors),  # type: ignore[arg-type]
+        )
+
+
+@dataclass
+class PollPlan:
+    """The poll schedule of every in-flight run; serialised as the sensor cursor."""
+
+    runs: dict[str, RunSchedule] = field(default_factory=dict)
+    recovered: bool = False  # True when the cursor was unreadable and was reset
+
+    @classmethod
+    def loads(cls, cursor: str | None) -> PollPlan:
+        if not cursor:
+            return cls()
+        try:
+            doc = json.loads(cursor)
+            if not isinstance(doc, dict) or doc.get("v") != PLAN_VERSION:
+                raise ValueError("unknown cursor version")
+            runs = {str(k): RunSchedule.unpack(v) for k, v in doc["runs"].items()}
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return cls(recovered=True)
+        return cls(runs=runs)
+
+    def dumps(self) -> str:
+        packed = {k: v.pack() for k, v in sorted(self.runs.items())}
+        return json.dumps({"v": PLAN_VERSION, "runs": packed}, separators=(",", ":"))
+
+    def sync(self, in_flight: set[str]) -> None:
+        """Schedule newly tracked runs (due now) and forget archived or abandoned ones."""
+        for run_id in list(self.runs):
+            if run_id not in in_flight:
+                del self.runs[run_id]
+        for run_id in in_flight:
+            self.runs.setdefault(run_id, RunSchedule())
+
+    def due(self, now: float) -> list[str]:
+        """Non-terminal runs whose next poll time has come, most overdue first."""
+        ready = [
+            (s.next_poll, run_id)
+            for run_id, s in self.runs.items()
+            if s.next_poll <= now and not _is_terminal(s.status)
+        ]
+        return [run_id for _, run_id in sorted(ready)]
+
+    def record(self, result: PollResult, now: float) -> None:
+        entry = self.runs.setdefault(result.run_id, RunSchedule())
+        if not result.polled:
+            return  # not asked this tick: still due
+        if result.run is not None:
+            entry.status = result.status
+            entry.errors = 0
+        else:
+            entry.errors += 1
+        entry.interval = min(MAX_INTERVAL, max(MIN_INTERVAL, entry.interval * 2))
+        entry.next_poll = now + entry.interval
+
+    def to_archive(self, now: float) -> list[str]:
+        """Terminal runs not yet handed to archiving (or handed long ago and still not done)."""
+        out = [
+            run_id
+            for run_id, s in sorted(self.runs.items())
+            if _is_terminal(s.status) and (not s.requested or now - s.requested > REREQUEST_AFTER)
+        ]
+        for run_id in out:
+            self.runs[run_id].requested = now
+        return out
+
+
+def _is_terminal(status: str | None) -> bool:
+    return status in ("completed", "partial", "failed")
+
+
+@dataclass
+class TickReport:
+    """What one tick did; the sensor turns it into run requests and log lines."""
+
+    to_archive: list[str]
+    cursor: str
+    in_flight: int
+    polled: int
+    overdue: list[str]
+    abandoned: list[str]
+    stopped_early: str | None
+    cursor_recovered: bool
+    seconds: float
+    tracked: dict[str, TrackedRun]
+
+
+class InFlightSource:
+    """In-flight runs from the ledger and manifest log, cached between ticks.
+
+    Tracking records and manifests are immutable, so a long-lived process (the Dagster
+    code server) reads each one once; a tick costs a listing of two day-partitions and one
+    probe for a new manifest.
+    """
+
+    def __init__(self, ledger: Ledger, log: ManifestLog) -> None:
+        self.ledger = ledger
+        self.log = log
+        self._abandoned: set[str] = set()
+
+    def load(self, now: datetime) -> dict[str, TrackedRun]:
+        self.log.refresh()
+        self._abandoned = self.ledger.abandoned()
+        since: date = (now - ABANDON_AFTER - timedelta(days=1)).date()
+        return {
+            t.run_id: t
+            for t in self.ledger.tracked(since=since)
+            if t.run_id not in self.log.committed_runs and t.run_id not in self._abandoned
+        }
+
+
+def run_tick(
+    source: InFlightSource,
+    client_factory: Callable[[], AsyncSpineClient],
+    cursor: str | None,
+    *,
+    budget_seconds: float = 40.0,
+    concurrency: int = 32,
+    clock: Callable[[], float] = time.time,
+) -> TickReport:
+    """Poll what is due within the budget; return runs to archive and the next cursor."""
+    started = time.monotonic()
+    deadline = started + max(1.0, budget_seconds - 2.0)  # keep a margin for the caller
+    now_dt = datetime.fromtimestamp(clock(), UTC)
+    tracked = source.load(now_dt)
+    plan = PollPlan.loads(cursor)
+    plan.sync(set(tracked))
+
+    overdue, abandoned = [], []
+    for run_id, t in tracked.items():
+        age = now_dt - (t.submitted_time or t.tracked_time)
+        if age > ABANDON_AFTER and not _is_terminal(plan.runs[run_id].status):
+            if source.ledger.abandon(run_id, f"not terminal {ABANDON_AFTER} after submission"):
+                abandoned.append(run_id)
+            plan.runs.pop(run_id, None)
+        elif age > OVERDUE_AFTER and not _is_terminal(plan.runs[run_id].status):
+            overdue.append(run_id)
+
+    due = plan.due(clock())
+    polled = 0
+    stopped = None
+    if due and time.monotonic() < deadline:
+
+        async def poll() -> None:
+            nonlocal polled, stopped
+            async with client_factory() as client:
+                result = await poll_runs(client, due, deadline=deadline, concurrency=concurrency)
+            stopped = result.stopped_early
+            now = clock()
+            for r in result.results:
+                plan.record(r, now)
+                polled += int(r.polled)
+
+        asyncio.run(poll())
+    return TickReport(
+        to_archive=plan.to_archive(clock()),
+        cursor=plan.dumps(),
+        in_flight=len(plan.runs),
+        polled=polled,
+        overdue=sorted(overdue),
+        abandoned=abandoned,
+        stopped_early=stopped,
+        cursor_recovered=plan.recovered,
+        seconds=round(time.monotonic() - started, 3),
+        tracked=tracked,
+    )
