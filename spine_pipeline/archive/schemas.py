@@ -31,7 +31,8 @@ _BIG = pa.large_string()
 _BIN = pa.large_binary()
 _I64 = pa.int64()
 _BOOL = pa.bool_()
-_STR_LIST = pa.list_(pa.string())
+# "element" is the Parquet-compliant list item name, so schemas survive a Parquet round trip.
+_STR_LIST = pa.list_(pa.field("element", pa.string()))
 
 
 def _f(name: str, type_: pa.DataType, description: str, nullable: bool = True) -> pa.Field:
@@ -206,7 +207,7 @@ _TASKS = [
 
 _ARTIFACTS = [
     _run_id(),
-    _f("artifact_id", _STR, "Artifact `id` (the canvas node that produced it).", nullable=False),
+    _f("artifact_id", _STR, "Artifact `id` (the canvas node that produced it)."),
     _f("type", _STR, "Artifact type tag (docx, xlsx, ...; free text)."),
     _f("name", _STR, "File name as received: plain data, never used as a path."),
     _f("reported_size_bytes", _I64, "size_bytes as reported by the API."),
