@@ -1021,3 +1021,80 @@ def test_partitions_follow_the_utc_terminal_date():
     assert parts["2026-04-21"]["runs"].column("run_id").to_pylist() == ["late", "early"]
     ts = parts["2026-04-21"]["runs"].column("terminal_at").to_pylist()
     assert ts[1] == datetime(2026, 4, 21, 23, 0, tzinfo=UTC)
+
+
+# ------------------------------------------------------------------------------------ fuzz
+
+
+def random_json(rng: Any, depth: int = 0) -> Any:
+    """Random JSON biased towards the keys flatten looks at."""
+    keys = ["id", "url", "download_url", "children", "sources", "nodes", "edges", "content"]
+    keys += ["completed", "not_completed", "errors", "result", "metadata", "task_id", "name"]
+    kind = rng.randrange(9 if depth < 4 else 6)
+    if kind == 0:
+        return None
+    if kind == 1:
+        return rng.choice([True, False, 0, -1, 2**70, 1.5])
+    if kind in (2, 3):
+        return rng.choice(["", "x", "https://a.example/?sig=1", "\x00\u202e😀", "\ud800"])
+    if kind in (4, 5):
+        return rng.choice(keys)
+    if kind in (6, 7):
+        return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randrange(5))}
+    return [random_json(rng, depth + 1) for _ in range(rng.randrange(5))]
+
+
+def parse_or_none(text: str | None) -> Any:
+    try:
+        return None if text is None else json.loads(text)
+    except ValueError:
+        return None
+
+
+def has_key(value: Any, key: str) -> bool:
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            if key in v:
+                return True
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
+def test_fuzz_random_shapes_and_corrupted_bytes_never_crash():
+    import random
+
+    rng = random.Random(20260421)
+    fixture = FIXTURE_DAG.encode()
+    for i in range(300):
+        indent = rng.choice([None, 0, 2, "\t"])
+        docs: list[Any] = [json.dumps(random_json(rng), indent=indent) for _ in range(3)]
+        for d in docs:
+            assert repr(parse_json(d)[0]) == repr(json.loads(d))
+        if i % 3 == 0:  # corrupt a byte of a real payload: invalid JSON or invalid UTF-8
+            raw = bytearray(fixture)
+            raw[rng.randrange(len(raw))] = rng.choice([0xFF, ord("{"), ord('"'), 0xC3])
+            try:
+                docs[1] = RawDoc.parse(bytes(raw))
+            except ValueError:
+                docs[1] = RawDoc(text=bytes(raw).decode("utf-8", "replace"), value=None)
+        fr = FetchedRun(
+            f"run-{i}",
+            *(d if isinstance(d, RawDoc) else RawDoc.parse(d) for d in docs),
+            [],
+            [],
+            None,
+            None,
+            T0,
+        )
+        t = flatten_run(fr, CTX)
+        for name, table in t.items():
+            assert table.schema.equals(TABLES[name], check_metadata=True)
+        for table in t.values():
+            for col in ("raw_json", "dag_raw_json", "tasks_raw_json", "sources_json"):
+                if col in table.column_names:
+                    for text in table.column(col).to_pylist():
+                        assert not has_key(parse_or_none(text), "download_url")
