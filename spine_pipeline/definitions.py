@@ -1,5 +1,28 @@
-"""Root Definitions: the only object workspace.yaml loads."""
+"""Root Definitions: the only object workspace.yaml loads.
+
+Everything is chosen from the environment (see `defs/resources.py`); the catalog path
+from `SPINE_CATALOG` (default `data/requests.yaml`).
+"""
 
 import dagster as dg
 
-defs = dg.Definitions()
+from spine_pipeline.config import PipelineSettings
+from spine_pipeline.defs.archive import archive_batch, archive_job, spine_run, spine_run_check
+from spine_pipeline.defs.poll import spine_poll_sensor
+from spine_pipeline.defs.resources import build_resources
+from spine_pipeline.defs.submit import submit_definitions
+
+
+def build_definitions() -> dg.Definitions:
+    settings = PipelineSettings.from_env()
+    core = dg.Definitions(
+        assets=[spine_run, archive_batch],
+        asset_checks=[spine_run_check],
+        jobs=[archive_job],
+        sensors=[spine_poll_sensor],
+        resources=build_resources(),
+    )
+    return dg.Definitions.merge(submit_definitions(settings.catalog_path), core)
+
+
+defs = build_definitions()

@@ -15,7 +15,6 @@ import socket
 import tempfile
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ from spine_pipeline.archive.fetch import (
     raw_doc,
     terminal_time,
 )
-from spine_pipeline.archive.flatten import flatten_batch
+from spine_pipeline.archive.flatten import flatten_batch_by_dt, partition_dt
 from spine_pipeline.archive.manifest import (
     ArtifactEntry,
     FileEntry,
@@ -68,6 +67,8 @@ class RunOutcome:
     status: str | None = None
     seq: int | None = None
     block_count: int = 0
+    edge_count: int = 0
+    task_count: int = 0
     artifact_count: int = 0
     artifact_errors: int = 0
     credits: int | None = None
@@ -235,12 +236,9 @@ class Archiver:
 
     def _write_files(self, runs: list[FetchedRun], batch_id: str) -> Manifest:
         ctx = BatchContext(batch_id=batch_id, archived_at=datetime.now(UTC))
-        by_dt: dict[str, list[FetchedRun]] = defaultdict(list)
-        for run in runs:
-            by_dt[_dt(run.terminal_at)].append(run)
         files: list[FileEntry] = []
-        for dt, group in sorted(by_dt.items()):
-            for table, arrow in flatten_batch(group, ctx).items():
+        for dt, tables in flatten_batch_by_dt(runs, ctx).items():
+            for table, arrow in tables.items():
                 encoded = encode_table(table, arrow)
                 key = f"tables/{table}/dt={dt}/{batch_id}.parquet"
                 try:
@@ -266,7 +264,7 @@ class Archiver:
                 RunEntry(
                     run_id=r.run_id,
                     status=_status(r),
-                    dt=_dt(r.terminal_at),
+                    dt=partition_dt(r),
                     terminal_at=r.terminal_at.astimezone(UTC).isoformat().replace("+00:00", "Z"),
                 )
                 for r in runs
@@ -275,12 +273,6 @@ class Archiver:
             artifacts=tuple(artifacts),
             writer={"host": socket.gethostname(), "pid": os.getpid(), "tool": "spine-pipeline"},
         )
-
-
-def _dt(ts: datetime) -> str:
-    if ts.tzinfo is None:
-        ts = ts.replace(tzinfo=UTC)
-    return ts.astimezone(UTC).strftime("%Y-%m-%d")
 
 
 def _status(run: FetchedRun) -> str | None:
@@ -293,6 +285,7 @@ def _archived(run: FetchedRun, manifest: Manifest) -> RunOutcome:
     value = run.run.value if isinstance(run.run.value, dict) else {}
     dag = run.dag.value if run.dag is not None and isinstance(run.dag.value, dict) else {}
     nodes = dag.get("nodes")
+    edges = dag.get("edges")
     metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
     credits = metadata.get("credits_consumed")
     return RunOutcome(
@@ -301,6 +294,8 @@ def _archived(run: FetchedRun, manifest: Manifest) -> RunOutcome:
         status=_status(run),
         seq=manifest.seq,
         block_count=len(nodes) if isinstance(nodes, list) else 0,
+        edge_count=len(edges) if isinstance(edges, list) else 0,
+        task_count=count_tasks(run.tasks.value if run.tasks is not None else None),
         artifact_count=len(run.artifacts),
         artifact_errors=sum(1 for a in run.artifacts if a.download_error),
         credits=credits if isinstance(credits, int) and not isinstance(credits, bool) else None,
@@ -317,3 +312,21 @@ def _dedupe(reqs: list[ArchiveRequest]) -> list[ArchiveRequest]:
             seen.add(r.run_id)
             out.append(r)
     return out
+
+
+def count_tasks(tree: object) -> int:
+    """Tasks in a task tree as Spine reported it, counted without recursion."""
+    if not isinstance(tree, dict):
+        return 0
+    stack = [t for part in ("completed", "not_completed") for t in _as_list(tree.get(part))]
+    count = 0
+    while stack:
+        task = stack.pop()
+        count += 1
+        if isinstance(task, dict):
+            stack.extend(_as_list(task.get("children")))
+    return count
+
+
+def _as_list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []

@@ -1,0 +1,147 @@
+"""Archive wiring: the batched archive asset/job and the per-Spine-run partitions.
+
+A burst of terminal runs becomes a few Dagster runs (up to `batch_size` Spine runs each),
+but every Spine run stays visible on its own: `spine_run` is an asset partitioned by run
+id, and each archive batch reports one materialisation (status, credits, counts, canvas
+link) and its check results per Spine run.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from spine_pipeline.archive.archiver import Archiver, ArchiveRequest, RunOutcome
+from spine_pipeline.archive.checks import CHECKS, check_batch
+from spine_pipeline.defs.resources import ArchiveResource, SpineResource
+from spine_pipeline.spine import canvas_url
+
+spine_runs = dg.DynamicPartitionsDefinition(name="spine_runs")
+
+SPINE_RUN = dg.AssetKey("spine_run")
+spine_run = dg.AssetSpec(
+    SPINE_RUN,
+    partitions_def=spine_runs,
+    group_name="spine_archive",
+    kinds={"parquet"},
+    description="One archived Spine run (partition = run id): rows in every archive table, "
+    "artifact bytes, committed by a manifest. Materialised by `archive_batch`.",
+)
+spine_run_checks = [
+    dg.AssetCheckSpec(name, asset=SPINE_RUN, description=doc, partitions_def=spine_runs)
+    for name, doc in CHECKS.items()
+]
+
+
+@dg.multi_asset_check(specs=spine_run_checks, required_resource_keys={"spine", "archive"})
+def spine_run_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    """Re-run the checks on demand for the selected partitions, against the archive."""
+    from spine_pipeline.archive.checks import recheck_runs
+
+    archive: ArchiveResource = context.resources.archive
+    spine: SpineResource = context.resources.spine
+    run_ids = list(context.partition_keys) if context.has_partition_key_range else []
+    results = recheck_runs(archive.store(), spine.async_client, run_ids)
+    for run_id, checks in results.items():
+        for name, (passed, detail) in checks.items():
+            yield dg.AssetCheckResult(
+                asset_key=SPINE_RUN,
+                check_name=name,
+                passed=passed,
+                metadata={"run_id": run_id, "detail": detail},
+            )
+
+
+class ArchiveBatchConfig(dg.Config):
+    """The Spine runs this Dagster run archives (set by the poll sensor)."""
+
+    run_ids: list[str]
+
+
+def _run_metadata(o: RunOutcome) -> dict[str, object]:
+    link = canvas_url(o.canvas_id)
+    return {
+        "status": o.status or "unknown",
+        "credits_consumed": o.credits if o.credits is not None else "unknown",
+        "block_count": o.block_count,
+        "edge_count": o.edge_count,
+        "task_count": o.task_count,
+        "artifact_count": o.artifact_count,
+        "artifact_errors": o.artifact_errors,
+        "manifest_seq": o.seq,
+        "canvas": dg.MetadataValue.url(link) if link else "none",
+        "fetch_errors": o.message or "none",
+    }
+
+
+@dg.asset(
+    group_name="spine_archive",
+    kinds={"parquet", "spine"},
+    description="Archives a batch of terminal Spine runs: fetch, download artifacts, write "
+    "Parquet, commit a manifest. Idempotent, so retries are safe.",
+    retry_policy=dg.RetryPolicy(max_retries=2, delay=30),
+)
+def archive_batch(
+    context: dg.AssetExecutionContext,
+    config: ArchiveBatchConfig,
+    spine: SpineResource,
+    archive: ArchiveResource,
+) -> dg.MaterializeResult:
+    store = archive.store()
+    ledger = archive.ledger()
+    requests = []
+    for run_id in dict.fromkeys(config.run_ids):
+        tracked = ledger.find_tracked(run_id)
+        requests.append(
+            ArchiveRequest(
+                run_id,
+                request_name=tracked.request_name if tracked else None,
+                submitted_at=tracked.submitted_time if tracked else None,
+            )
+        )
+    result = Archiver(store, spine.async_client).archive(requests)
+    archived = result.by_outcome("archived")
+    known = set(context.instance.get_dynamic_partitions(spine_runs.name))
+    missing = [o.run_id for o in archived if o.run_id not in known]
+    if missing:
+        context.instance.add_dynamic_partitions(spine_runs.name, missing)
+    evaluations = check_batch(store, result.manifest, archived) if result.manifest else {}
+    for o in archived:
+        context.log_event(
+            dg.AssetMaterialization(SPINE_RUN, partition=o.run_id, metadata=_run_metadata(o))
+        )
+        for name, (passed, detail) in evaluations.get(o.run_id, {}).items():
+            context.log_event(
+                dg.AssetCheckEvaluation(
+                    asset_key=SPINE_RUN,
+                    check_name=name,
+                    passed=passed,
+                    partition=o.run_id,
+                    metadata={"detail": detail},
+                )
+            )
+    failed = [o for o in result.outcomes if o.outcome in ("failed", "not_terminal")]
+    for o in failed:
+        context.log.warning("run %s not archived (%s): %s", o.run_id, o.outcome, o.message)
+    if failed and not archived and not result.by_outcome("already_archived"):
+        raise dg.Failure(
+            description=f"none of the {len(failed)} run(s) could be archived; they stay in flight",
+            metadata={"failures": {o.run_id: o.message[:500] for o in failed}},
+        )
+    return dg.MaterializeResult(
+        metadata={
+            "manifest_seq": result.manifest.seq if result.manifest else "none (nothing new)",
+            "batch_id": result.manifest.batch_id if result.manifest else "none",
+            "archived": len(archived),
+            "already_archived": len(result.by_outcome("already_archived")),
+            "failed": len(failed),
+            "failures": {o.run_id: o.message[:300] for o in failed} or "none",
+            **{k: float(v) for k, v in result.metrics.items()},
+        }
+    )
+
+
+archive_job = dg.define_asset_job(
+    "archive_spine_runs",
+    selection=dg.AssetSelection.assets(archive_batch),
+    description="Archive a batch of terminal Spine runs (requested by the poll sensor).",
+)

@@ -1,0 +1,73 @@
+"""The poll sensor: a thin shell around `spine_pipeline.polling.run_tick`.
+
+Each tick polls due in-flight runs (bounded concurrency, 40 s budget), hands terminal runs
+to `archive_spine_runs` in batches, and stores the poll schedule as its cursor. It never
+fails a tick because of Spine: errors are logged and the runs are polled again later.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import dagster as dg
+
+from spine_pipeline.defs.archive import archive_job, spine_runs
+from spine_pipeline.defs.resources import ArchiveResource, SpineResource
+from spine_pipeline.polling import run_tick
+
+TICK_BUDGET_SECONDS = float(os.environ.get("SPINE_POLL_BUDGET_SECONDS", "40"))
+
+
+def _batches(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+@dg.sensor(
+    name="spine_poll_sensor",
+    job=archive_job,
+    minimum_interval_seconds=15,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Polls in-flight Spine runs and requests batched archive runs for terminal ones.",
+)
+def spine_poll_sensor(
+    context: dg.SensorEvaluationContext, spine: SpineResource, archive: ArchiveResource
+) -> dg.SensorResult:
+    report = run_tick(
+        archive.in_flight_source(),
+        spine.async_client,
+        context.cursor,
+        budget_seconds=TICK_BUDGET_SECONDS,
+    )
+    if report.cursor_recovered:
+        context.log.warning("poll cursor was unreadable; rebuilt it from the ledger")
+    if report.stopped_early:
+        context.log.warning("polling stopped early this tick: %s", report.stopped_early)
+    for run_id in report.overdue:
+        context.log.warning("run %s is overdue (in flight for more than 3 h)", run_id)
+    for run_id in report.abandoned:
+        context.log.error("run %s abandoned: not terminal 24 h after submission", run_id)
+    stamp = int(time.time() * 1000)
+    requests = [
+        dg.RunRequest(
+            run_key=f"archive-{stamp}-{i}",
+            run_config=dg.RunConfig(ops={"archive_batch": {"config": {"run_ids": batch}}}),
+            tags={"spine/run_count": str(len(batch))},
+        )
+        for i, batch in enumerate(_batches(report.to_archive, archive.batch_size))
+    ]
+    context.log.info(
+        "tick: %d in flight, %d polled, %d to archive in %d batch(es), %.2fs",
+        report.in_flight,
+        report.polled,
+        len(report.to_archive),
+        len(requests),
+        report.seconds,
+    )
+    partitions = [spine_runs.build_add_request(report.to_archive)] if report.to_archive else []
+    return dg.SensorResult(
+        run_requests=requests,
+        cursor=report.cursor,
+        dynamic_partitions_requests=partitions,
+        skip_reason=None if requests else f"{report.in_flight} run(s) in flight, none terminal",
+    )

@@ -1,0 +1,101 @@
+"""Resources, chosen from the environment (never by editing code).
+
+`SPINE_API_KEY` / `SPINE_BASE_URL` pick real Spine or the simulator, `SPINE_ARCHIVE_URI`
+local disk or S3 (`AWS_*` through `S3Resource` and boto3's chain), `SPINE_AUDIT_DB` the
+DuckDB file. Secrets are `EnvVar`s: Dagster resolves them at run time and never stores the
+values in run config or the event log.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from dagster_aws.s3 import S3Resource
+from dagster_duckdb import DuckDBResource
+
+from spine_pipeline.archive.ledger import Ledger
+from spine_pipeline.archive.manifest import ManifestLog
+from spine_pipeline.archive.store import ObjectStore, open_store
+from spine_pipeline.config import DEFAULT_ARCHIVE_URI, DEFAULT_AUDIT_DB
+from spine_pipeline.polling import InFlightSource
+from spine_pipeline.spine import AsyncSpineClient, SpineClient
+
+
+class SpineResource(dg.ConfigurableResource):
+    """The Spine API. The key comes from `SPINE_API_KEY` and is never logged."""
+
+    api_key: str
+    base_url: str | None = None
+    max_connections: int = 64
+
+    def client(self) -> SpineClient:
+        return SpineClient(api_key=self.api_key, base_url=self.base_url or None)
+
+    def async_client(self) -> AsyncSpineClient:
+        return AsyncSpineClient(
+            api_key=self.api_key,
+            base_url=self.base_url or None,
+            max_connections=self.max_connections,
+        )
+
+
+class ArchiveResource(dg.ConfigurableResource):
+    """The archive root (a path or `s3://bucket/prefix`), plus S3 settings for S3 roots."""
+
+    uri: str = DEFAULT_ARCHIVE_URI
+    s3: dg.ResourceDependency[S3Resource]
+    batch_size: int = 100
+
+    def store(self) -> ObjectStore:
+        if self.uri.startswith("s3://"):
+            return open_store(self.uri, s3_client=self.s3.get_client())
+        return open_store(self.uri)
+
+    def ledger(self) -> Ledger:
+        return Ledger(self.store())
+
+    def in_flight_source(self) -> InFlightSource:
+        """A cached reader of in-flight runs (ledger and manifest records are immutable)."""
+        return _SOURCES.setdefault(self.uri, _new_source(self.store()))
+
+
+_SOURCES: dict[str, InFlightSource] = {}
+
+
+def _new_source(store: ObjectStore) -> InFlightSource:
+    return InFlightSource(Ledger(store), ManifestLog(store))
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def build_resources() -> dict[str, object]:
+    """The resource set for this process, from the environment."""
+    s3 = S3Resource(
+        endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None,
+        region_name=os.environ.get("AWS_REGION") or None,
+    )
+    return {
+        "spine": SpineResource(
+            api_key=dg.EnvVar("SPINE_API_KEY"),
+            base_url=os.environ.get("SPINE_BASE_URL") or None,
+        ),
+        "archive": ArchiveResource(
+            uri=os.environ.get("SPINE_ARCHIVE_URI") or DEFAULT_ARCHIVE_URI,
+            s3=s3,
+            batch_size=_env_int("SPINE_ARCHIVE_BATCH_SIZE", 100),
+        ),
+        "audit_db": DuckDBResource(database=os.environ.get("SPINE_AUDIT_DB") or DEFAULT_AUDIT_DB),
+        "s3": s3,
+    }
