@@ -39,7 +39,9 @@ def spine_run_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResu
 
     archive: ArchiveResource = context.resources.archive
     spine: SpineResource = context.resources.spine
-    run_ids = list(context.partition_keys) if context.has_partition_key_range else []
+    if not (context.has_partition_key or context.has_partition_key_range):
+        raise dg.Failure(description="select the spine_run partitions (run ids) to check")
+    run_ids = list(context.partition_keys)
     results = recheck_runs(archive.store(), spine.async_client, run_ids)
     for run_id, checks in results.items():
         for name, (passed, detail) in checks.items():
