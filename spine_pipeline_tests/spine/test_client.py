@@ -205,7 +205,7 @@ def test_retried_upload_resends_every_byte(simulator, tmp_path):
             blocks=["file-block", "memo-block"],
         )
     form = simulator.world.ground_truth(created.run_id).create_form
-    files = {name: data for name, _ctype, data in form["files"]}
+    files = {name: data for name, _ctype, data in form.files}
     assert hashlib.sha256(files["blob.bin"]).digest() == hashlib.sha256(payload).digest()
     assert files["data.csv"] == b"a,b\n1,2\n"
 
