@@ -1,15 +1,14 @@
 """Helpers for archive tests: simulator runs, an archiver, and reading committed tables."""
 
-import io
 import time
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from spine_pipeline.archive.store import open_store
 
 from spine_pipeline.archive.archiver import Archiver
 from spine_pipeline.archive.manifest import ManifestLog
+from spine_pipeline.archive.read import read_committed
+from spine_pipeline.archive.schemas import TABLES
 from spine_pipeline.spine import AsyncSpineClient, RetryPolicy, SpineClient
 
 FAST = RetryPolicy(max_retries=4, base_delay=0.01, max_delay=0.05, jitter=0.0)
@@ -50,16 +49,11 @@ class ArchiveKit:
                     time.sleep(0.05)
 
     def tables(self):
-        """Every committed table, concatenated, read from exactly the manifest-listed files."""
+        """Every committed table that has rows, read from exactly the manifest-listed files."""
         log = ManifestLog(self.store)
         log.refresh()
-        parts: dict[str, list[pa.Table]] = {}
-        for manifest in log:
-            for f in manifest.files:
-                parts.setdefault(f.table, []).append(
-                    pq.read_table(io.BytesIO(self.store.get_bytes(f.key)))
-                )
-        return {name: pa.concat_tables(ts) for name, ts in parts.items()}
+        tables = {name: read_committed(self.store, name, log=log) for name in TABLES}
+        return {name: t for name, t in tables.items() if t.num_rows}
 
 
 @pytest.fixture
