@@ -1,0 +1,206 @@
+"""Simulator configuration and the parsers for its string forms (CLI flags, fault specs).
+
+Every parser raises ``ValueError`` with a one-line message so the CLI can print it as is.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+FAULT_ROUTES: tuple[str, ...] = ("create", "get", "dag", "tasks", "task", "download", "*")
+API_ROUTES: frozenset[str] = frozenset({"create", "get", "dag", "tasks", "task"})
+ALL_ROUTES: frozenset[str] = API_ROUTES | {"download"}
+
+FAULT_KINDS: dict[str, frozenset[str]] = {
+    "429": ALL_ROUTES,
+    "500": ALL_ROUTES,
+    "502": ALL_ROUTES,
+    "503": ALL_ROUTES,
+    "500-after": frozenset({"create"}),
+    "drop": ALL_ROUTES,
+    "latency": ALL_ROUTES,
+    "malformed": API_ROUTES,
+    "false200": API_ROUTES,
+    "expired": frozenset({"download"}),
+    "truncated": frozenset({"download"}),
+    "unknown-status": frozenset({"get"}),
+}
+"""Fault kind -> the routes it can apply to (a ``*`` rule only matches those)."""
+
+_RULE_RE = re.compile(
+    r"^(?P<kind>[A-Za-z0-9-]+)(?:=(?P<arg>[^@x]*))?(?:@(?P<prob>[^@x]*)|x(?P<count>[^@x]*))?$"
+)
+
+
+@dataclass(frozen=True)
+class FaultRule:
+    """One parsed fault rule ``ROUTE:KIND[=ARG][@PROB|xCOUNT]``."""
+
+    route: str
+    kind: str
+    arg: str | None = None
+    probability: float | None = None
+    count: int | None = None
+    text: str = ""
+
+    def applies_to(self, route: str) -> bool:
+        """True when this rule can fire for a request classified as ``route``."""
+        if self.route not in ("*", route):
+            return False
+        return route in FAULT_KINDS[self.kind]
+
+    @property
+    def retry_after(self) -> str:
+        """Retry-After value for 429 rules: seconds (default 1) or the literal ``date``."""
+        return self.arg if self.arg else "1"
+
+    @property
+    def latency_ms(self) -> float:
+        """Delay for ``latency`` rules, in milliseconds (default 100)."""
+        return float(self.arg) if self.arg else 100.0
+
+
+def parse_faults(spec: str | None) -> list[FaultRule]:
+    """Parse a comma-separated fault spec; ``""``/``None`` means no faults."""
+    rules: list[FaultRule] = []
+    if not spec:
+        return rules
+    for raw in spec.split(","):
+        text = raw.strip()
+        if not text:
+            continue
+        route, sep, rest = text.partition(":")
+        route = route.strip()
+        if not sep:
+            raise ValueError(f"fault rule '{text}' must look like ROUTE:KIND[=ARG][@PROB|xCOUNT]")
+        if route not in FAULT_ROUTES:
+            raise ValueError(
+                f"unknown fault route '{route}' in rule '{text}' "
+                f"(expected one of {', '.join(FAULT_ROUTES)})"
+            )
+        match = _RULE_RE.match(rest.strip())
+        if match is None:
+            raise ValueError(
+                f"cannot parse fault rule '{text}': expected ROUTE:KIND[=ARG][@PROB|xCOUNT]"
+            )
+        kind = match["kind"]
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"unknown fault kind '{kind}' in rule '{text}'")
+        if route != "*" and route not in FAULT_KINDS[kind]:
+            allowed = ", ".join(sorted(FAULT_KINDS[kind]))
+            raise ValueError(
+                f"fault kind '{kind}' does not apply to route '{route}' (only {allowed})"
+            )
+        arg = match["arg"]
+        _check_arg(kind, arg, text)
+        probability = None
+        if match["prob"] is not None:
+            try:
+                probability = float(match["prob"])
+            except ValueError:
+                probability = math.nan
+            if not 0.0 < probability <= 1.0:
+                raise ValueError(
+                    f"invalid probability '{match['prob']}' in rule '{text}' (0 < p <= 1)"
+                )
+        count = None
+        if match["count"] is not None:
+            if not match["count"].isdigit() or int(match["count"]) < 1:
+                raise ValueError(f"invalid count 'x{match['count']}' in rule '{text}' (xN, N >= 1)")
+            count = int(match["count"])
+        rules.append(FaultRule(route, kind, arg or None, probability, count, text))
+    return rules
+
+
+def _check_arg(kind: str, arg: str | None, text: str) -> None:
+    if arg is None:
+        return
+    if kind == "429":
+        if arg == "date" or (arg.isdigit() and int(arg) >= 0):
+            return
+        raise ValueError(
+            f"invalid argument '{arg}' for fault kind '429' in rule '{text}' (seconds or 'date')"
+        )
+    if kind == "latency":
+        try:
+            value = float(arg)
+        except ValueError:
+            value = -1.0
+        if value >= 0 and math.isfinite(value):
+            return
+        raise ValueError(
+            f"invalid argument '{arg}' for fault kind 'latency' in rule '{text}' "
+            "(milliseconds >= 0)"
+        )
+    raise ValueError(f"fault kind '{kind}' takes no argument (rule '{text}')")
+
+
+def parse_run_seconds(text: str) -> tuple[float, float]:
+    """Parse ``MIN:MAX`` (or a single ``N``) run duration bounds, in seconds."""
+    parts = text.strip().split(":")
+    try:
+        if len(parts) == 1:
+            low = high = float(parts[0])
+        elif len(parts) == 2:
+            low, high = float(parts[0]), float(parts[1])
+        else:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"invalid run seconds '{text}': expected MIN:MAX, e.g. 3:8") from None
+    if not (math.isfinite(low) and math.isfinite(high)) or low < 0 or high < low:
+        raise ValueError(f"invalid run seconds '{text}': need 0 <= MIN <= MAX")
+    return (low, high)
+
+
+@dataclass
+class SimulatorConfig:
+    """Everything that shapes a simulated Spine world; same config + same requests = same world."""
+
+    seed: int = 0
+    run_seconds: tuple[float, float] = (3.0, 8.0)
+    api_key: str = "sk_spine_simulator"
+    url_ttl_seconds: float = 600.0
+    faults: str = ""
+    canvas_id_on_create_rate: float = 0.7
+    artifact_size_scale: float = 1.0
+    big_artifact_mb: float = 200.0
+    outcome_weights: tuple[float, float, float] = (0.75, 0.15, 0.10)
+    """Relative weights of completed, partial and failed outcomes."""
+    artifact_cache_mb: float = 512.0
+    """Bound on cached artifact bytes; evicted artifacts are regenerated deterministically."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.run_seconds, str):
+            self.run_seconds = parse_run_seconds(self.run_seconds)
+        low, high = (float(x) for x in self.run_seconds)
+        if low < 0 or high < low:
+            raise ValueError(f"invalid run_seconds {self.run_seconds!r}: need 0 <= MIN <= MAX")
+        self.run_seconds = (low, high)
+        parse_faults(self.faults)  # fail early on a bad spec
+        if not self.api_key:
+            raise ValueError("api_key must be non-empty")
+        if self.url_ttl_seconds <= 0:
+            raise ValueError("url_ttl_seconds must be > 0")
+        if not 0.0 <= self.canvas_id_on_create_rate <= 1.0:
+            raise ValueError("canvas_id_on_create_rate must be within [0, 1]")
+        if self.artifact_size_scale <= 0 or self.big_artifact_mb <= 0:
+            raise ValueError("artifact_size_scale and big_artifact_mb must be > 0")
+        weights = tuple(float(w) for w in self.outcome_weights)
+        if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
+            raise ValueError(
+                "outcome_weights must be three non-negative numbers with a positive sum"
+            )
+        self.outcome_weights = weights  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        # Never show the API key (it ends up in logs and tracebacks otherwise).
+        return (
+            f"SimulatorConfig(seed={self.seed}, run_seconds={self.run_seconds}, api_key='***', "
+            f"url_ttl_seconds={self.url_ttl_seconds}, faults={self.faults!r}, "
+            f"canvas_id_on_create_rate={self.canvas_id_on_create_rate}, "
+            f"artifact_size_scale={self.artifact_size_scale}, "
+            f"big_artifact_mb={self.big_artifact_mb}, "
+            f"outcome_weights={self.outcome_weights})"
+        )

@@ -1,0 +1,158 @@
+"""Run the simulator with uvicorn: in a background thread (tests, demo) or the foreground (CLI)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from types import TracebackType
+
+import uvicorn
+
+from .app import build_app
+from .config import SimulatorConfig
+from .world import World
+
+log = logging.getLogger("spine_pipeline.simulator")
+
+HOST = "127.0.0.1"
+
+
+def _bind(port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((HOST, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+def _uvicorn_config(app: object) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=HOST,
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_keep_alive=30,
+        timeout_graceful_shutdown=2,
+        backlog=4096,
+    )
+
+
+class SimulatorServer:
+    """A simulator on 127.0.0.1 served by uvicorn in a daemon thread.
+
+    Usage: ``with SimulatorServer(config, port=0) as sim: ...`` (port 0 picks a free port).
+    """
+
+    def __init__(self, config: SimulatorConfig | None = None, port: int = 0) -> None:
+        self.config = config or SimulatorConfig()
+        self.world = World(self.config)
+        self.app = build_app(self.world)
+        self._requested_port = port
+        self.port: int | None = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://127.0.0.1:PORT`` (no ``/v1``: the SDK appends it)."""
+        if self.port is None:
+            raise RuntimeError("simulator is not running")
+        return f"http://{HOST}:{self.port}"
+
+    @property
+    def api_key(self) -> str:
+        """The only key this simulator accepts."""
+        return self.config.api_key
+
+    def set_faults(self, spec: str) -> None:
+        """Replace the active fault rules (raises ValueError on a bad spec)."""
+        self.world.faults.set_spec(spec)
+
+    def start(self) -> SimulatorServer:
+        """Bind, start serving in a background thread and wait until requests are accepted."""
+        if self._thread is not None:
+            return self
+        self._sock = _bind(self._requested_port)
+        self.port = self._sock.getsockname()[1]
+        self.world.base_url = self.base_url
+        server = uvicorn.Server(_uvicorn_config(self.app))
+        self._server = server
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                server.run(sockets=[self._sock] if self._sock else None)
+            except BaseException as exc:  # surfaced to start() below
+                errors.append(exc)
+
+        self._thread = threading.Thread(
+            target=run, name=f"spine-simulator-{self.port}", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 15
+        while not server.started:
+            if errors or not self._thread.is_alive():
+                self._cleanup()
+                raise RuntimeError(
+                    f"simulator failed to start: {errors[0] if errors else 'thread exited'}"
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError("simulator did not start within 15 s")
+            time.sleep(0.005)
+        log.info("Spine simulator listening on %s (seed %s)", self.base_url, self.config.seed)
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread to end."""
+        server, thread = self._server, self._thread
+        if server is not None:
+            server.should_exit = True
+        if thread is not None:
+            thread.join(timeout=10)
+            if thread.is_alive() and server is not None:
+                server.force_exit = True
+                thread.join(timeout=5)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> SimulatorServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        where = self.base_url if self.port else "stopped"
+        return f"<SimulatorServer {where} seed={self.config.seed}>"
+
+
+def serve_forever(config: SimulatorConfig | None = None, port: int = 8765) -> None:
+    """Serve in the foreground until Ctrl+C (what ``spine-pipeline simulator`` calls)."""
+    config = config or SimulatorConfig()
+    world = World(config)
+    app = build_app(world)
+    sock = _bind(port)
+    bound = sock.getsockname()[1]
+    world.base_url = f"http://{HOST}:{bound}"
+    print(f"Spine simulator listening on {world.base_url} (API key: {config.api_key})", flush=True)
+    try:
+        uvicorn.Server(_uvicorn_config(app)).run(sockets=[sock])
+    finally:
+        sock.close()
