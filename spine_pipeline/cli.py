@@ -262,6 +262,29 @@ def status(run_ids: tuple[str, ...]) -> None:
         )
 
 
+@main.command()
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=10),
+    default=110.0,
+    show_default=True,
+    help="give up waiting for runs after this many seconds",
+)
+@click.option(
+    "--run-seconds", default="4:12", show_default=True, help="simulated run duration MIN:MAX"
+)
+@expected_errors
+def demo(timeout: float, run_seconds: str) -> None:
+    """The main job on the embedded simulator: submit, poll, archive, audit, report."""
+    from spine_pipeline.demo import demo_on_simulator
+
+    ok = demo_on_simulator(
+        PipelineSettings.from_env(), timeout=timeout, run_seconds=run_seconds, say=click.echo
+    )
+    if not ok:
+        fail("demo did not archive every run cleanly")
+
+
 def _ledger() -> Ledger:
     return Ledger(open_store(PipelineSettings.from_env().archive_uri))
 

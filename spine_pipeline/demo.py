@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +19,10 @@ from pathlib import Path
 import dagster as dg
 
 from spine_pipeline.archive.manifest import ManifestLog
+from spine_pipeline.archive.read import read_committed
 from spine_pipeline.archive.store import open_store
 from spine_pipeline.archive.verify import verify_archive
+from spine_pipeline.config import PipelineSettings
 
 DEFAULT_DAGSTER_HOME = Path("data/dagster_home")
 _INSTANCE_YAML = "telemetry:\n  enabled: false\n"
@@ -125,3 +128,57 @@ def run_demo(
     )
     report.seconds = round(time.monotonic() - started, 1)
     return report
+
+
+def summary_lines(report: DemoReport, archive_uri: str) -> list[str]:
+    """Runs by status for this demo, credits by template for the whole archive."""
+    runs = read_committed(open_store(archive_uri), "runs").to_pylist()
+    mine = [r for r in runs if r["run_id"] in set(report.submitted)]
+    by_status = Counter(r["status"] for r in mine)
+    credits: dict[str, int] = defaultdict(int)
+    for r in runs:
+        credits[r["template_used"] or r["template"] or "unknown"] += r["credits_consumed"] or 0
+    lines = [
+        "",
+        f"this demo: {len(report.submitted)} submitted, {len(report.archived)} archived, "
+        f"{report.ticks} sensor ticks, {report.archive_runs} archive runs, {report.seconds}s",
+        "runs by status: " + ", ".join(f"{k}={v}" for k, v in sorted(by_status.items())),
+        f"credits by template (all {len(runs)} archived runs):",
+    ]
+    lines += [f"  {t:16} {n:>8}" for t, n in sorted(credits.items(), key=lambda kv: -kv[1])]
+    lines.append(f"archive: {archive_uri}  verify: {report.verify_summary}")
+    return lines
+
+
+def demo_on_simulator(
+    settings: PipelineSettings,
+    *,
+    timeout: float,
+    run_seconds: str,
+    say: Callable[[str], None] = print,
+) -> bool:
+    """Start the simulator, point the definitions at it, run the demo; True if all archived."""
+    from spine_pipeline.simulator import SimulatorConfig, SimulatorServer, parse_run_seconds
+
+    # A fresh seed per demo: new run ids, so a second demo adds runs instead of colliding.
+    config = SimulatorConfig(
+        seed=time.time_ns() % 2**31, run_seconds=parse_run_seconds(run_seconds)
+    )
+    with SimulatorServer(config, port=0) as sim:
+        say(f"simulator: {sim.base_url} (embedded Spine)")
+        os.environ["SPINE_API_KEY"] = sim.api_key
+        os.environ["SPINE_BASE_URL"] = sim.base_url
+        home = prepare_dagster_home()
+        say(f"dagster home: {home}; archive: {settings.archive_uri}")
+        from spine_pipeline.definitions import build_definitions
+
+        defs = build_definitions()
+        with dg.DagsterInstance.get() as instance:
+            report = run_demo(defs, instance, settings.archive_uri, timeout=timeout, say=say)
+    for line in summary_lines(report, settings.archive_uri):
+        say(line)
+    return (
+        not report.failed_submits
+        and len(report.archived) == len(report.submitted)
+        and report.verify_ok
+    )
