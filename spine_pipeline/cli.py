@@ -285,6 +285,16 @@ def demo(timeout: float, run_seconds: str) -> None:
         fail("demo did not archive every run cleanly")
 
 
+@main.command()
+@click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
+@expected_errors
+def dev(port: int) -> None:
+    """Start the simulator (unless SPINE_API_KEY is set) and `dagster dev -w workspace.yaml`."""
+    from spine_pipeline.dev import run_dev
+
+    sys.exit(run_dev(port, say=click.echo))
+
+
 def _ledger() -> Ledger:
     return Ledger(open_store(PipelineSettings.from_env().archive_uri))
 
