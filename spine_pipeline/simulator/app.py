@@ -266,8 +266,10 @@ def build_app(world: World) -> ASGIApp:
         return None
 
     def base_of(request: Request) -> str:
+        if world.base_url:
+            return world.base_url
         host = request.headers.get("host")
-        return f"{request.url.scheme}://{host}" if host else world.base_url
+        return f"{request.url.scheme}://{host}" if host else ""
 
     async def create_run(request: Request) -> Response:
         if (denied := auth(request)) is not None:

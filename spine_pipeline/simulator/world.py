@@ -98,8 +98,9 @@ class RunTruth:
 
     ``final_run`` is exactly what the terminal GET serves (the ``data`` object), except that
     ``download_url`` values are freshly minted; it is None while the run is not terminal.
-    ``dag``/``tasks`` are the terminal canvas views (node ``url`` of artifact/upload blocks is
-    freshly minted); None when they are not served (no canvas, ``canvas-404``, ``invalid-json``).
+    ``dag``/``tasks`` are the terminal canvas views, equal to what the endpoints serve (node
+    ``url``s are stable within a TTL window, see ``UrlSigner.mint_stable``); None when they are
+    not served as JSON (no canvas, ``canvas-404``; ``dag`` also for ``invalid-json``).
     ``dag_body``/``tasks_body`` are the exact response bodies (the envelope included).
     """
 
@@ -330,8 +331,12 @@ class World:
         return f"{run.run_id}.n{node.index}"
 
     def mint(self, run: Run, node: Node, base: str | None = None) -> str:
-        """A fresh pre-signed URL for a node's file."""
-        return self.signer.mint(self.token(run, node), self.base_url if base is None else base)
+        """A fresh pre-signed URL for a node's file (artifact ``download_url``)."""
+        return self.signer.mint(self.token(run, node), base or self.base_url)
+
+    def mint_stable(self, run: Run, node: Node, base: str | None = None) -> str:
+        """The DAG node ``url``: pre-signed and expiring, but stable within a TTL window."""
+        return self.signer.mint_stable(self.token(run, node), run.created_at, base or self.base_url)
 
     def resolve_token(self, token: str) -> tuple[Run, Node] | None:
         """Reverse of :meth:`token`."""
@@ -531,7 +536,7 @@ class World:
         fraction = None if final else self.fraction(run)
         plan = self.filled_plan(run)
         extra = {"schema_version": 3} if "unknown-fields" in run.scenarios else None
-        return render.dag(plan, fraction, lambda node: self.mint(run, node, base), extra)
+        return render.dag(plan, fraction, lambda node: self.mint_stable(run, node, base), extra)
 
     def dag_body(self, run: Run, base: str | None = None, final: bool = False) -> bytes:
         """The exact DAG response body (envelope included), with scenario corruptions applied."""
