@@ -29,9 +29,8 @@ FAULT_KINDS: dict[str, frozenset[str]] = {
 }
 """Fault kind -> the routes it can apply to (a ``*`` rule only matches those)."""
 
-_RULE_RE = re.compile(
-    r"^(?P<kind>[A-Za-z0-9-]+)(?:=(?P<arg>[^@x]*))?(?:@(?P<prob>[^@x]*)|x(?P<count>[^@x]*))?$"
-)
+_TAIL_RE = re.compile(r"^(?:=(?P<arg>[^@x]*))?(?:@(?P<prob>[^@x]*)|x(?P<count>[^@x]*))?$")
+_KINDS_LONGEST_FIRST = sorted(FAULT_KINDS, key=len, reverse=True)
 
 
 @dataclass(frozen=True)
@@ -80,14 +79,12 @@ def parse_faults(spec: str | None) -> list[FaultRule]:
                 f"unknown fault route '{route}' in rule '{text}' "
                 f"(expected one of {', '.join(FAULT_ROUTES)})"
             )
-        match = _RULE_RE.match(rest.strip())
+        kind, tail = _split_kind(rest.strip(), text)
+        match = _TAIL_RE.match(tail)
         if match is None:
             raise ValueError(
                 f"cannot parse fault rule '{text}': expected ROUTE:KIND[=ARG][@PROB|xCOUNT]"
             )
-        kind = match["kind"]
-        if kind not in FAULT_KINDS:
-            raise ValueError(f"unknown fault kind '{kind}' in rule '{text}'")
         if route != "*" and route not in FAULT_KINDS[kind]:
             allowed = ", ".join(sorted(FAULT_KINDS[kind]))
             raise ValueError(
@@ -112,6 +109,15 @@ def parse_faults(spec: str | None) -> list[FaultRule]:
             count = int(match["count"])
         rules.append(FaultRule(route, kind, arg or None, probability, count, text))
     return rules
+
+
+def _split_kind(rest: str, text: str) -> tuple[str, str]:
+    """Split ``KIND...`` into a known kind and the ``=ARG@PROB`` / ``xN`` tail."""
+    for kind in _KINDS_LONGEST_FIRST:
+        if rest.startswith(kind) and rest[len(kind) : len(kind) + 1] in ("", "=", "@", "x"):
+            return kind, rest[len(kind) :]
+    unknown = re.split(r"[=@]", rest, maxsplit=1)[0]
+    raise ValueError(f"unknown fault kind '{unknown}' in rule '{text}'")
 
 
 def _check_arg(kind: str, arg: str | None, text: str) -> None:
