@@ -1,0 +1,224 @@
+"""DuckDB plumbing shared by the audit modules: extensions, the S3 secret, sandboxed readers.
+
+Extensions cannot be downloaded on our machines, so they come from the pinned pip packages
+(`duckdb-extension-httpfs`, `duckdb-extension-fts`) through one helper. Readers attach the
+published database read-only inside a fresh in-memory instance: that resolves the file name
+anew on every connect (so a reader always sees the latest published snapshot, which
+`duckdb.connect(path)` does not guarantee inside one process because of DuckDB's instance
+cache) and lets us lock the configuration after the extensions are loaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import duckdb
+
+ATTACH_NAME = "audit"
+LOCK_RETRY_SECONDS = 5.0
+
+_EXT_LOCK = threading.Lock()
+
+
+class AuditError(Exception):
+    """An expected audit failure (missing database, broken archive, refused SQL): one line."""
+
+
+def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """Install `name` from its pip package (no network) and load it into `con`."""
+    import duckdb_extensions
+
+    with _EXT_LOCK:  # INSTALL copies into ~/.duckdb; two threads at once can trip on it
+        try:
+            con.execute(f"LOAD {name}")
+            return
+        except duckdb.Error:
+            pass
+        duckdb_extensions.import_extension(name, con=con)
+        con.execute(f"LOAD {name}")
+
+
+def _sql_str(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def configure_s3(con: duckdb.DuckDBPyConnection) -> None:
+    """Create a temporary S3 secret from boto3's credential chain and AWS_ENDPOINT_URL_S3.
+
+    The secret lives only in this connection's memory (never persisted), and its values
+    are never logged or put into an error message.
+    """
+    import boto3
+
+    load_extension(con, "httpfs")
+    session = boto3.Session()
+    creds = session.get_credentials()
+    parts = ["TYPE s3"]
+    if creds is not None:
+        frozen = creds.get_frozen_credentials()
+        parts.append(f"KEY_ID {_sql_str(frozen.access_key)}")
+        parts.append(f"SECRET {_sql_str(frozen.secret_key)}")
+        if frozen.token:
+            parts.append(f"SESSION_TOKEN {_sql_str(frozen.token)}")
+    region = os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
+    parts.append(f"REGION {_sql_str(region)}")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        split = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        parts.append(f"ENDPOINT {_sql_str(split.netloc)}")
+        parts.append("URL_STYLE 'path'")
+        parts.append(f"USE_SSL {'true' if split.scheme == 'https' else 'false'}")
+    try:
+        con.execute(f"CREATE OR REPLACE TEMPORARY SECRET spine_s3 ({', '.join(parts)})")
+    except duckdb.Error:
+        raise AuditError("could not configure DuckDB's S3 access (httpfs secret)") from None
+
+
+# ----------------------------------------------------------------------------- readers
+
+
+@dataclass
+class _Snapshot:
+    """One published database file opened read-only, shared by this process's readers."""
+
+    key: tuple[int, int]
+    base: duckdb.DuckDBPyConnection
+    refs: int = 0
+
+
+@dataclass
+class _Registry:
+    """Snapshots open in this process, by (st_dev, st_ino).
+
+    The writer asks it before reusing an old file: POSIX record locks cannot see readers in
+    the writer's own process, so this registry is how that process's readers are protected.
+    """
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    open: dict[tuple[int, int], _Snapshot] = field(default_factory=dict)
+
+    def in_use(self, key: tuple[int, int]) -> bool:
+        with self.lock:
+            snap = self.open.get(key)
+            return snap is not None and snap.refs > 0
+
+    def release(self, key: tuple[int, int]) -> None:
+        with self.lock:
+            snap = self.open.get(key)
+            if snap is None:
+                return
+            snap.refs -= 1
+            if snap.refs <= 0:
+                del self.open[key]
+                with contextlib.suppress(duckdb.Error):
+                    snap.base.close()
+
+
+REGISTRY = _Registry()
+
+
+def file_key(path: str | os.PathLike[str]) -> tuple[int, int]:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino)
+
+
+def _open_snapshot(path: Path) -> _Snapshot:
+    base = duckdb.connect(":memory:")
+    try:
+        base.execute("SET TimeZone = 'UTC'")
+        load_extension(base, "fts")  # the search macros use its stemmer
+        base.execute(f"ATTACH {_sql_str(str(path))} AS {ATTACH_NAME} (READ_ONLY)")
+        base.execute(f"USE {ATTACH_NAME}")
+        base.execute("SET enable_external_access = false")
+        base.execute("SET lock_configuration = true")
+    except BaseException:
+        base.close()
+        raise
+    return _Snapshot(key=(0, 0), base=base)
+
+
+def _is_lock_error(exc: duckdb.Error) -> bool:
+    text = str(exc)
+    return "lock" in text.lower() and ("Conflicting" in text or "Could not set" in text)
+
+
+def connect_readonly(
+    db_path: str | os.PathLike[str], *, wait_seconds: float = LOCK_RETRY_SECONDS
+) -> duckdb.DuckDBPyConnection:
+    """A sandboxed read-only connection to the latest published audit snapshot.
+
+    It never writes, cannot read files or URLs, and cannot change its own settings. A
+    refresh publishing meanwhile does not disturb it: it keeps reading the snapshot it
+    opened. A lock conflict (only possible in a microsecond race with a publish) is retried
+    for `wait_seconds` against the newly published file.
+    """
+    path = Path(db_path).absolute()
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            key = file_key(path)
+        except FileNotFoundError:
+            raise AuditError(
+                f"audit database {path} does not exist yet; run `spine-pipeline audit rebuild`"
+            ) from None
+        with REGISTRY.lock:
+            snap = REGISTRY.open.get(key)
+            if snap is not None:
+                snap.refs += 1
+                return _cursor(snap)
+        try:
+            fresh = _open_snapshot(path)
+        except duckdb.Error as exc:
+            if _is_lock_error(exc) and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            raise
+        try:
+            same = file_key(path) == key
+        except FileNotFoundError:
+            same = False
+        if not same:  # a publish happened between stat and attach: attach the new file
+            fresh.base.close()
+            continue
+        fresh.key = key
+        with REGISTRY.lock:
+            existing = REGISTRY.open.get(key)
+            if existing is not None:  # another thread won: use its snapshot
+                fresh.base.close()
+                fresh = existing
+            else:
+                REGISTRY.open[key] = fresh
+            fresh.refs += 1
+            return _cursor(fresh)
+
+
+def _cursor(snap: _Snapshot) -> duckdb.DuckDBPyConnection:
+    """A connection on the shared snapshot; the snapshot closes when the last one is gone."""
+    try:
+        cur = snap.base.cursor()
+        cur.execute(f"USE {ATTACH_NAME}")
+    except BaseException:
+        # Called with REGISTRY.lock held: undo the reference without re-locking.
+        snap.refs -= 1
+        raise
+    weakref.finalize(cur, REGISTRY.release, snap.key)
+    return cur
+
+
+@contextmanager
+def reading(db_path: str | os.PathLike[str]) -> Iterator[duckdb.DuckDBPyConnection]:
+    """`with reading(db) as con:` closes the connection (and maybe the snapshot) after use."""
+    con = connect_readonly(db_path)
+    try:
+        yield con
+    finally:
+        con.close()

@@ -1,0 +1,497 @@
+"""Committed manifests -> the audit database, incrementally, idempotently, verified.
+
+Per new manifest, in one transaction: the chain link is checked (`ManifestLog`), every
+listed file is fetched once, its size and sha256 compared with the manifest, and only then
+parsed and inserted; the manifest row and the search postings of its runs go in with it.
+A manifest is therefore ingested wholly or not at all, and never twice (the `manifests`
+and `runs` primary keys refuse a repeat). Only the keys a manifest lists are read, never a
+glob, so files of uncommitted batches stay invisible.
+
+Bytes are fetched once and the very bytes that were hashed are parsed (no hash-then-read
+race): locally from the file, on S3 by DuckDB's httpfs (`read_blob`) with a secret built
+from boto3's credential chain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from spine_pipeline.archive.ledger import SUBMISSIONS, Ledger, parse_ts
+from spine_pipeline.archive.manifest import (
+    Manifest,
+    ManifestError,
+    ManifestLog,
+    manifest_key,
+    sha256_hex,
+)
+from spine_pipeline.archive.store import ObjectStore, open_store
+from spine_pipeline.audit.duck import AuditError, configure_s3, load_extension
+from spine_pipeline.audit.schema import DATA_TABLES, data_columns, ensure_schema
+from spine_pipeline.audit.snapshot import paths_for, prepare_spare, publish, writer_lock
+from spine_pipeline.config import PipelineSettings
+
+log = logging.getLogger(__name__)
+
+_DT = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
+_SUB_DT = re.compile(r"^ledger/submissions/dt=(\d{4}-\d{2}-\d{2})/")
+INFLIGHT_LOOKBACK_DAYS = 3
+
+
+class IngestError(AuditError):
+    """The archive cannot be ingested as it is (broken chain, tampered file, duplicate)."""
+
+
+@dataclass
+class IngestReport:
+    """What one refresh did: what Dagster shows as metadata and the CLI prints."""
+
+    db_path: str
+    manifests: list[int] = field(default_factory=list)
+    rows: Counter[str] = field(default_factory=Counter)
+    submissions: int = 0
+    inflight: int = 0
+    last_seq: int = 0
+    snapshot: str = ""  # new | reused | copied
+    seconds: float = 0.0
+    bytes_verified: int = 0
+
+    def summary(self) -> str:
+        rows = ", ".join(f"{t}={n}" for t, n in sorted(self.rows.items()) if n)
+        return (
+            f"ingested {len(self.manifests)} manifest(s) (last seq {self.last_seq}), "
+            f"{self.submissions} submission record(s), {self.inflight} run(s) in flight; "
+            f"rows: {rows or 'none'}; {self.seconds:.2f} s"
+        )
+
+
+def _normal_uri(uri: str) -> str:
+    return uri.rstrip("/") if uri.startswith("s3://") else str(Path(uri).absolute())
+
+
+class _Fetcher:
+    """Gets the bytes of an archive object: from disk, or from S3 through DuckDB httpfs."""
+
+    def __init__(self, store: ObjectStore, archive_uri: str) -> None:
+        self.store = store
+        self.s3 = archive_uri.startswith("s3://")
+        self._con: duckdb.DuckDBPyConnection | None = None
+
+    def get(self, key: str) -> bytes:
+        url = self.store.url(key)
+        if not self.s3:
+            try:
+                return Path(url).read_bytes()
+            except FileNotFoundError:
+                raise IngestError(f"{key}: listed by a manifest but missing") from None
+        if self._con is None:
+            self._con = duckdb.connect(":memory:")
+            configure_s3(self._con)
+        try:
+            row = self._con.execute("SELECT content FROM read_blob(?)", [url]).fetchone()
+        except duckdb.Error as exc:
+            msg = str(exc).splitlines()[0]
+            if "404" in msg or "No files found" in msg or "not found" in msg.lower():
+                raise IngestError(f"{key}: listed by a manifest but missing") from None
+            raise IngestError(f"{key}: could not read from S3 ({msg})") from None
+        return bytes(row[0]) if row and row[0] is not None else b""
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+
+def _state(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
+    row = con.execute("SELECT value FROM audit_state WHERE key = ?", [key]).fetchone()
+    return row[0] if row else None
+
+
+def _set_state(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
+    con.execute("INSERT OR REPLACE INTO audit_state VALUES (?, ?)", [key, value])
+
+
+def _anchor(con: duckdb.DuckDBPyConnection) -> tuple[int, str | None]:
+    row = con.execute("SELECT seq, sha256 FROM manifests ORDER BY seq DESC LIMIT 1").fetchone()
+    return (int(row[0]), str(row[1])) if row else (0, None)
+
+
+def _new_manifests(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> list[Manifest]:
+    """Manifests after the last ingested one, with the chain checked from that anchor.
+
+    The anchor itself is re-read and re-hashed: a manifest changed after it was ingested is
+    refused here rather than silently chained onto. A rebuild checks the chain from seq 1.
+    """
+    last_seq, last_sha = _anchor(con)
+    try:
+        if last_seq == 0:
+            manifest_log = ManifestLog(store)
+        else:
+            key = manifest_key(last_seq)
+            if not store.exists(key):
+                raise IngestError(f"{key}: ingested earlier but now missing from the archive")
+            if sha256_hex(store.get_bytes(key)) != last_sha:
+                raise IngestError(f"{key}: changed since it was ingested (sha256 mismatch)")
+            stub = Manifest(last_seq, "", "", None, "", (), (), (), sha256=last_sha)
+            manifest_log = ManifestLog(store, manifests=[stub])
+        return manifest_log.refresh()
+    except ManifestError as exc:
+        raise IngestError(f"refusing to ingest: {exc}") from None
+
+
+def _verified_table(fetcher: _Fetcher, manifest: Manifest, entry: Any) -> pa.Table:
+    data = fetcher.get(entry.key)
+    if len(data) != entry.bytes:
+        raise IngestError(
+            f"{entry.key}: size {len(data)} does not match manifest {manifest.seq} "
+            f"({entry.bytes} bytes); refusing to ingest"
+        )
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != entry.sha256:
+        raise IngestError(
+            f"{entry.key}: sha256 {actual} does not match manifest {manifest.seq} "
+            f"({entry.sha256}); refusing to ingest"
+        )
+    try:
+        table = pq.read_table(io.BytesIO(data))
+    except (pa.ArrowException, OSError) as exc:
+        raise IngestError(f"{entry.key}: not readable Parquet ({exc})") from None
+    if table.num_rows != entry.rows:
+        raise IngestError(f"{entry.key}: {table.num_rows} rows, manifest says {entry.rows}")
+    return table
+
+
+def _insert(
+    con: duckdb.DuckDBPyConnection, table: str, arrow: pa.Table, dt: str | None, seq: int
+) -> None:
+    cols = [c for c in data_columns(table) if c in arrow.column_names]
+    names = ", ".join(f'"{c}"' for c in cols)
+    con.register("_audit_src", arrow.select(cols))
+    try:
+        con.execute(
+            f"INSERT INTO {table} ({names}, dt, manifest_seq) "
+            f"SELECT {names}, ?::DATE, ? FROM _audit_src",
+            [dt, seq],
+        )
+    finally:
+        con.unregister("_audit_src")
+
+
+def _ingest_manifest(
+    con: duckdb.DuckDBPyConnection, fetcher: _Fetcher, manifest: Manifest, report: IngestReport
+) -> None:
+    run_ids = set(manifest.run_ids)
+    seen_runs: set[str] = set()
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for entry in manifest.files:
+            if entry.table not in DATA_TABLES:
+                log.warning("manifest %s: skipping unknown table %s", manifest.seq, entry.key)
+                continue
+            arrow = _verified_table(fetcher, manifest, entry)
+            report.bytes_verified += entry.bytes
+            file_runs = set(arrow.column("run_id").to_pylist()) if arrow.num_rows else set()
+            if not file_runs <= run_ids:
+                extra = sorted(str(r) for r in file_runs - run_ids)[:3]
+                raise IngestError(
+                    f"{entry.key}: rows of runs the manifest does not name ({', '.join(extra)})"
+                )
+            if entry.table == "runs":
+                seen_runs |= file_runs
+            m = _DT.search(entry.key)
+            _insert(con, entry.table, arrow, m.group(1) if m else None, manifest.seq)
+            report.rows[entry.table] += arrow.num_rows
+        if seen_runs != run_ids:
+            missing = sorted(run_ids - seen_runs)[:3]
+            raise IngestError(
+                f"manifest {manifest.seq}: no runs row for run(s) {', '.join(missing)}"
+            )
+        con.execute(
+            "INSERT INTO manifests VALUES (?, ?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, now())",
+            [
+                manifest.seq,
+                manifest.batch_id,
+                manifest.committed_at or None,
+                manifest.sha256,
+                manifest.prev_sha256,
+                len(manifest.runs),
+                len(manifest.files),
+                len(manifest.artifacts),
+                manifest.schema_version,
+            ],
+        )
+        report.rows["search_docs"] += _index_manifest(con, manifest.seq)
+        _set_state(con, "last_seq", str(manifest.seq))
+        con.execute("COMMIT")
+    except duckdb.ConstraintException as exc:
+        con.execute("ROLLBACK")
+        raise IngestError(
+            f"manifest {manifest.seq}: would duplicate rows already ingested "
+            f"({str(exc).splitlines()[0]}); refusing to ingest"
+        ) from None
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    report.manifests.append(manifest.seq)
+    report.last_seq = manifest.seq
+
+
+def _index_manifest(con: duckdb.DuckDBPyConnection, seq: int) -> int:
+    """Add the manifest's block contents, final outputs and source titles to the index.
+
+    DuckDB's `PRAGMA create_fts_index` rebuilds from scratch (about 20 s per 200,000
+    documents here), so the index is kept incrementally in tables of the same shape, with the
+    fts extension's Porter stemmer; see docs/decisions.md.
+    """
+    con.execute(
+        """CREATE OR REPLACE TEMP TABLE _new_docs AS
+SELECT (SELECT coalesce(max(doc_id), 0) FROM search_docs) + row_number() OVER () AS doc_id, *
+FROM (
+  SELECT 'block' AS kind, run_id, block_id, ordinal AS block_ordinal, NULL::BIGINT AS source_idx,
+    type AS block_type, dt, audit_words(content) AS words
+  FROM blocks WHERE manifest_seq = $seq AND content IS NOT NULL
+  UNION ALL
+  SELECT 'final_output', run_id, NULL, NULL, NULL, NULL, dt, audit_words(final_output)
+  FROM runs WHERE manifest_seq = $seq AND final_output IS NOT NULL
+  UNION ALL
+  SELECT 'source_title', s.run_id, s.block_id, s.block_ordinal, s.idx, b.type, s.dt,
+    audit_words(s.title)
+  FROM block_sources s LEFT JOIN blocks b
+    ON b.run_id = s.run_id AND b.ordinal = s.block_ordinal AND b.manifest_seq = $seq
+  WHERE s.manifest_seq = $seq AND s.title IS NOT NULL
+)""",
+        {"seq": seq},
+    )
+    con.execute(
+        "INSERT INTO search_docs SELECT doc_id, kind, run_id, block_id, block_ordinal, "
+        "source_idx, block_type, dt, len(words) FROM _new_docs"
+    )
+    con.execute(
+        """INSERT INTO search_postings
+WITH tok AS (SELECT doc_id, unnest(words) AS word FROM _new_docs),
+stems AS (SELECT word, audit_term(word) AS term FROM (SELECT DISTINCT word FROM tok))
+SELECT term, doc_id, count(*) FROM tok JOIN stems USING (word) GROUP BY term, doc_id"""
+    )
+    (count,) = con.execute("SELECT count(*) FROM _new_docs").fetchone() or (0,)
+    con.execute("DROP TABLE _new_docs")
+    return int(count)
+
+
+# ----------------------------------------------------------------------------- ledger
+
+
+def _str_list(value: Any) -> list[str] | None:
+    if isinstance(value, list):
+        return [v if isinstance(v, str) else json.dumps(v) for v in value]
+    return None
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _ingest_submissions(
+    con: duckdb.DuckDBPyConnection, store: ObjectStore, report: IngestReport
+) -> None:
+    """New `ledger/submissions/` records, by object key (each key is ingested once)."""
+    since = _state(con, "submissions_day")
+    if since is None:
+        listing = [i.key for i in store.list(SUBMISSIONS)]
+    else:
+        start = date.fromisoformat(since) - timedelta(days=1)
+        end = datetime.now(UTC).date() + timedelta(days=1)
+        listing = [
+            i.key
+            for n in range((end - start).days + 1)
+            for i in store.list(f"{SUBMISSIONS}dt={start + timedelta(days=n):%Y-%m-%d}/")
+        ]
+    keys = [k for k in listing if k.endswith(".json")]
+    if not keys:
+        return
+    known = {
+        r[0]
+        for r in con.execute(
+            "SELECT ledger_key FROM submissions WHERE ledger_key IN (SELECT unnest(?))", [keys]
+        ).fetchall()
+    }
+    rows = []
+    for key in keys:
+        if key in known:
+            continue
+        raw = store.get_bytes(key)
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = {}
+        if not isinstance(doc, dict):
+            doc = {}
+        ts = parse_ts(doc.get("submitted_at"))
+        rows.append(
+            (
+                key,
+                _opt_str(doc.get("request_name")),
+                _opt_str(doc.get("run_id")),
+                ts,
+                _opt_str(doc.get("outcome")),
+                _opt_str(doc.get("error")),
+                _opt_str(doc.get("prompt")),
+                _opt_str(doc.get("template")),
+                _str_list(doc.get("blocks")),
+                _opt_str(doc.get("agent_instructions")),
+                _str_list(doc.get("files")),
+                _opt_str(doc.get("source")),
+                _opt_str(doc.get("canvas_id")),
+                text,
+            )
+        )
+    days = [m.group(1) for k in keys if (m := _SUB_DT.match(k))]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if rows:
+            con.executemany(
+                "INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+        if days:
+            latest = max(days + ([since] if since else []))
+            _set_state(con, "submissions_day", latest)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    report.submissions += len(rows)
+
+
+def _refresh_inflight(
+    con: duckdb.DuckDBPyConnection, store: ObjectStore, report: IngestReport
+) -> None:
+    """Replace the in-flight snapshot: recently tracked runs not archived nor abandoned."""
+    ledger = Ledger(store)
+    since = datetime.now(UTC).date() - timedelta(days=INFLIGHT_LOOKBACK_DAYS)
+    tracked = list(ledger.tracked(since=since))
+    abandoned = ledger.abandoned() if tracked else set()
+    ids = [t.run_id for t in tracked]
+    archived = (
+        {
+            r[0]
+            for r in con.execute(
+                "SELECT run_id FROM runs WHERE run_id IN (SELECT unnest(?))", [ids]
+            ).fetchall()
+        }
+        if ids
+        else set()
+    )
+    now = datetime.now(UTC)
+    rows = [
+        (t.run_id, t.request_name, t.submitted_time, t.tracked_time, now)
+        for t in tracked
+        if t.run_id not in archived and t.run_id not in abandoned
+    ]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DELETE FROM inflight_runs")
+        if rows:
+            con.executemany("INSERT OR REPLACE INTO inflight_runs VALUES (?, ?, ?, ?, ?)", rows)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    report.inflight = len(rows)
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def ingest_into(
+    con: duckdb.DuckDBPyConnection,
+    store: ObjectStore,
+    archive_uri: str,
+    report: IngestReport,
+) -> None:
+    """Bring an open read-write audit database up to date with the archive."""
+    load_extension(con, "fts")
+    ensure_schema(con)
+    uri = _normal_uri(archive_uri)
+    recorded = _state(con, "archive_uri")
+    if recorded is not None and recorded != uri:
+        raise IngestError(
+            f"the audit database was built from {recorded}, not {uri}; "
+            "run `spine-pipeline audit rebuild`"
+        )
+    _set_state(con, "archive_uri", uri)
+    fetcher = _Fetcher(store, archive_uri)
+    try:
+        for manifest in _new_manifests(con, store):
+            _ingest_manifest(con, fetcher, manifest, report)
+    finally:
+        fetcher.close()
+    report.last_seq = _anchor(con)[0]
+    _ingest_submissions(con, store, report)
+    _refresh_inflight(con, store, report)
+
+
+def _run(
+    archive_uri: str | None,
+    db_path: str | os.PathLike[str] | None,
+    *,
+    fresh: bool,
+    store: ObjectStore | None,
+) -> IngestReport:
+    settings = PipelineSettings.from_env()
+    archive_uri = archive_uri or settings.archive_uri
+    paths = paths_for(db_path or settings.audit_db)
+    store = store or open_store(archive_uri)
+    started = time.perf_counter()
+    report = IngestReport(db_path=str(paths.published))
+    with writer_lock(paths):
+        spare, how = prepare_spare(paths, fresh=fresh)
+        report.snapshot = how
+        con = duckdb.connect(str(spare))
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            ingest_into(con, store, archive_uri, report)
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        publish(paths)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def refresh_audit_db(
+    archive_uri: str | None = None,
+    db_path: str | os.PathLike[str] | None = None,
+    *,
+    store: ObjectStore | None = None,
+) -> IngestReport:
+    """Ingest manifests committed since the last refresh and publish a new snapshot.
+
+    Defaults come from SPINE_ARCHIVE_URI / SPINE_AUDIT_DB. Idempotent: with nothing new it
+    only refreshes the submissions and in-flight tables. Raises IngestError (the published
+    snapshot untouched) on a broken chain, a tampered or missing file, or a duplicate run.
+    """
+    return _run(archive_uri, db_path, fresh=False, store=store)
+
+
+def rebuild_audit_db(
+    archive_uri: str | None = None,
+    db_path: str | os.PathLike[str] | None = None,
+    *,
+    store: ObjectStore | None = None,
+) -> IngestReport:
+    """Recreate the audit database from the archive alone (full chain check from seq 1)."""
+    return _run(archive_uri, db_path, fresh=True, store=store)

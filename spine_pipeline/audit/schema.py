@@ -1,0 +1,267 @@
+"""The audit database's tables and report views (design.md 4.4).
+
+The seven data tables are generated from the archive's Arrow schemas, so every archived
+column is queryable and a column added to the archive appears here without a code change
+(new columns are added by `ensure_schema`). Each data table also gets `dt` (the Hive
+partition date: the UTC day the run became terminal) and `manifest_seq`.
+"""
+
+from __future__ import annotations
+
+import duckdb
+import pyarrow as pa
+
+from spine_pipeline.archive.schemas import TABLES
+
+AUDIT_SCHEMA_VERSION = 1
+DATA_TABLES = tuple(TABLES)  # runs, blocks, block_sources, edges, tasks, artifacts, run_errors
+OVERDUE_HOURS = 3
+ANOMALY_FACTOR = 3
+
+
+def duck_type(t: pa.DataType) -> str:
+    """The DuckDB type an Arrow column of the archive is stored as."""
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
+    if pa.types.is_large_string(t) or pa.types.is_string(t):
+        return "VARCHAR"
+    if pa.types.is_large_binary(t) or pa.types.is_binary(t):
+        return "BLOB"
+    if pa.types.is_int64(t) or pa.types.is_int32(t):
+        return "BIGINT"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"{duck_type(t.value_type)}[]"
+    if pa.types.is_floating(t):
+        return "DOUBLE"
+    raise TypeError(f"no DuckDB type for archive column type {t}")
+
+
+def _columns(table: str) -> list[tuple[str, str]]:
+    cols = [(f.name, duck_type(f.type)) for f in TABLES[table]]
+    return [*cols, ("dt", "DATE"), ("manifest_seq", "BIGINT")]
+
+
+def _create_data_table(table: str) -> str:
+    cols = ",\n  ".join(f'"{name}" {typ}' for name, typ in _columns(table))
+    key = ",\n  PRIMARY KEY (run_id)" if table == "runs" else ""
+    return f"CREATE TABLE IF NOT EXISTS {table} (\n  {cols}{key}\n)"
+
+
+_FIXED_TABLES = [
+    """CREATE TABLE IF NOT EXISTS manifests (
+  seq BIGINT PRIMARY KEY,
+  batch_id VARCHAR NOT NULL,
+  committed_at TIMESTAMPTZ,
+  sha256 VARCHAR NOT NULL,
+  prev_sha256 VARCHAR,
+  run_count BIGINT NOT NULL,
+  file_count BIGINT NOT NULL,
+  artifact_count BIGINT NOT NULL,
+  schema_version VARCHAR,
+  ingested_at TIMESTAMPTZ NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS submissions (
+  ledger_key VARCHAR PRIMARY KEY,
+  request_name VARCHAR,
+  run_id VARCHAR,
+  submitted_at TIMESTAMPTZ,
+  outcome VARCHAR,
+  error VARCHAR,
+  prompt VARCHAR,
+  template VARCHAR,
+  blocks VARCHAR[],
+  agent_instructions VARCHAR,
+  files VARCHAR[],
+  source VARCHAR,
+  canvas_id VARCHAR,
+  raw_json VARCHAR NOT NULL
+)""",
+    # Tracked runs that no manifest names and that are not abandoned, as of the last refresh.
+    """CREATE TABLE IF NOT EXISTS inflight_runs (
+  run_id VARCHAR PRIMARY KEY,
+  request_name VARCHAR,
+  submitted_at TIMESTAMPTZ,
+  tracked_at TIMESTAMPTZ,
+  observed_at TIMESTAMPTZ NOT NULL
+)""",
+    # Ingest bookkeeping: one row per key.
+    """CREATE TABLE IF NOT EXISTS audit_state (
+  key VARCHAR PRIMARY KEY,
+  value VARCHAR
+)""",
+    # Search index: one document per block content, run final_output and source title.
+    """CREATE TABLE IF NOT EXISTS search_docs (
+  doc_id BIGINT PRIMARY KEY,
+  kind VARCHAR NOT NULL,
+  run_id VARCHAR NOT NULL,
+  block_id VARCHAR,
+  block_ordinal BIGINT,
+  source_idx BIGINT,
+  block_type VARCHAR,
+  dt DATE,
+  len BIGINT NOT NULL
+)""",
+    # term = md5_number_lower(stem(word, 'porter')): stable across DuckDB versions.
+    """CREATE TABLE IF NOT EXISTS search_postings (
+  term UBIGINT NOT NULL,
+  doc_id BIGINT NOT NULL,
+  tf BIGINT NOT NULL
+)""",
+]
+
+# Tokenizer shared by indexing and querying: accents stripped, lower case, split on anything
+# that is not a letter or digit, English stop words dropped, Porter stem (fts extension).
+STOPWORDS = [
+    *("a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "if", "in", "into"),
+    *("is", "it", "no", "not", "of", "on", "or", "such", "that", "the", "their", "then"),
+    *("there", "these", "they", "this", "to", "was", "will", "with"),
+]
+
+_MACROS = [
+    "CREATE OR REPLACE MACRO audit_words(txt) AS "
+    "list_filter(regexp_split_to_array(lower(strip_accents(coalesce(txt, ''))), "
+    "'[^a-z0-9]+'), w -> w <> '' AND NOT list_contains(" + repr(STOPWORDS) + ", w))",
+    # Needs the fts extension loaded (its Porter stemmer) where it is called.
+    "CREATE OR REPLACE MACRO audit_term(w) AS md5_number_lower(stem(w, 'porter'))",
+]
+
+
+def _views() -> list[str]:
+    h = OVERDUE_HOURS
+    k = ANOMALY_FACTOR
+    return [
+        # One row per run with the attributes reports group by (request name falls back to
+        # the ledger's submission record when the archive did not know it).
+        """CREATE OR REPLACE VIEW run_facts AS
+SELECT r.run_id, r.dt AS day, r.status,
+  coalesce(r.request_name, s.request_name) AS request_name,
+  coalesce(r.template, s.template, r.template_used) AS template,
+  r.template_used, r.models_used, coalesce(r.credits_consumed, 0) AS credits,
+  r.credits_consumed IS NULL AS credits_missing,
+  r.duration_ms, r.error_count, r.block_count, r.artifact_count,
+  coalesce(r.submitted_at, s.submitted_at) AS submitted_at, r.terminal_at, r.archived_at,
+  r.canvas_url, r.batch_id, r.manifest_seq
+FROM runs r
+LEFT JOIN (
+  SELECT run_id, any_value(request_name) AS request_name, any_value(template) AS template,
+    min(submitted_at) AS submitted_at
+  FROM submissions WHERE run_id IS NOT NULL GROUP BY run_id
+) s USING (run_id)""",
+        # Trailing median over the days with runs among the 7 calendar days before each day.
+        f"""CREATE OR REPLACE VIEW credit_usage_daily AS
+SELECT *, coalesce(credits > {k} * trailing_7d_median AND trailing_7d_median > 0, false)
+  AS anomaly
+FROM (
+  SELECT *, round(credits / runs, 2) AS credits_per_run,
+    median(credits) OVER (ORDER BY day RANGE BETWEEN INTERVAL 7 DAY PRECEDING
+      AND INTERVAL 1 DAY PRECEDING) AS trailing_7d_median
+  FROM (
+    SELECT day, count(*) AS runs, sum(credits) AS credits,
+      count(*) FILTER (WHERE status = 'completed') AS completed_runs,
+      count(*) FILTER (WHERE status = 'partial') AS partial_runs,
+      count(*) FILTER (WHERE status = 'failed') AS failed_runs,
+      count(*) FILTER (WHERE credits_missing) AS runs_without_credits
+    FROM run_facts GROUP BY day
+  )
+)""",
+        """CREATE OR REPLACE VIEW credit_usage_by_template AS
+SELECT day, coalesce(template, '(unknown)') AS template, count(*) AS runs,
+  sum(credits) AS credits
+FROM run_facts GROUP BY ALL""",
+        # Spine reports only a run total: a run is counted once under every model it used,
+        # with its whole total. Do not sum credits_of_runs across models.
+        """CREATE OR REPLACE VIEW credit_usage_by_model AS
+SELECT day, model, count(*) AS runs, sum(credits) AS credits_of_runs,
+  count(*) FILTER (WHERE n_models > 1) AS runs_shared_with_other_models
+FROM (
+  SELECT day, credits, coalesce(len(models_used), 0) AS n_models,
+    unnest(CASE WHEN len(models_used) > 0 THEN list_distinct(models_used)
+           ELSE ['(unknown)'] END) AS model
+  FROM run_facts
+) GROUP BY ALL""",
+        """CREATE OR REPLACE VIEW credit_usage_by_request AS
+SELECT day, coalesce(request_name, '(ad hoc)') AS request_name, count(*) AS runs,
+  sum(credits) AS credits, max(credits) AS max_run_credits
+FROM run_facts GROUP BY ALL""",
+        """CREATE OR REPLACE VIEW run_outcomes AS
+WITH f AS (SELECT coalesce(status, '(none)') AS status, * EXCLUDE (status) FROM run_facts),
+msg AS (
+  SELECT coalesce(r.status, '(none)') AS status, e.error, count(*) AS n
+  FROM run_errors e JOIN runs r USING (run_id) WHERE e.error IS NOT NULL GROUP BY ALL
+),
+top AS (
+  SELECT status, list(error ORDER BY n DESC, error)[1:10] AS top_errors FROM msg GROUP BY status
+)
+SELECT f.status, count(*) AS runs, sum(f.credits) AS credits, sum(f.error_count) AS errors,
+  count(*) FILTER (WHERE f.error_count > 0) AS runs_with_errors,
+  min(f.terminal_at) AS first_terminal_at, max(f.terminal_at) AS last_terminal_at,
+  any_value(top.top_errors) AS top_errors
+FROM f LEFT JOIN top USING (status) GROUP BY f.status""",
+        # Per run: which runs failed or ran partial, and why.
+        """CREATE OR REPLACE VIEW run_failures AS
+SELECT f.run_id, f.status, f.request_name, f.template, f.credits, f.terminal_at,
+  f.canvas_url, f.error_count,
+  (SELECT list(e.error ORDER BY e.idx) FROM run_errors e WHERE e.run_id = f.run_id) AS errors,
+  r.fetch_errors
+FROM run_facts f JOIN runs r USING (run_id)
+WHERE f.status IS DISTINCT FROM 'completed' OR f.error_count > 0""",
+        f"""CREATE OR REPLACE VIEW overdue_runs AS
+SELECT run_id, 'archived' AS state, request_name, status, submitted_at, terminal_at,
+  duration_ms, round(duration_ms / 3600000.0, 2) AS hours, canvas_url
+FROM run_facts WHERE duration_ms > {h} * 3600000
+UNION ALL
+SELECT run_id, 'in_flight' AS state, request_name, NULL AS status, submitted_at,
+  NULL AS terminal_at,
+  epoch_ms(now() - coalesce(submitted_at, tracked_at)) AS duration_ms,
+  round(epoch_ms(now() - coalesce(submitted_at, tracked_at)) / 3600000.0, 2) AS hours,
+  NULL AS canvas_url
+FROM inflight_runs i
+WHERE now() - coalesce(submitted_at, tracked_at) > INTERVAL {h} HOUR
+  AND run_id NOT IN (SELECT run_id FROM runs)""",
+        """CREATE OR REPLACE VIEW credit_anomalies AS
+SELECT f.day, f.run_id, f.request_name, f.template, f.credits, d.credits AS day_credits,
+  d.trailing_7d_median, round(d.credits / d.trailing_7d_median, 2) AS day_ratio,
+  f.canvas_url
+FROM run_facts f JOIN credit_usage_daily d USING (day)
+WHERE d.anomaly""",
+        """CREATE OR REPLACE VIEW cited_sources AS
+SELECT s.run_id, s.block_id, s.idx, s.url,
+  lower(regexp_extract(s.url, '^[a-zA-Z][a-zA-Z0-9+.-]*://(?:[^/@?#]*@)?([^/:?#]+)', 1))
+    AS domain,
+  s.title, b.name AS block_name, b.type AS block_type, r.canvas_url, r.dt AS day
+FROM block_sources s
+JOIN runs r USING (run_id)
+LEFT JOIN blocks b ON b.run_id = s.run_id AND b.ordinal = s.block_ordinal""",
+    ]
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create missing tables and columns, then (re)create the macros and views."""
+    for table in DATA_TABLES:
+        con.execute(_create_data_table(table))
+        have = {
+            r[0]
+            for r in con.execute(
+                "SELECT column_name FROM duckdb_columns() WHERE table_name = ? "
+                "AND database_name = current_database()",
+                [table],
+            ).fetchall()
+        }
+        for name, typ in _columns(table):
+            if name not in have:
+                con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {typ}')
+    for ddl in _FIXED_TABLES:
+        con.execute(ddl)
+    for ddl in _MACROS + _views():
+        con.execute(ddl)
+    con.execute(
+        "INSERT OR REPLACE INTO audit_state VALUES ('schema_version', ?)",
+        [str(AUDIT_SCHEMA_VERSION)],
+    )
+
+
+def data_columns(table: str) -> list[str]:
+    """Columns of a data table that come from the archive files (not dt/manifest_seq)."""
+    return [f.name for f in TABLES[table]]

@@ -1,0 +1,177 @@
+"""Publishing the audit database as immutable snapshots (one writer, many readers).
+
+DuckDB locks its file: a read-write connection excludes every reader in other processes,
+and a reader (a notebook left open) excludes the writer. So readers never open the file the
+writer writes. The writer works on a *spare* file beside the published one and publishes it
+with an atomic rename; readers that attached the old file keep reading it.
+
+Two files alternate (blue/green), so a refresh does not copy the whole database:
+
+- `audit.duckdb`          the published snapshot; nobody ever writes it again.
+- `.audit.duckdb.spare`   the previous snapshot. The next refresh catches it up (ingests
+                          the manifests it is missing) and publishes it.
+
+The spare is reused only when nothing reads it: no reader of this process (the registry in
+`duck.py`) and no POSIX lock from any process (an open-file-description write-lock probe,
+which also sees the record locks DuckDB readers of this process hold). Otherwise, and on
+platforms without OFD locks, the published file is copied to a new spare (slow path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from spine_pipeline.audit.duck import REGISTRY, AuditError, file_key
+
+WRITER_WAIT_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The files of one audit database."""
+
+    published: Path
+
+    @property
+    def spare(self) -> Path:
+        return self.published.with_name(f".{self.published.name}.spare")
+
+    @property
+    def previous_link(self) -> Path:
+        return self.published.with_name(f".{self.published.name}.prev")
+
+    @property
+    def writer_lock(self) -> Path:
+        return self.published.with_name(f".{self.published.name}.lock")
+
+    @property
+    def copying(self) -> Path:
+        return self.published.with_name(f".{self.published.name}.copy")
+
+
+def paths_for(db_path: str | os.PathLike[str]) -> Paths:
+    return Paths(Path(db_path).absolute())
+
+
+@contextlib.contextmanager
+def writer_lock(paths: Paths, wait_seconds: float = WRITER_WAIT_SECONDS) -> Iterator[None]:
+    """Serialise writers (CLI, Dagster asset, tests) across processes: one refresh at a time."""
+    paths.published.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(paths.writer_lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise AuditError(
+                        f"another refresh of {paths.published} is still running "
+                        f"(waited {wait_seconds:.0f} s)"
+                    ) from None
+                time.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _remove(path: Path) -> None:
+    for p in (path, Path(f"{path}.wal")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def nobody_reads(path: Path) -> bool:
+    """True only if provably no reader has `path` open (in this process or any other)."""
+    try:
+        key = file_key(path)
+    except FileNotFoundError:
+        return False
+    if REGISTRY.in_use(key):
+        return False
+    setlk = getattr(fcntl, "F_OFD_SETLK", None)
+    if setlk is None:  # no OFD locks (not Linux): cannot prove it, so do not reuse
+        return False
+    fd = os.open(path, os.O_RDWR)
+    try:
+        # struct flock: l_type, l_whence, l_start, l_len (0 = whole file), l_pid.
+        request = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+        try:
+            fcntl.fcntl(fd, setlk, request)
+        except OSError:
+            return False
+        return True
+    finally:
+        # An OFD lock belongs to this open file description: closing it releases it. The
+        # probe only succeeded if no record lock existed, so closing drops nobody else's.
+        os.close(fd)
+
+
+def prepare_spare(paths: Paths, *, fresh: bool) -> tuple[Path, str]:
+    """Make the spare file ready to be written; return it and how it was made.
+
+    `fresh` (a rebuild) starts from an empty file. Otherwise the spare is reused when it is
+    an older snapshot nobody reads, else the published file is copied (atomically named).
+    """
+    _remove(paths.copying)
+    _remove(paths.previous_link)
+    spare = paths.spare
+    if fresh or not paths.published.exists():
+        _remove(spare)
+        return spare, "new"
+    if (
+        spare.exists()
+        and not Path(f"{spare}.wal").exists()
+        and file_key(spare) != file_key(paths.published)
+        and nobody_reads(spare)
+    ):
+        return spare, "reused"
+    _remove(spare)
+    shutil.copyfile(paths.published, paths.copying)
+    os.replace(paths.copying, spare)
+    return spare, "copied"
+
+
+def publish(paths: Paths) -> None:
+    """Atomically make the (closed, checkpointed) spare the published snapshot.
+
+    The previous snapshot keeps a name (the new spare) so the next refresh can catch it up
+    instead of copying. A crash between the steps leaves at worst a stray link that the
+    next refresh removes; the published name always points to a complete database.
+    """
+    spare = paths.spare
+    if Path(f"{spare}.wal").exists():
+        raise AuditError(f"{spare}.wal exists: the new snapshot was not checkpointed")
+    if paths.published.exists():
+        _remove(paths.previous_link)
+        os.link(paths.published, paths.previous_link)
+        os.replace(spare, paths.published)
+        os.replace(paths.previous_link, spare)
+    else:
+        os.replace(spare, paths.published)
+    _fsync_dir(paths.published.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

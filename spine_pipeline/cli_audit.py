@@ -1,0 +1,283 @@
+"""Audit commands of `spine-pipeline`: sql, search, cited, report credits, audit rebuild/refresh.
+
+Registered on the main group by `spine_pipeline/cli.py`. Every expected failure (missing
+database, broken archive, refused or bad SQL) is one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import duckdb
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DATE = click.DateTime(formats=["%Y-%m-%d"])
+
+
+def _fail(message: str) -> None:
+    from spine_pipeline.spine.redact import redact
+
+    click.echo(f"error: {redact(message)}", err=True)
+    sys.exit(1)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def audit_errors(func: F) -> F:
+    """Expected failures become one line on stderr and exit code 1, never a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from spine_pipeline.archive.manifest import ManifestError
+        from spine_pipeline.audit import AuditError
+        from spine_pipeline.audit.sql import duckdb_message
+
+        try:
+            return func(*args, **kwargs)
+        except (AuditError, ManifestError, FileNotFoundError, PermissionError) as exc:
+            _fail(_one_line(exc))
+        except duckdb.Error as exc:
+            _fail(duckdb_message(exc))
+        except Exception as exc:
+            from spine_pipeline.archive.store import StoreError
+
+            if isinstance(exc, StoreError):
+                _fail(_one_line(exc))
+            raise
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _db(db: str | None) -> str:
+    from spine_pipeline.config import PipelineSettings
+
+    return db or PipelineSettings.from_env().audit_db
+
+
+def _day(value: datetime | None) -> date | None:
+    return value.date() if value is not None else None
+
+
+_db_option = click.option(
+    "--db", default=None, metavar="PATH", help="audit database (default: $SPINE_AUDIT_DB)"
+)
+
+
+# ----------------------------------------------------------------------------- audit
+
+
+@click.group("audit")
+def audit() -> None:
+    """Build the DuckDB audit database from the archive."""
+
+
+def _print_ingest(report: Any) -> None:
+    click.echo(f"{report.db_path}: {report.summary()}")
+
+
+@audit.command("rebuild")
+@click.option("--archive", default=None, metavar="URI", help="default: $SPINE_ARCHIVE_URI")
+@_db_option
+@audit_errors
+def audit_rebuild(archive: str | None, db: str | None) -> None:
+    """Recreate the audit database from the archive's manifests alone."""
+    from spine_pipeline.audit import rebuild_audit_db
+
+    _print_ingest(rebuild_audit_db(archive, _db(db)))
+
+
+@audit.command("refresh")
+@click.option("--archive", default=None, metavar="URI", help="default: $SPINE_ARCHIVE_URI")
+@_db_option
+@audit_errors
+def audit_refresh(archive: str | None, db: str | None) -> None:
+    """Ingest manifests committed since the last refresh."""
+    from spine_pipeline.audit import refresh_audit_db
+
+    _print_ingest(refresh_audit_db(archive, _db(db)))
+
+
+# ----------------------------------------------------------------------------- sql
+
+
+@click.command("sql")
+@click.argument("query")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "csv", "json", "parquet"]),
+    default="table",
+    show_default=True,
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="write to FILE instead of stdout (required for parquet)",
+)
+@_db_option
+@audit_errors
+def sql(query: str, fmt: str, output: Path | None, db: str | None) -> None:
+    """Run one read-only SQL query over the audit database."""
+    from spine_pipeline.audit import sql as sqlmod
+
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("--format parquet needs --output FILE")
+    result = sqlmod.run_sql_result(_db(db), query)
+    if fmt == "parquet":
+        assert output is not None
+        sqlmod.write_parquet(result, output)
+        click.echo(f"wrote {result.arrow.num_rows} row(s) to {output}", err=True)
+        return
+    rows = result.rows
+    text = {
+        "table": sqlmod.format_table,
+        "csv": sqlmod.format_csv,
+        "json": sqlmod.format_json,
+    }[fmt](result.columns, rows)
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {len(rows)} row(s) to {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+# ----------------------------------------------------------------------------- search
+
+
+@click.command("search")
+@click.argument("text")
+@click.option(
+    "--type",
+    "block_type",
+    default=None,
+    metavar="BLOCK_TYPE",
+    help="only this block type (e.g. web-research-block), or final_output / source_title",
+)
+@click.option("--since", type=DATE, default=None, help="runs terminal on or after YYYY-MM-DD")
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@_db_option
+@audit_errors
+def search(
+    text: str, block_type: str | None, since: datetime | None, limit: int, db: str | None
+) -> None:
+    """Full-text search over block content, final outputs and source titles.
+
+    Every word must match (stemmed); put words in double quotes for an exact phrase.
+    """
+    from spine_pipeline.audit import search as do_search
+
+    hits = do_search(_db(db), text, block_type=block_type, since=_day(since), limit=limit)
+    if not hits:
+        click.echo("no matches")
+        return
+    for h in hits:
+        where = h.block_id if h.kind != "final_output" else "final_output"
+        label = f"{h.block_type or h.kind}"
+        if h.block_name:
+            label += f" {h.block_name!r}"
+        if h.kind == "source_title":
+            label += " (source title)"
+        click.echo(f"{h.run_id}  {where}  {label}  score={h.score:.2f}")
+        click.echo(f"    {h.snippet}")
+        click.echo(f"    {h.canvas_url or '(no canvas)'}")
+
+
+@click.command("cited")
+@click.argument("domain")
+@click.option("--since", type=DATE, default=None, help="runs terminal on or after YYYY-MM-DD")
+@_db_option
+@audit_errors
+def cited(domain: str, since: datetime | None, db: str | None) -> None:
+    """Runs and blocks whose sources cite DOMAIN (or its subdomains)."""
+    from spine_pipeline.audit import cited as do_cited
+    from spine_pipeline.audit.sql import format_table
+
+    rows = do_cited(_db(db), domain, since=_day(since))
+    if not rows:
+        click.echo(f"no sources cite {domain}")
+        return
+    click.echo(
+        format_table(
+            ["run_id", "block_id", "block_type", "url", "title", "canvas_url"],
+            [(r.run_id, r.block_id, r.block_type, r.url, r.title, r.canvas_url) for r in rows],
+        ),
+        nl=False,
+    )
+    click.echo(f"{len({r.run_id for r in rows})} run(s), {len(rows)} citation(s)")
+
+
+# ----------------------------------------------------------------------------- report
+
+
+@click.group("report")
+def report() -> None:
+    """Reports over the audit database."""
+
+
+@report.command("credits")
+@click.option(
+    "--by",
+    type=click.Choice(["day", "template", "model", "request"]),
+    default="day",
+    show_default=True,
+)
+@click.option("--since", type=DATE, default=None, help="from YYYY-MM-DD (UTC day)")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="also write the self-contained HTML report to FILE",
+)
+@click.option("--budget-daily", type=click.FloatRange(min=0, min_open=True), default=None)
+@click.option("--budget-monthly", type=click.FloatRange(min=0, min_open=True), default=None)
+@_db_option
+@audit_errors
+def report_credits(
+    by: str,
+    since: datetime | None,
+    html_path: Path | None,
+    budget_daily: float | None,
+    budget_monthly: float | None,
+    db: str | None,
+) -> None:
+    """Credit usage by day, template, model or request, with budgets and anomalies.
+
+    Budgets default to $SPINE_CREDIT_BUDGET_DAILY / $SPINE_CREDIT_BUDGET_MONTHLY.
+    """
+    from spine_pipeline.audit.duck import reading
+    from spine_pipeline.audit.html_report import render_report_data_html
+    from spine_pipeline.audit.reports import Budgets, credit_report_table, report_data
+    from spine_pipeline.audit.sql import format_table
+
+    budgets = Budgets.from_env(budget_daily, budget_monthly)
+    with reading(_db(db)) as con:
+        table = credit_report_table(con, by, _day(since))
+        data = report_data(con, since=_day(since), budgets=budgets)
+    click.echo(format_table(table.columns, table.rows), nl=False)
+    if by == "model":
+        click.echo("note: Spine reports run totals only; a run counts under every model it used.")
+    click.echo(f"total: {data.total_credits:,} credits over {data.total_runs:,} runs")
+    for b in data.budget_status:
+        spent = f"{b.spent:,} of {b.budget:,.0f} ({b.fraction:.0%})"
+        click.echo(f"budget {b.period}: {spent} {b.level.upper()}")
+    if data.anomalies.rows:
+        days = sorted({str(r[0]) for r in data.anomalies.rows})
+        click.echo(f"anomalous days (credits > 3x trailing 7-day median): {', '.join(days)}")
+    if html_path is not None:
+        html_path.write_text(render_report_data_html(data), encoding="utf-8")
+        click.echo(f"wrote {html_path}", err=True)
+
+
+COMMANDS = [audit, sql, search, cited, report]
