@@ -299,5 +299,13 @@ def _ledger() -> Ledger:
     return Ledger(open_store(PipelineSettings.from_env().archive_uri))
 
 
+from spine_pipeline.cli_audit import audit, cited, report, search, sql  # noqa: E402
+
+main.add_command(audit)
+main.add_command(report)
+main.add_command(sql)
+main.add_command(search)
+main.add_command(cited)
+
 if __name__ == "__main__":
     main()

@@ -47,7 +47,7 @@ def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
         con.execute(f"LOAD {name}")
 
 
-def _sql_str(value: str) -> str:
+def sql_str(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -65,16 +65,16 @@ def configure_s3(con: duckdb.DuckDBPyConnection) -> None:
     parts = ["TYPE s3"]
     if creds is not None:
         frozen = creds.get_frozen_credentials()
-        parts.append(f"KEY_ID {_sql_str(frozen.access_key)}")
-        parts.append(f"SECRET {_sql_str(frozen.secret_key)}")
+        parts.append(f"KEY_ID {sql_str(frozen.access_key)}")
+        parts.append(f"SECRET {sql_str(frozen.secret_key)}")
         if frozen.token:
-            parts.append(f"SESSION_TOKEN {_sql_str(frozen.token)}")
+            parts.append(f"SESSION_TOKEN {sql_str(frozen.token)}")
     region = os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
-    parts.append(f"REGION {_sql_str(region)}")
+    parts.append(f"REGION {sql_str(region)}")
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:
         split = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
-        parts.append(f"ENDPOINT {_sql_str(split.netloc)}")
+        parts.append(f"ENDPOINT {sql_str(split.netloc)}")
         parts.append("URL_STYLE 'path'")
         parts.append(f"USE_SSL {'true' if split.scheme == 'https' else 'false'}")
     try:
@@ -136,7 +136,7 @@ def _open_snapshot(path: Path) -> _Snapshot:
     try:
         base.execute("SET TimeZone = 'UTC'")
         load_extension(base, "fts")  # the search macros use its stemmer
-        base.execute(f"ATTACH {_sql_str(str(path))} AS {ATTACH_NAME} (READ_ONLY)")
+        base.execute(f"ATTACH {sql_str(str(path))} AS {ATTACH_NAME} (READ_ONLY)")
         base.execute(f"USE {ATTACH_NAME}")
         base.execute("SET enable_external_access = false")
         base.execute("SET lock_configuration = true")

@@ -139,7 +139,7 @@ def daily_chart_svg(
         parts.append(
             f'<line id="budget-line" x1="{left}" x2="{width - right}" y1="{by:.1f}" '
             f'y2="{by:.1f}" stroke="#c53030" stroke-width="2" stroke-dasharray="6 4"/>'
-            f'<text x="{width - right}" y="{by - 5:.1f}" font-size="11" text-anchor="end" '
+            f'<text x="{left + 4}" y="{by - 5:.1f}" font-size="11" text-anchor="start" '
             f'fill="#c53030">daily budget {budgets.daily:,.0f}</text>'
         )
     parts.append(

@@ -40,7 +40,7 @@ from spine_pipeline.archive.manifest import (
     sha256_hex,
 )
 from spine_pipeline.archive.store import ObjectStore, open_store
-from spine_pipeline.audit.duck import AuditError, configure_s3, load_extension
+from spine_pipeline.audit.duck import AuditError, configure_s3, load_extension, sql_str
 from spine_pipeline.audit.schema import DATA_TABLES, data_columns, ensure_schema
 from spine_pipeline.audit.snapshot import paths_for, prepare_spare, publish, writer_lock
 from spine_pipeline.config import PipelineSettings
@@ -61,7 +61,8 @@ class IngestReport:
     """What one refresh did: what Dagster shows as metadata and the CLI prints."""
 
     db_path: str
-    manifests: list[int] = field(default_factory=list)
+    manifests: list[int] = field(default_factory=list)  # new to readers
+    caught_up: list[int] = field(default_factory=list)  # re-ingested into the reused spare
     rows: Counter[str] = field(default_factory=Counter)
     submissions: int = 0
     inflight: int = 0
@@ -192,10 +193,15 @@ def _insert(
 
 
 def _ingest_manifest(
-    con: duckdb.DuckDBPyConnection, fetcher: _Fetcher, manifest: Manifest, report: IngestReport
+    con: duckdb.DuckDBPyConnection,
+    fetcher: _Fetcher,
+    manifest: Manifest,
+    report: IngestReport,
+    published_seq: int,
 ) -> None:
     run_ids = set(manifest.run_ids)
     seen_runs: set[str] = set()
+    rows: Counter[str] = Counter()
     con.execute("BEGIN TRANSACTION")
     try:
         for entry in manifest.files:
@@ -214,7 +220,7 @@ def _ingest_manifest(
                 seen_runs |= file_runs
             m = _DT.search(entry.key)
             _insert(con, entry.table, arrow, m.group(1) if m else None, manifest.seq)
-            report.rows[entry.table] += arrow.num_rows
+            rows[entry.table] += arrow.num_rows
         if seen_runs != run_ids:
             missing = sorted(run_ids - seen_runs)[:3]
             raise IngestError(
@@ -234,7 +240,7 @@ def _ingest_manifest(
                 manifest.schema_version,
             ],
         )
-        report.rows["search_docs"] += _index_manifest(con, manifest.seq)
+        rows["search_docs"] += _index_manifest(con, manifest.seq)
         _set_state(con, "last_seq", str(manifest.seq))
         con.execute("COMMIT")
     except duckdb.ConstraintException as exc:
@@ -246,8 +252,12 @@ def _ingest_manifest(
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    report.manifests.append(manifest.seq)
     report.last_seq = manifest.seq
+    if manifest.seq <= published_seq:
+        report.caught_up.append(manifest.seq)
+    else:
+        report.manifests.append(manifest.seq)
+        report.rows.update(rows)
 
 
 def _index_manifest(con: duckdb.DuckDBPyConnection, seq: int) -> int:
@@ -421,8 +431,13 @@ def ingest_into(
     store: ObjectStore,
     archive_uri: str,
     report: IngestReport,
+    published_seq: int = 0,
 ) -> None:
-    """Bring an open read-write audit database up to date with the archive."""
+    """Bring an open read-write audit database up to date with the archive.
+
+    Manifests up to `published_seq` are already visible to readers (a reused spare catches
+    up on them); only later ones count as new in the report.
+    """
     load_extension(con, "fts")
     ensure_schema(con)
     uri = _normal_uri(archive_uri)
@@ -436,12 +451,27 @@ def ingest_into(
     fetcher = _Fetcher(store, archive_uri)
     try:
         for manifest in _new_manifests(con, store):
-            _ingest_manifest(con, fetcher, manifest, report)
+            _ingest_manifest(con, fetcher, manifest, report, published_seq)
     finally:
         fetcher.close()
     report.last_seq = _anchor(con)[0]
     _ingest_submissions(con, store, report)
     _refresh_inflight(con, store, report)
+
+
+def _published_seq(published: Path) -> int:
+    """The last manifest readers can see now (0 without a published snapshot)."""
+    if not published.exists():
+        return 0
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH {sql_str(str(published))} AS pub (READ_ONLY)")
+        row = con.execute("SELECT max(seq) FROM pub.manifests").fetchone()
+    except duckdb.Error:
+        return 0
+    finally:
+        con.close()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 def _run(
@@ -458,12 +488,13 @@ def _run(
     started = time.perf_counter()
     report = IngestReport(db_path=str(paths.published))
     with writer_lock(paths):
+        published_seq = 0 if fresh else _published_seq(paths.published)
         spare, how = prepare_spare(paths, fresh=fresh)
         report.snapshot = how
         con = duckdb.connect(str(spare))
         try:
             con.execute("SET TimeZone = 'UTC'")
-            ingest_into(con, store, archive_uri, report)
+            ingest_into(con, store, archive_uri, report, published_seq)
             con.execute("CHECKPOINT")
         finally:
             con.close()

@@ -92,8 +92,9 @@ _FIXED_TABLES = [
   value VARCHAR
 )""",
     # Search index: one document per block content, run final_output and source title.
+    # doc_id is unique by construction (max + row_number, one writer); no index to maintain.
     """CREATE TABLE IF NOT EXISTS search_docs (
-  doc_id BIGINT PRIMARY KEY,
+  doc_id BIGINT NOT NULL,
   kind VARCHAR NOT NULL,
   run_id VARCHAR NOT NULL,
   block_id VARCHAR,

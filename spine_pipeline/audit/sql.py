@@ -81,7 +81,7 @@ def run_sql_result(db_path: str | os.PathLike[str], query: str) -> SqlResult:
             cur = con.execute(query)
             if cur.description is None:
                 return SqlResult([], pa.table({}))
-            table = cur.fetch_arrow_table()
+            table = cur.to_arrow_table()
         except duckdb.PermissionException as exc:
             raise SqlRefused(f"refused: {duckdb_message(exc)}") from None
         except duckdb.Error as exc:
