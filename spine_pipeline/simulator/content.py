@@ -30,6 +30,7 @@ from .prose import (
     title_case,
     topic_of,
     web_source,
+    web_url,
 )
 from .vocab import (
     ARTIFACT_TYPE,
@@ -548,15 +549,9 @@ def _tasks(
     tasks: list[Task] = []
 
     def add(name: str, task_type: str, status: str, parent: int) -> int:
-        task = Task(
-            len(tasks),
-            new_uuid(rng),
-            name,
-            task_type,
-            status,
-            parent,
-            leaf_style=rng.choices(("null", "empty", "absent"), (4, 4, 2))[0],
-        )
+        roll = rng.random()
+        style = "null" if roll < 0.4 else "empty" if roll < 0.8 else "absent"
+        task = Task(len(tasks), new_uuid(rng), name, task_type, status, parent, leaf_style=style)
         tasks.append(task)
         if parent >= 0:
             tasks[parent].children.append(task.index)
@@ -587,7 +582,7 @@ def _tasks(
                 tool = rng.choice(tools)
                 arg = {
                     "web_search": f'"{topic} {rng.choice(ASPECTS)}"',
-                    "fetch_url": web_source(rng, topic)["url"],
+                    "fetch_url": web_url(rng, topic),
                     "python": "compute growth table",
                     "read_file": ctx.uploads[0].name if ctx.uploads else "notes.md",
                     "summarise": f"{rng.randint(3, 12)} sources",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import re
+import string
 from typing import Any
 
 DOMAINS: tuple[str, ...] = (
@@ -127,7 +128,7 @@ ASPECTS = (
 )
 
 _SENTENCES = (
-    "{topic} {verb} in {region} over {year}, {hedge}.",
+    "{Topic} {verb} in {region} over {year}, {hedge}.",
     "The {metric} for {company} {verb} by {pct}% year on year.",
     "Analysts expect {metric} in {region} to reach {money} by {year2}.",
     "{company} remains the reference player for {aspect}, {hedge}.",
@@ -138,6 +139,13 @@ _SENTENCES = (
     "A naïve extrapolation would overstate {metric} by roughly {pct}%.",
     "The data for {year} is incomplete; treat {metric} figures as provisional.",
 )
+
+_SLOTS: dict[str, tuple[str, ...]] = {
+    template: tuple(
+        dict.fromkeys(name for _, name, _, _ in string.Formatter().parse(template) if name)
+    )
+    for template in _SENTENCES
+}
 
 _MARKER_RE = re.compile(r"\[scenario:[^\]]*\]")
 
@@ -210,25 +218,44 @@ class Writer:
         self.rng = rng
         self.topic = topic
 
+    def _pick(self, options: tuple[str, ...]) -> str:
+        return options[int(self.rng.random() * len(options))]
+
     def _fill(self, template: str) -> str:
-        r = self.rng
-        year = r.randrange(2021, 2027)
-        text = template.format(
-            topic=title_case(self.topic) if template.startswith("{topic}") else self.topic,
-            verb=r.choice(VERBS),
-            region=r.choice(REGIONS),
-            year=year,
-            year2=year + r.randrange(2, 8),
-            hedge=r.choice(HEDGES),
-            metric=r.choice(METRICS),
-            company=r.choice(COMPANIES),
-            pct=r.randrange(2, 60),
-            money=f"${r.randrange(1, 900)}{r.choice(['m', 'bn'])}",
-            aspect=r.choice(ASPECTS),
-            n=r.randrange(3, 40),
-        )
-        if r.random() < 0.25:
-            text = f"{text[:-1]} ({r.choice(NON_ASCII)})."
+        """Format a sentence template, drawing only the slots it uses (speed matters)."""
+        rand = self.rng.random
+        pick = self._pick
+        values: dict[str, object] = {}
+        for key in _SLOTS[template]:
+            if key == "topic":
+                values[key] = self.topic
+            elif key == "Topic":
+                values[key] = title_case(self.topic)
+            elif key == "verb":
+                values[key] = pick(VERBS)
+            elif key == "region":
+                values[key] = pick(REGIONS)
+            elif key in ("year", "year2"):
+                if "year" not in values:
+                    values["year"] = 2021 + int(rand() * 6)
+                values["year2"] = values["year"] + 2 + int(rand() * 6)  # type: ignore[operator]
+            elif key == "hedge":
+                values[key] = pick(HEDGES)
+            elif key == "metric":
+                values[key] = pick(METRICS)
+            elif key == "company":
+                values[key] = pick(COMPANIES)
+            elif key == "pct":
+                values[key] = 2 + int(rand() * 58)
+            elif key == "money":
+                values[key] = f"${1 + int(rand() * 899)}{'m' if rand() < 0.5 else 'bn'}"
+            elif key == "aspect":
+                values[key] = pick(ASPECTS)
+            elif key == "n":
+                values[key] = 3 + int(rand() * 37)
+        text = template.format_map(values)
+        if rand() < 0.25:
+            text = f"{text[:-1]} ({pick(NON_ASCII)})."
         return text
 
     def sentence(self) -> str:
@@ -307,12 +334,17 @@ class Writer:
         return text
 
 
-def web_source(rng: random.Random, topic: str) -> dict[str, Any]:
-    """A typical ``{url, title, snippet}`` source."""
+def web_url(rng: random.Random, topic: str) -> str:
+    """A realistic article URL about ``topic``."""
     domain = rng.choice(DOMAINS)
     slug = "-".join(re.findall(r"[a-z0-9]+", topic.lower())[:5]) or "article"
     section = rng.choice(["news", "articles", "reports", "wiki", "abs"])
-    url = f"https://{domain}/{section}/{slug}-{rng.randrange(10**5, 10**6)}"
+    return f"https://{domain}/{section}/{slug}-{rng.randrange(10**5, 10**6)}"
+
+
+def web_source(rng: random.Random, topic: str) -> dict[str, Any]:
+    """A typical ``{url, title, snippet}`` source."""
+    url = web_url(rng, topic)
     kind = rng.choice(["outlook", "update", "analysis", "deep dive"])
     title = f"{title_case(topic)}: {rng.choice(ASPECTS)} {kind}"
     return {"url": url, "title": title, "snippet": Writer(rng, topic).sentence()}
