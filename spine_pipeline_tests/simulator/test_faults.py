@@ -114,7 +114,7 @@ def test_latency_delays_without_blocking_other_requests(api):
         )
     elapsed = time.monotonic() - started
     assert codes == [200] * 8
-    assert 0.3 <= elapsed < 1.5  # concurrent sleeps, not serial
+    assert 0.25 <= elapsed < 1.5  # concurrent sleeps, not serial
     assert api.sim.world.fault_counts["get:latency"] == 8
 
 
@@ -123,7 +123,7 @@ def test_latency_stacks_with_another_fault(api):
     api.sim.set_faults("get:latency=100,get:503x1")
     started = time.monotonic()
     assert api.http.get(f"/v1/run/{run_id}").status_code == 503
-    assert time.monotonic() - started >= 0.1
+    assert time.monotonic() - started >= 0.08  # libuv timers may fire a few ms early
 
 
 def test_malformed_and_false200(api):
