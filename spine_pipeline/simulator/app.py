@@ -423,6 +423,9 @@ def build_app(world: World) -> ASGIApp:
             _, content_type, data = run.form.files[node.upload]
             return Response(data, 200, headers, media_type=content_type)
         media_type = CONTENT_TYPES[node.artifact_type or "png"]
+        if request.method == "HEAD":  # headers only; never generate 200 MB for nothing
+            headers["Content-Length"] = str(world.artifact_size(run, node))
+            return Response(b"", 200, headers, media_type=media_type)
         if node.big:
             big = world.big_png(run, node)
             headers["Content-Length"] = str(big.size)

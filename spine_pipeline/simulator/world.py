@@ -629,6 +629,7 @@ class World:
             statuses = Counter(self.status(r.run_id) for r in self._runs)
         return {
             "created_count": self.created_count,
+            "requests_served": self.requests_served,
             "statuses": dict(statuses),
             "fault_counts": dict(self.fault_counts),
             "faults": self.faults.spec,

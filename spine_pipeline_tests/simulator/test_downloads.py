@@ -96,3 +96,11 @@ def test_artifact_size_scale(make_simulator):
     assert sum(sizes_big) > 3 * sum(sizes_small)
     big.http.close()
     small.http.close()
+
+
+def test_head_reports_size_without_body(api):
+    _, artifacts = _artifacts(api)
+    response = httpx.head(artifacts[0]["download_url"])
+    full = httpx.get(artifacts[0]["download_url"])
+    assert response.status_code == 200 and response.content == b""
+    assert int(response.headers["content-length"]) == len(full.content)
