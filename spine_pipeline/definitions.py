@@ -7,7 +7,13 @@ from `SPINE_CATALOG` (default `data/requests.yaml`).
 import dagster as dg
 
 from spine_pipeline.config import PipelineSettings
-from spine_pipeline.defs.archive import archive_batch, archive_job, spine_run, spine_run_check
+from spine_pipeline.defs.archive import archive_batch, spine_run, spine_run_check
+from spine_pipeline.defs.audit import (
+    archive_job,
+    audit_database,
+    credit_report,
+    credit_report_schedule,
+)
 from spine_pipeline.defs.poll import spine_poll_sensor
 from spine_pipeline.defs.resources import build_resources
 from spine_pipeline.defs.submit import submit_definitions
@@ -16,10 +22,11 @@ from spine_pipeline.defs.submit import submit_definitions
 def build_definitions() -> dg.Definitions:
     settings = PipelineSettings.from_env()
     core = dg.Definitions(
-        assets=[spine_run, archive_batch],
+        assets=[spine_run, archive_batch, audit_database, credit_report],
         asset_checks=[spine_run_check],
         jobs=[archive_job],
         sensors=[spine_poll_sensor],
+        schedules=[credit_report_schedule],
         resources=build_resources(),
     )
     return dg.Definitions.merge(submit_definitions(settings.catalog_path), core)

@@ -25,7 +25,8 @@ from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline.config import PipelineSettings
 
 DEFAULT_DAGSTER_HOME = Path("data/dagster_home")
-_INSTANCE_YAML = "telemetry:\n  enabled: false\n"
+# One audit-database writer at a time: the only pool is spine_audit_db.
+_INSTANCE_YAML = "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n"
 
 
 @dataclass

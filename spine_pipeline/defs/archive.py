@@ -140,10 +140,3 @@ def archive_batch(
             **{k: float(v) for k, v in result.metrics.items()},
         }
     )
-
-
-archive_job = dg.define_asset_job(
-    "archive_spine_runs",
-    selection=dg.AssetSelection.assets(archive_batch),
-    description="Archive a batch of terminal Spine runs (requested by the poll sensor).",
-)

@@ -12,7 +12,8 @@ import time
 
 import dagster as dg
 
-from spine_pipeline.defs.archive import archive_job, spine_runs
+from spine_pipeline.defs.archive import spine_runs
+from spine_pipeline.defs.audit import archive_job
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
 from spine_pipeline.polling import run_tick
 
