@@ -459,6 +459,28 @@ def ingest_into(
     _refresh_inflight(con, store, report)
 
 
+def cluster_search_index(con: duckdb.DuckDBPyConnection) -> None:
+    """Rewrite the postings sorted by term, so row-group statistics prune a term's scan.
+
+    Terms are hashes, so appended postings span the whole range and every search scans the
+    column (about 0.9 s per 200 M postings here); sorted, a search reads a few row groups
+    (about 0.05 s). Sorting 200 M postings takes about 40 s, so only a rebuild does it;
+    refreshes append an unsorted tail until the next rebuild.
+    """
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute(
+            "CREATE TABLE search_postings_sorted AS "
+            "SELECT * FROM search_postings ORDER BY term, doc_id"
+        )
+        con.execute("DROP TABLE search_postings")
+        con.execute("ALTER TABLE search_postings_sorted RENAME TO search_postings")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
 def _published_seq(published: Path) -> int:
     """The last manifest readers can see now (0 without a published snapshot)."""
     if not published.exists():
@@ -495,6 +517,8 @@ def _run(
         try:
             con.execute("SET TimeZone = 'UTC'")
             ingest_into(con, store, archive_uri, report, published_seq)
+            if how == "new":
+                cluster_search_index(con)
             con.execute("CHECKPOINT")
         finally:
             con.close()

@@ -48,9 +48,11 @@ class CitedSource:
     day: date | None
 
 
-_SEARCH_SQL = """
-WITH q AS (SELECT DISTINCT audit_term(w) AS term FROM unnest(audit_words($text)) t(w)),
-p AS (SELECT p.term, p.doc_id, p.tf FROM search_postings p SEMI JOIN q USING (term)),
+# {terms} is a literal list of UBIGINT term hashes (computed first, so the scan uses an IN
+# filter, pruned by row-group statistics). Texts are fetched by a second query from the
+# known (small) hit list: joined in one query, DuckDB would hash whole `blocks` tables.
+_HITS_SQL = """
+WITH p AS (SELECT term, doc_id, tf FROM search_postings WHERE term IN ({terms})),
 df AS (SELECT term, count(*) AS df FROM p GROUP BY term),
 st AS (SELECT count(*) AS n, avg(len) AS avgdl FROM search_docs),
 scored AS (
@@ -60,29 +62,32 @@ scored AS (
     count(*) AS matched
   FROM p JOIN df USING (term) JOIN search_docs d USING (doc_id) CROSS JOIN st
   GROUP BY p.doc_id
-),
-hits AS (
-  SELECT d.*, s.score FROM scored s JOIN search_docs d USING (doc_id)
-  WHERE s.matched = (SELECT count(*) FROM q)
-    AND ($type IS NULL OR d.block_type = $type OR d.kind = $type)
-    AND ($since IS NULL OR d.dt >= $since)
-),
-texts AS (
-  SELECT h.*,
-    CASE h.kind WHEN 'block' THEN b.content WHEN 'final_output' THEN r.final_output
-      ELSE s.title END AS text,
-    b.name AS block_name, r.canvas_url
-  FROM hits h
-  JOIN runs r ON r.run_id = h.run_id
-  LEFT JOIN blocks b ON b.run_id = h.run_id AND b.ordinal = h.block_ordinal
-  LEFT JOIN block_sources s ON h.kind = 'source_title' AND s.run_id = h.run_id
-    AND s.block_ordinal = h.block_ordinal AND s.idx = h.source_idx
 )
-SELECT run_id, kind, block_id, block_name, block_type, score, text, canvas_url, dt
-FROM texts
-WHERE $phrase IS NULL OR contains(lower(text), lower($phrase))
-ORDER BY score DESC, run_id, block_ordinal NULLS FIRST, source_idx NULLS FIRST
-LIMIT $limit
+SELECT d.doc_id, d.kind, d.run_id, d.block_id, d.block_ordinal, d.source_idx, d.block_type,
+  d.dt, s.score
+FROM scored s JOIN search_docs d USING (doc_id)
+WHERE s.matched = $nterms
+  AND ($type IS NULL OR d.block_type = $type OR d.kind = $type)
+  AND ($since IS NULL OR d.dt >= $since)
+ORDER BY s.score DESC, d.run_id, d.block_ordinal NULLS FIRST, d.source_idx NULLS FIRST
+{limit}
+"""
+
+_TEXTS_SQL = """
+WITH h AS (
+  SELECT unnest($doc_id::BIGINT[]) AS doc_id, unnest($kind::VARCHAR[]) AS kind,
+    unnest($run_id::VARCHAR[]) AS run_id, unnest($ordinal::BIGINT[]) AS block_ordinal,
+    unnest($idx::BIGINT[]) AS source_idx
+)
+SELECT h.doc_id,
+  CASE h.kind WHEN 'block' THEN b.content WHEN 'final_output' THEN r.final_output
+    ELSE s.title END AS text,
+  b.name AS block_name, r.canvas_url
+FROM h
+JOIN runs r ON r.run_id = h.run_id
+LEFT JOIN blocks b ON b.run_id = h.run_id AND b.ordinal = h.block_ordinal
+LEFT JOIN block_sources s ON h.kind = 'source_title' AND s.run_id = h.run_id
+  AND s.block_ordinal = h.block_ordinal AND s.idx = h.source_idx
 """
 
 
@@ -115,36 +120,58 @@ def search(
     `block_type` filters on the block type (e.g. `web-research-block`) or on the document
     kind (`final_output`, `source_title`); `since` on the UTC day the run became terminal.
     """
+    phrase = _phrase(text)
     with reading(db_path) as con:
-        (words,) = con.execute("SELECT audit_words(?)", [text]).fetchone() or ([],)
-        if not words:
+        (terms,) = con.execute(
+            "SELECT list(DISTINCT audit_term(w)) FROM unnest(audit_words(?)) t(w)", [text]
+        ).fetchone() or ([],)
+        if not terms:
             raise AuditError(f"nothing to search for in {text!r} (only stop words?)")
-        rows = con.execute(
-            _SEARCH_SQL,
-            {
-                "text": text,
-                "type": block_type,
-                "since": since,
-                "phrase": _phrase(text),
-                "limit": limit,
-                "k1": K1,
-                "b": B,
-            },
+        hits = con.execute(
+            _HITS_SQL.format(
+                terms=", ".join(str(int(t)) for t in terms),
+                limit="" if phrase else f"LIMIT {int(limit)}",
+            ),
+            {"nterms": len(terms), "type": block_type, "since": since, "k1": K1, "b": B},
         ).fetchall()
-    return [
-        SearchHit(
-            run_id=r[0],
-            kind=r[1],
-            block_id=r[2],
-            block_name=r[3],
-            block_type=r[4],
-            score=round(float(r[5]), 4),
-            snippet=snippet(r[6], [_phrase(text) or "", *text.replace('"', " ").split()]),
-            canvas_url=r[7],
-            day=r[8],
+        texts = {}
+        if hits:
+            cols = list(zip(*hits, strict=True))
+            texts = {
+                r[0]: r[1:]
+                for r in con.execute(
+                    _TEXTS_SQL,
+                    {
+                        "doc_id": list(cols[0]),
+                        "kind": list(cols[1]),
+                        "run_id": list(cols[2]),
+                        "ordinal": list(cols[4]),
+                        "idx": list(cols[5]),
+                    },
+                ).fetchall()
+            }
+    words = [phrase or "", *text.replace('"', " ").split()]
+    out: list[SearchHit] = []
+    for doc_id, kind, run_id, block_id, _, _, btype, day, score in hits:
+        body, block_name, canvas_url = texts.get(doc_id, (None, None, None))
+        if phrase and phrase.lower() not in (body or "").lower():
+            continue
+        out.append(
+            SearchHit(
+                run_id=run_id,
+                kind=kind,
+                block_id=block_id,
+                block_name=block_name,
+                block_type=btype,
+                score=round(float(score), 4),
+                snippet=snippet(body, words),
+                canvas_url=canvas_url,
+                day=day,
+            )
         )
-        for r in rows
-    ]
+        if len(out) >= limit:
+            break
+    return out
 
 
 def _domain(value: str) -> str:
