@@ -182,13 +182,15 @@ def search(
         click.echo("no matches")
         return
     for h in hits:
-        where = h.block_id if h.kind != "final_output" else "final_output"
-        label = f"{h.block_type or h.kind}"
-        if h.block_name:
-            label += f" {h.block_name!r}"
-        if h.kind == "source_title":
-            label += " (source title)"
-        click.echo(f"{h.run_id}  {where}  {label}  score={h.score:.2f}")
+        if h.kind == "final_output":
+            where = "final_output"
+        else:
+            where = f"block {h.block_id} {h.block_type or '?'}"
+            if h.block_name:
+                where += f" {h.block_name!r}"
+            if h.kind == "source_title":
+                where += " (source title)"
+        click.echo(f"{h.run_id}  {where}  score={h.score:.2f}")
         click.echo(f"    {h.snippet}")
         click.echo(f"    {h.canvas_url or '(no canvas)'}")
 
@@ -211,6 +213,8 @@ def cited(domain: str, since: datetime | None, db: str | None) -> None:
         format_table(
             ["run_id", "block_id", "block_type", "url", "title", "canvas_url"],
             [(r.run_id, r.block_id, r.block_type, r.url, r.title, r.canvas_url) for r in rows],
+            width=40,
+            full=("run_id", "block_id", "canvas_url"),
         ),
         nl=False,
     )

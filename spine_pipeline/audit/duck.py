@@ -103,7 +103,8 @@ class _Registry:
     the writer's own process, so this registry is how that process's readers are protected.
     """
 
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    # Re-entrant: a finalizer (release) may run from garbage collection while it is held.
+    lock: threading.RLock = field(default_factory=threading.RLock)
     open: dict[tuple[int, int], _Snapshot] = field(default_factory=dict)
 
     def in_use(self, key: tuple[int, int]) -> bool:

@@ -129,14 +129,21 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def format_table(columns: list[str], rows: list[tuple[Any, ...]], width: int = CELL_WIDTH) -> str:
-    """Aligned columns; wide cells cut with an ellipsis; newlines shown as ⏎."""
+def format_table(
+    columns: list[str],
+    rows: list[tuple[Any, ...]],
+    width: int = CELL_WIDTH,
+    full: tuple[str, ...] = (),
+) -> str:
+    """Aligned columns; wide cells cut with an ellipsis (except `full` columns, e.g. links
+    meant to be clicked); newlines shown as ⏎."""
 
-    def cell(v: Any) -> str:
+    def cell(v: Any, keep: bool) -> str:
         s = _text(v).replace("\r\n", "⏎").replace("\n", "⏎").replace("\t", " ")
-        return s if len(s) <= width else s[: width - 1] + "…"
+        return s if keep or len(s) <= width else s[: width - 1] + "…"
 
-    cells = [[cell(v) for v in r] for r in rows]
+    keep = [c in full for c in columns]
+    cells = [[cell(v, keep[i]) for i, v in enumerate(r)] for r in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
     numeric = [
         all(isinstance(r[i], int | float | decimal.Decimal) or r[i] is None for r in rows)
