@@ -81,20 +81,22 @@ class IngestReport:
 
 
 def _normal_uri(uri: str) -> str:
-    return uri.rstrip("/") if uri.startswith("s3://") else str(Path(uri).absolute())
+    uri = uri.strip()
+    if uri.lower().startswith("s3://"):
+        return uri.rstrip("/")
+    return str(Path(uri.removeprefix("file://")).absolute())
 
 
 class _Fetcher:
     """Gets the bytes of an archive object: from disk, or from S3 through DuckDB httpfs."""
 
-    def __init__(self, store: ObjectStore, archive_uri: str) -> None:
+    def __init__(self, store: ObjectStore) -> None:
         self.store = store
-        self.s3 = archive_uri.startswith("s3://")
         self._con: duckdb.DuckDBPyConnection | None = None
 
     def get(self, key: str) -> bytes:
         url = self.store.url(key)
-        if not self.s3:
+        if not url.startswith("s3://"):
             try:
                 return Path(url).read_bytes()
             except FileNotFoundError:
@@ -448,7 +450,7 @@ def ingest_into(
             "run `spine-pipeline audit rebuild`"
         )
     _set_state(con, "archive_uri", uri)
-    fetcher = _Fetcher(store, archive_uri)
+    fetcher = _Fetcher(store)
     try:
         for manifest in _new_manifests(con, store):
             _ingest_manifest(con, fetcher, manifest, report, published_seq)

@@ -28,6 +28,13 @@ COUNT_SQL = (
 )
 
 
+def overwrite(path: Path, data: bytes) -> None:
+    """Tamper with an archive file (the local store may write them read-only)."""
+    if path.exists():
+        path.chmod(0o600)
+    path.write_bytes(data)
+
+
 def counts(db: Path) -> tuple:
     con = connect_readonly(db)
     try:
@@ -85,7 +92,7 @@ def test_broken_chain_is_refused(world: World, archive_copy) -> None:
     path = Path(uri) / manifest_key(2)
     doc = json.loads(path.read_bytes())
     doc["prev_sha256"] = "0" * 64
-    path.write_bytes((json.dumps(doc, indent=1) + "\n").encode())
+    overwrite(path, (json.dumps(doc, indent=1) + "\n").encode())
     with pytest.raises(IngestError, match=r"hash chain broken"):
         rebuild_audit_db(uri, db)
     assert not db.exists()  # nothing was published
@@ -105,18 +112,18 @@ def test_tampered_file_is_refused_and_snapshot_kept(world: World, archive_copy) 
     saved = m2.read_bytes()
     m2.unlink()
     refresh_audit_db(uri, db)
-    m2.write_bytes(saved)
+    overwrite(m2, saved)
     before = counts(db)
     manifest = Manifest.from_bytes(saved, key=manifest_key(2))
     target = Path(uri) / next(f.key for f in manifest.files if f.table == "blocks")
     data = bytearray(target.read_bytes())
     data[len(data) // 2] ^= 0x01
-    target.write_bytes(bytes(data))
+    overwrite(target, bytes(data))
     with pytest.raises(IngestError, match=r"sha256 .* does not match manifest 2"):
         refresh_audit_db(uri, db)
     assert counts(db) == before  # the published snapshot is untouched
     # A truncated file is caught by its size first.
-    target.write_bytes(bytes(data[:-10]))
+    overwrite(target, bytes(data[:-10]))
     with pytest.raises(IngestError, match=r"size .* does not match manifest 2"):
         refresh_audit_db(uri, db)
 
@@ -125,7 +132,7 @@ def test_changed_ingested_manifest_is_refused(world: World, archive_copy) -> Non
     uri, db = archive_copy()
     refresh_audit_db(uri, db)
     path = Path(uri) / manifest_key(2)
-    path.write_bytes(path.read_bytes().replace(b'"writer"', b'"writer" ', 1))
+    overwrite(path, path.read_bytes().replace(b'"writer"', b'"writer" ', 1))
     with pytest.raises(IngestError, match=r"changed since it was ingested"):
         refresh_audit_db(uri, db)
 
