@@ -8,7 +8,7 @@ with an atomic rename; readers that attached the old file keep reading it.
 Two files alternate (blue/green), so a refresh does not copy the whole database:
 
 - `audit.duckdb`          the published snapshot; nobody ever writes it again.
-- `.audit.duckdb.spare`   the previous snapshot. The next refresh catches it up (ingests
+- `audit.duckdb.spare`    the previous snapshot. The next refresh catches it up (ingests
                           the manifests it is missing) and publishes it.
 
 The spare is reused only when nothing reads it: no reader of this process (the registry in
@@ -43,19 +43,19 @@ class Paths:
 
     @property
     def spare(self) -> Path:
-        return self.published.with_name(f".{self.published.name}.spare")
+        return self.published.with_name(f"{self.published.name}.spare")
 
     @property
     def previous_link(self) -> Path:
-        return self.published.with_name(f".{self.published.name}.prev")
+        return self.published.with_name(f"{self.published.name}.prev")
 
     @property
     def writer_lock(self) -> Path:
-        return self.published.with_name(f".{self.published.name}.lock")
+        return self.published.with_name(f"{self.published.name}.lock")
 
     @property
     def copying(self) -> Path:
-        return self.published.with_name(f".{self.published.name}.copy")
+        return self.published.with_name(f"{self.published.name}.copy")
 
 
 def paths_for(db_path: str | os.PathLike[str]) -> Paths:
