@@ -47,6 +47,21 @@ def test_search_finds_an_exact_phrase_from_ground_truth(world: World) -> None:
     assert (run.run_id, node["id"]) in {(h.run_id, h.block_id) for h in quoted}
 
 
+def _texts(run):
+    yield _final(run)
+    for node in (run.truth.dag or {}).get("nodes") or []:
+        if isinstance(node.get("content"), str):
+            yield node["content"]
+        sources = node.get("sources")
+        for src in sources if isinstance(sources, list) else []:
+            if isinstance(src, dict) and isinstance(src.get("title"), str):
+                yield src["title"]
+
+
+def _both(text: str, *words: str) -> bool:
+    return all(w in text.lower() for w in words)
+
+
 def _final(run) -> str:
     return (run.truth.final_run.get("result") or {}).get("final_output") or ""
 
@@ -54,7 +69,10 @@ def _final(run) -> str:
 def test_search_filters_by_type_and_since(world: World) -> None:
     hits = search(world.db, "coffee futures", limit=200)
     assert hits
-    coffee_runs = {r.run_id for r in world.runs if "coffee" in r.truth.final_run["prompt"]}
+    # Every word must match in one document: block content, final output or source title.
+    coffee_runs = {
+        r.run_id for r in world.runs if any(_both(t, "coffee", "future") for t in _texts(r))
+    }
     assert {h.run_id for h in hits} <= coffee_runs
     finals = search(world.db, "coffee futures", block_type="final_output", limit=200)
     assert finals and all(h.kind == "final_output" for h in finals)
