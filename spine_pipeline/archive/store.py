@@ -1,0 +1,202 @@
+"""The archive's object store: one small interface, a local-disk and an S3 backend.
+
+Why this exists: every byte of the archive goes through here, and the archive's first rule is that
+nothing in it is ever overwritten. Every write is create-if-absent; losing the race raises
+`AlreadyExists` and leaves the existing bytes untouched. Keys are validated here, once, for both
+backends, so a hostile name (`../x`, `/abs`, NUL) never reaches a filesystem or a bucket.
+
+Backends (chosen by `open_store(uri)`, where `uri` is `SPINE_ARCHIVE_URI`):
+- a local path (or `file://` URI): `spine_pipeline.archive.store_local.LocalStore`;
+- `s3://bucket/prefix`: `spine_pipeline.archive.store_s3.S3Store` (boto3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import BinaryIO, Protocol, runtime_checkable
+
+__all__ = [
+    "MAX_KEY_BYTES",
+    "TEMP_PREFIX",
+    "AlreadyExists",
+    "ObjectInfo",
+    "ObjectNotFound",
+    "ObjectStore",
+    "StoreError",
+    "open_store",
+    "validate_key",
+    "validate_prefix",
+    "validate_sha256_hex",
+]
+
+#: S3's own limit on a key's UTF-8 length; applied to both backends so a key valid on one is
+#: valid on the other (the root prefix adds to it on S3 and is checked there).
+MAX_KEY_BYTES = 1024
+#: Longest single path segment most local filesystems accept.
+MAX_SEGMENT_BYTES = 255
+#: Segment prefix reserved for the local backend's in-flight temporary files.
+TEMP_PREFIX = ".tmp-spine-"
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object, as `list()` reports it."""
+
+    key: str
+    size: int
+    last_modified: datetime  # timezone-aware, UTC
+
+
+class AlreadyExists(Exception):
+    """Create-if-absent lost: an object already exists under this key (and was left intact)."""
+
+
+class StoreError(Exception):
+    """Any other storage failure. One clear line; never contains a credential."""
+
+
+class ObjectNotFound(StoreError):
+    """The key does not exist (reads only)."""
+
+
+@runtime_checkable
+class ObjectStore(Protocol):
+    """What the archive needs from storage; both backends implement exactly this."""
+
+    uri: str
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None) -> None:
+        """Create `key` with `data`; raise `AlreadyExists` if it exists."""
+        ...
+
+    def put_file(
+        self, key: str, path: Path, *, sha256_hex: str, content_type: str | None = None
+    ) -> None:
+        """Create `key` from a (large) file, streamed; the content must hash to `sha256_hex`."""
+        ...
+
+    def get_bytes(self, key: str) -> bytes:
+        """The whole object; `ObjectNotFound` if absent."""
+        ...
+
+    def open_read(self, key: str) -> BinaryIO:
+        """A streaming reader (bounded memory), to be closed by the caller."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Whether an object exists under `key`."""
+        ...
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Objects whose key starts with `prefix` (a plain string prefix), sorted by key."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove `key` if present (idempotent). Only for GC of never-committed files."""
+        ...
+
+    def url(self, key: str) -> str:
+        """Absolute local path or `s3://bucket/prefix/key`, for DuckDB and other readers."""
+        ...
+
+
+def _show(text: str) -> str:
+    """A short, single-line, escaped rendering of untrusted text for error messages."""
+    shown = repr(text)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def validate_key(key: str) -> str:
+    """Return `key` if it is a safe relative `/`-separated key, else raise `ValueError`.
+
+    Rejected: non-strings, empty, absolute, backslashes, NUL/control characters, empty
+    segments (`a//b`, trailing `/`), `.`/`..` segments, non-UTF-8 text, over-long keys or
+    segments, and segments using the reserved temporary-file prefix.
+    """
+    if not isinstance(key, str):
+        raise ValueError(f"invalid key {key!r}: not a string")
+    if key == "":
+        raise ValueError("invalid key '': empty")
+    if key.startswith("/"):
+        raise ValueError(f"invalid key {_show(key)}: absolute")
+    if "\\" in key:
+        raise ValueError(f"invalid key {_show(key)}: backslash")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise ValueError(f"invalid key {_show(key)}: NUL or control character")
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid key {_show(key)}: not valid UTF-8") from None
+    if len(encoded) > MAX_KEY_BYTES:
+        raise ValueError(f"invalid key {_show(key)}: longer than {MAX_KEY_BYTES} bytes")
+    for segment in key.split("/"):
+        _check_segment(key, segment)
+    return key
+
+
+def _check_segment(key: str, segment: str) -> None:
+    if segment == "":
+        raise ValueError(f"invalid key {_show(key)}: empty path segment")
+    if segment in (".", ".."):
+        raise ValueError(f"invalid key {_show(key)}: '{segment}' segment")
+    if len(segment.encode("utf-8")) > MAX_SEGMENT_BYTES:
+        raise ValueError(f"invalid key {_show(key)}: segment longer than {MAX_SEGMENT_BYTES} bytes")
+    if segment.startswith(TEMP_PREFIX):
+        raise ValueError(f"invalid key {_show(key)}: segment uses reserved prefix {TEMP_PREFIX!r}")
+
+
+def validate_prefix(prefix: str) -> str:
+    """Return `prefix` if it is a safe listing prefix, else raise `ValueError`.
+
+    A prefix is a plain string prefix of keys (`tables/ru` matches `tables/runs/...`), so only
+    its complete segments (before the last `/`) must be valid key segments.
+    """
+    if not isinstance(prefix, str):
+        raise ValueError(f"invalid prefix {prefix!r}: not a string")
+    if prefix == "":
+        return prefix
+    if prefix.startswith("/") or "\\" in prefix:
+        raise ValueError(f"invalid prefix {_show(prefix)}: absolute or backslash")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in prefix):
+        raise ValueError(f"invalid prefix {_show(prefix)}: NUL or control character")
+    try:
+        prefix.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"invalid prefix {_show(prefix)}: not valid UTF-8") from None
+    for segment in prefix.split("/")[:-1]:
+        _check_segment(prefix, segment)
+    return prefix
+
+
+def validate_sha256_hex(sha256_hex: str) -> str:
+    """Return the lower-case hex digest, or raise `ValueError` if it is not 64 hex digits."""
+    if not isinstance(sha256_hex, str) or len(sha256_hex) != 64:
+        raise ValueError("invalid sha256_hex: expected 64 hex digits")
+    try:
+        bytes.fromhex(sha256_hex)
+    except ValueError:
+        raise ValueError("invalid sha256_hex: expected 64 hex digits") from None
+    return sha256_hex.lower()
+
+
+def open_store(uri: str) -> ObjectStore:
+    """The store for `uri`: `s3://bucket[/prefix]` for S3, anything else is a local path.
+
+    Local roots are created (0700) if missing; S3 clients are created without a network call.
+    """
+    if not isinstance(uri, str) or uri.strip() == "":
+        raise ValueError("archive URI is empty")
+    uri = uri.strip()
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme == "s3":
+        from spine_pipeline.archive.store_s3 import S3Store
+
+        return S3Store(uri)
+    if scheme in ("", "file"):
+        from spine_pipeline.archive.store_local import LocalStore
+
+        return LocalStore(uri)
+    raise ValueError(f"unsupported archive URI scheme {scheme!r}: use a path or s3://bucket/prefix")
