@@ -223,8 +223,11 @@ class LocalStore:
 
         Symlinks, other non-regular entries and in-flight temp files are not listed.
         """
-        validate_prefix(prefix)
+        validate_prefix(prefix)  # here, not on first next(): a bad prefix fails at the call
         *dirs, partial = prefix.split("/")
+        return self._list(dirs, partial, prefix)
+
+    def _list(self, dirs: list[str], partial: str, prefix: str) -> Iterator[ObjectInfo]:
         dir_fd = self._open_dir(dirs, prefix, create=False)
         if dir_fd is None:
             return

@@ -452,8 +452,15 @@ class S3Store:
 
     def get_bytes(self, key: str) -> bytes:
         """The whole object."""
-        with self.open_read(key) as fh:
-            return fh.read()
+        full = self._full(key)
+        response = self._call("get", key, self._client.get_object, Bucket=self.bucket, Key=full)
+        body = response["Body"]
+        try:
+            return body.read()
+        except (BotoCoreError, OSError, ValueError) as exc:
+            raise self._fail("get", key, exc) from None
+        finally:
+            body.close()
 
     def open_read(self, key: str) -> BinaryIO:
         """A buffered streaming reader; stream failures surface as `StoreError`."""
@@ -468,7 +475,10 @@ class S3Store:
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """ListObjectsV2 under the root, sorted by key here (SeaweedFS does not list in order)."""
-        validate_prefix(prefix)
+        validate_prefix(prefix)  # here, not on first next(): a bad prefix fails at the call
+        return self._list(prefix)
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
         root = f"{self.prefix}/" if self.prefix else ""
         found: list[ObjectInfo] = []
         try:
@@ -501,6 +511,12 @@ class _BodyReader(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def readall(self) -> bytes:
+        try:
+            return self._body.read()
+        except (BotoCoreError, OSError, ValueError) as exc:
+            raise self._fail(exc) from None
 
     def readinto(self, buffer: Any) -> int:
         try:

