@@ -6,8 +6,6 @@ id, and each archive batch reports one materialisation (status, credits, counts,
 link) and its check results per Spine run.
 """
 
-from __future__ import annotations
-
 import dagster as dg
 
 from spine_pipeline.archive.archiver import Archiver, ArchiveRequest, RunOutcome

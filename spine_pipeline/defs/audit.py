@@ -5,8 +5,6 @@ only writer of the audit database: its op is in the `spine_audit_db` pool, limit
 at a time (see docs/operations.md). Readers never block: the library publishes snapshots.
 """
 
-from __future__ import annotations
-
 from datetime import UTC, datetime
 
 import dagster as dg

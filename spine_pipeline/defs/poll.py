@@ -5,8 +5,6 @@ to `archive_spine_runs` in batches, and stores the poll schedule as its cursor. 
 fails a tick because of Spine: errors are logged and the runs are polled again later.
 """
 
-from __future__ import annotations
-
 import os
 import time
 

@@ -6,8 +6,6 @@ DuckDB file. Secrets are `EnvVar`s: Dagster resolves them at run time and never 
 values in run config or the event log.
 """
 
-from __future__ import annotations
-
 import os
 
 import dagster as dg

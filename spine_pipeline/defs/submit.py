@@ -1,7 +1,5 @@
 """Submit assets: one per catalog entry, and a cron schedule for entries that have one."""
 
-from __future__ import annotations
-
 from pathlib import Path
 
 import dagster as dg

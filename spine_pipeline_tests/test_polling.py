@@ -1,0 +1,78 @@
+"""The poll plan: per-run backoff, batching inputs, cursor loss recovery."""
+
+from spine_pipeline.polling import MAX_INTERVAL, MIN_INTERVAL, REREQUEST_AFTER, PollPlan
+from spine_pipeline.spine.poll import PollResult
+
+
+class FakeRun:
+    def __init__(self, status):
+        self.status = status
+        self.is_terminal = status in ("completed", "partial", "failed")
+
+
+def answer(run_id, status):
+    return PollResult(run_id, run=FakeRun(status))
+
+
+def test_new_runs_are_due_at_once_and_back_off_15_30_60():
+    plan = PollPlan()
+    plan.sync({"a"})
+    assert plan.due(now=0.0) == ["a"]
+    now, gaps = 0.0, []
+    for _ in range(4):
+        plan.record(answer("a", "running"), now)
+        nxt = plan.runs["a"].next_poll
+        gaps.append(nxt - now)
+        assert plan.due(nxt - 0.001) == []
+        assert plan.due(nxt) == ["a"]
+        now = nxt
+    assert gaps == [MIN_INTERVAL, 30.0, MAX_INTERVAL, MAX_INTERVAL]
+
+
+def test_errors_back_off_too_and_unpolled_runs_stay_due():
+    plan = PollPlan()
+    plan.sync({"a", "b"})
+    plan.record(PollResult("a", error="HTTP 500"), 100.0)
+    plan.record(PollResult("b", polled=False), 100.0)
+    assert plan.runs["a"].errors == 1
+    assert plan.due(100.0) == ["b"]
+    assert plan.due(100.0 + MIN_INTERVAL) == ["b", "a"] or set(plan.due(115.0)) == {"a", "b"}
+
+
+def test_terminal_runs_are_handed_over_once_then_again_after_the_grace():
+    plan = PollPlan()
+    plan.sync({"a", "b", "c"})
+    plan.record(answer("a", "completed"), 0.0)
+    plan.record(answer("b", "failed"), 0.0)
+    plan.record(answer("c", "running"), 0.0)
+    assert plan.to_archive(1.0) == ["a", "b"]
+    assert plan.to_archive(2.0) == []
+    assert "a" not in plan.due(10_000.0)  # terminal runs are not polled again
+    assert plan.to_archive(1.0 + REREQUEST_AFTER + 1) == ["a", "b"]
+
+
+def test_unknown_status_is_polled_again_not_archived():
+    plan = PollPlan()
+    plan.sync({"a"})
+    plan.record(answer("a", "cancelled"), 0.0)
+    assert plan.to_archive(1.0) == []
+    assert plan.due(MIN_INTERVAL) == ["a"]
+
+
+def test_sync_forgets_archived_runs():
+    plan = PollPlan()
+    plan.sync({"a", "b"})
+    plan.sync({"b", "c"})
+    assert set(plan.runs) == {"b", "c"}
+
+
+def test_cursor_round_trip_and_garbage_recovery():
+    plan = PollPlan()
+    plan.sync({"a"})
+    plan.record(answer("a", "running"), 50.0)
+    again = PollPlan.loads(plan.dumps())
+    assert again.runs == plan.runs and not again.recovered
+    for garbage in ["{not json", '{"v": 99, "runs": {}}', '{"v": 1, "runs": {"a": [1]}}', "[]"]:
+        recovered = PollPlan.loads(garbage)
+        assert recovered.recovered and recovered.runs == {}
+    assert PollPlan.loads(None).runs == {} and not PollPlan.loads(None).recovered
