@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +22,14 @@ from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.read import read_committed
 from spine_pipeline.archive.store import open_store
 from spine_pipeline.archive.verify import verify_archive
+from spine_pipeline.audit import credit_report
+from spine_pipeline.audit.sql import format_table
 from spine_pipeline.config import PipelineSettings
+from spine_pipeline.defs.submit import SUBMIT_ALL_JOB
 
 DEFAULT_DAGSTER_HOME = Path("data/dagster_home")
+# Dagster's console logger at WARNING: the demo prints its own progress lines.
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 # One audit-database writer at a time: the only pool is spine_audit_db.
 _INSTANCE_YAML = "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n"
 
@@ -64,17 +69,10 @@ def run_demo(
     """Submit the catalog, then tick the sensor and run archive jobs until all are archived."""
     started = time.monotonic()
     report = DemoReport()
-    submit_keys = [
-        key
-        for key in defs.resolve_asset_graph().get_all_asset_keys()
-        if key.to_user_string().startswith("submit_")
-    ]
-    say(f"submitting {len(submit_keys)} catalog request(s) through the submit assets")
-    result = dg.materialize(
-        [defs.resolve_assets_def(k) for k in submit_keys],
-        instance=instance,
-        resources=defs.resources,
-        raise_on_error=False,
+    submit_job = defs.resolve_job_def(SUBMIT_ALL_JOB)
+    say(f"submitting the catalog through the submit assets ({submit_job.name})")
+    result = submit_job.execute_in_process(
+        instance=instance, run_config=QUIET, raise_on_error=False
     )
     for event in result.get_asset_materialization_events():
         meta = event.materialization.metadata
@@ -94,7 +92,11 @@ def run_demo(
     while pending and time.monotonic() - started < timeout:
         tick_started = time.monotonic()
         with dg.build_sensor_context(
-            instance=instance, cursor=cursor, definitions=defs, sensor_name=sensor.name
+            instance=instance,
+            cursor=cursor,
+            definitions=defs,
+            sensor_name=sensor.name,
+            resources=defs.resources,
         ) as context:
             tick = sensor.evaluate_tick(context)
         report.ticks += 1
@@ -105,7 +107,7 @@ def run_demo(
             ids = request.run_config["ops"]["archive_batch"]["config"]["run_ids"]
             say(f"tick {report.ticks}: archiving a batch of {len(ids)} terminal run(s)")
             job.execute_in_process(
-                run_config=request.run_config,
+                run_config={**request.run_config, **QUIET},
                 instance=instance,
                 tags=request.tags,
                 raise_on_error=False,
@@ -131,24 +133,21 @@ def run_demo(
     return report
 
 
-def summary_lines(report: DemoReport, archive_uri: str) -> list[str]:
-    """Runs by status for this demo, credits by template for the whole archive."""
-    runs = read_committed(open_store(archive_uri), "runs").to_pylist()
-    mine = [r for r in runs if r["run_id"] in set(report.submitted)]
-    by_status = Counter(r["status"] for r in mine)
-    credits: dict[str, int] = defaultdict(int)
-    for r in runs:
-        credits[r["template_used"] or r["template"] or "unknown"] += r["credits_consumed"] or 0
-    lines = [
+def summary_lines(report: DemoReport, settings: PipelineSettings) -> list[str]:
+    """This demo's runs by status; credits by template from the audit database."""
+    runs = read_committed(open_store(settings.archive_uri), "runs", columns=["run_id", "status"])
+    mine = set(report.submitted)
+    by_status = Counter(r["status"] for r in runs.to_pylist() if r["run_id"] in mine)
+    credits = credit_report(settings.audit_db, by="template")
+    return [
         "",
         f"this demo: {len(report.submitted)} submitted, {len(report.archived)} archived, "
         f"{report.ticks} sensor ticks, {report.archive_runs} archive runs, {report.seconds}s",
         "runs by status: " + ", ".join(f"{k}={v}" for k, v in sorted(by_status.items())),
-        f"credits by template (all {len(runs)} archived runs):",
+        f"credits by template (audit database {settings.audit_db}, all archived runs):",
+        format_table(credits.columns, credits.rows),
+        f"archive: {settings.archive_uri}  verify: {report.verify_summary}",
     ]
-    lines += [f"  {t:16} {n:>8}" for t, n in sorted(credits.items(), key=lambda kv: -kv[1])]
-    lines.append(f"archive: {archive_uri}  verify: {report.verify_summary}")
-    return lines
 
 
 def demo_on_simulator(
@@ -176,7 +175,7 @@ def demo_on_simulator(
         defs = build_definitions()
         with dg.DagsterInstance.get() as instance:
             report = run_demo(defs, instance, settings.archive_uri, timeout=timeout, say=say)
-    for line in summary_lines(report, settings.archive_uri):
+    for line in summary_lines(report, settings):
         say(line)
     return (
         not report.failed_submits

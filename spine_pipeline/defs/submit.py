@@ -10,6 +10,7 @@ from spine_pipeline.spine import SpineError, SubmitOutcomeUnknownError, canvas_u
 from spine_pipeline.submission import SubmitSpec, submit_and_record
 
 GROUP = "spine_requests"
+SUBMIT_ALL_JOB = "submit_catalog"
 
 
 def submit_asset(request: CatalogRequest) -> dg.AssetsDefinition:
@@ -82,4 +83,9 @@ def submit_definitions(catalog_path: str | Path) -> dg.Definitions:
         for r in catalog
         if r.schedule
     ]
-    return dg.Definitions(assets=list(assets.values()), schedules=schedules)
+    submit_all = dg.define_asset_job(
+        SUBMIT_ALL_JOB,
+        selection=dg.AssetSelection.groups(GROUP),
+        description="Submit every catalog request once.",
+    )
+    return dg.Definitions(assets=list(assets.values()), schedules=schedules, jobs=[submit_all])
