@@ -84,7 +84,7 @@ def run_demo(
             report.failed_submits.append(event.step_key or "?")
             say(f"  {event.step_key} failed: {event.event_specific_data.error.message.strip()}")
 
-    sensor = defs.get_sensor_def("spine_poll_sensor")
+    sensor = defs.resolve_sensor_def("spine_poll_sensor")
     job = defs.resolve_job_def("archive_spine_runs")
     store = open_store(archive_uri)
     cursor: str | None = None
