@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Protocol, runtime_checkable
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -182,10 +182,11 @@ def validate_sha256_hex(sha256_hex: str) -> str:
     return sha256_hex.lower()
 
 
-def open_store(uri: str) -> ObjectStore:
+def open_store(uri: str, *, s3_client: Any = None) -> ObjectStore:
     """The store for `uri`: `s3://bucket[/prefix]` for S3, anything else is a local path.
 
-    Local roots are created (0700) if missing; S3 clients are created without a network call.
+    Local roots are created (0700) if missing; S3 clients are created without a network call
+    (or `s3_client` is used: a boto3 client, e.g. from dagster-aws's `S3Resource`).
     """
     if not isinstance(uri, str) or uri.strip() == "":
         raise ValueError("archive URI is empty")
@@ -194,7 +195,7 @@ def open_store(uri: str) -> ObjectStore:
     if scheme == "s3":
         from spine_pipeline.archive.store_s3 import S3Store
 
-        return S3Store(uri)
+        return S3Store(uri, client=s3_client)
     if scheme in ("", "file"):
         from spine_pipeline.archive.store_local import LocalStore
 

@@ -291,7 +291,7 @@ def test_async_client_polls_concurrently_with_the_same_rules(simulator):
             api_key=simulator.api_key, base_url=simulator.base_url, retry=FAST
         ) as client:
             ids = [(await client.create_run(f"async {i}")).run_id for i in range(20)]
-            simulator.set_faults("get:429=0@0.3,get:dropx3")
+            simulator.set_faults("get:429=0x3,get:dropx3")
             runs = await asyncio.gather(*(client.get_run(r) for r in ids))
             assert [r.run_id for r in runs] == ids
             simulator.set_faults("create:500x1")
