@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from spine_pipeline.spine.poll import PollResult, poll_runs
 MIN_INTERVAL = 15.0
 MAX_INTERVAL = 60.0
 REREQUEST_AFTER = 600.0
+ENV_MIN_INTERVAL = "SPINE_POLL_MIN_INTERVAL_SECONDS"  # tests and demos shorten the schedule
+ENV_MAX_INTERVAL = "SPINE_POLL_MAX_INTERVAL_SECONDS"
 OVERDUE_AFTER = timedelta(hours=3)
 ABANDON_AFTER = timedelta(hours=24)
 PLAN_VERSION = 1
@@ -66,12 +69,39 @@ class RunSchedule:
         )
 
 
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must not be negative, got {raw!r}")
+    return value
+
+
+def _default_min() -> float:
+    return _env_seconds(ENV_MIN_INTERVAL, MIN_INTERVAL)
+
+
+def _default_max() -> float:
+    return _env_seconds(ENV_MAX_INTERVAL, MAX_INTERVAL)
+
+
 @dataclass
 class PollPlan:
     """The poll schedule of every in-flight run; serialised as the sensor cursor."""
 
     runs: dict[str, RunSchedule] = field(default_factory=dict)
     recovered: bool = False  # True when the cursor was unreadable and was reset
+    min_interval: float = field(
+        default_factory=lambda: _env_seconds(ENV_MIN_INTERVAL, MIN_INTERVAL)
+    )
+    max_interval: float = field(
+        default_factory=lambda: _env_seconds(ENV_MAX_INTERVAL, MAX_INTERVAL)
+    )
 
     @classmethod
     def loads(cls, cursor: str | None) -> PollPlan:
@@ -116,7 +146,7 @@ class PollPlan:
             entry.errors = 0
         else:
             entry.errors += 1
-        entry.interval = min(MAX_INTERVAL, max(MIN_INTERVAL, entry.interval * 2))
+        entry.interval = min(self.max_interval, max(self.min_interval, entry.interval * 2))
         entry.next_poll = now + entry.interval
 
     def to_archive(self, now: float) -> list[str]:

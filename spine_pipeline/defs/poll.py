@@ -15,7 +15,7 @@ from spine_pipeline.defs.audit import archive_job
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
 from spine_pipeline.polling import run_tick
 
-TICK_BUDGET_SECONDS = float(os.environ.get("SPINE_POLL_BUDGET_SECONDS", "40"))
+ENV_BUDGET = "SPINE_POLL_BUDGET_SECONDS"
 
 
 def _batches(items: list[str], size: int) -> list[list[str]]:
@@ -36,7 +36,7 @@ def spine_poll_sensor(
         archive.in_flight_source(),
         spine.async_client,
         context.cursor,
-        budget_seconds=TICK_BUDGET_SECONDS,
+        budget_seconds=float(os.environ.get(ENV_BUDGET) or 40.0),
     )
     if report.cursor_recovered:
         context.log.warning("poll cursor was unreadable; rebuilt it from the ledger")
