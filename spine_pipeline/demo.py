@@ -57,6 +57,103 @@ def prepare_dagster_home() -> Path:
     return home
 
 
+@dataclass
+class Tick:
+    """One sensor evaluation and the archive runs it led to."""
+
+    requested: list[list[str]]
+    cursor: str | None
+    skip_reason: str | None
+
+
+def tick_and_archive(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    cursor: str | None,
+    say: Callable[[str], None] = print,
+) -> Tick:
+    """Evaluate the poll sensor as the daemon would, then execute the runs it requests."""
+    sensor = defs.resolve_sensor_def("spine_poll_sensor")
+    job = defs.resolve_job_def("archive_spine_runs")
+    with dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        definitions=defs,
+        sensor_name=sensor.name,
+        resources=defs.resources,
+    ) as context:
+        tick = sensor.evaluate_tick(context)
+    for request in tick.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+    batches = []
+    for request in tick.run_requests or []:
+        ids = request.run_config["ops"]["archive_batch"]["config"]["run_ids"]
+        batches.append(list(ids))
+        say(f"  archiving a batch of {len(ids)} terminal run(s)")
+        job.execute_in_process(
+            run_config={**request.run_config, **QUIET},
+            instance=instance,
+            tags={**request.tags, "dagster/sensor_name": sensor.name},
+            raise_on_error=False,
+        )
+    return Tick(requested=batches, cursor=tick.cursor, skip_reason=tick.skip_message)
+
+
+def submit_catalog(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    report: DemoReport,
+    say: Callable[[str], None],
+) -> None:
+    """Materialise every submit asset in one run; record run ids and failures."""
+    submit_job = defs.resolve_job_def(SUBMIT_ALL_JOB)
+    say(f"submitting the catalog through the submit assets ({submit_job.name})")
+    result = submit_job.execute_in_process(
+        instance=instance, run_config=QUIET, raise_on_error=False
+    )
+    for event in result.get_asset_materialization_events():
+        run_id = str(event.materialization.metadata["run_id"].value)
+        report.submitted.append(run_id)
+        say(f"  {event.asset_key.to_user_string()}: run {run_id}")
+    for event in result.all_events:
+        if event.is_step_failure:
+            report.failed_submits.append(event.step_key or "?")
+            say(f"  {event.step_key} failed: {event.event_specific_data.error.message.strip()}")
+
+
+def archive_until_done(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    archive_uri: str,
+    report: DemoReport,
+    *,
+    timeout: float,
+    tick_every: float,
+    say: Callable[[str], None],
+) -> None:
+    """Tick the sensor on its interval until every submitted run is committed (or timeout)."""
+    started = time.monotonic()
+    store = open_store(archive_uri)
+    cursor: str | None = None
+    pending = set(report.submitted)
+    while pending and time.monotonic() - started < timeout:
+        tick_started = time.monotonic()
+        tick = tick_and_archive(defs, instance, cursor, say=say)
+        report.ticks += 1
+        report.archive_runs += len(tick.requested)
+        cursor = tick.cursor
+        log = ManifestLog(store)
+        log.refresh()
+        done = pending & set(log.committed_runs)
+        if done:
+            report.archived.extend(sorted(done))
+            pending -= done
+            say(f"tick {report.ticks}: archived {len(report.archived)}/{len(report.submitted)}")
+        else:
+            say(f"tick {report.ticks}: {len(pending)} run(s) still in flight")
+        time.sleep(max(0.0, tick_every - (time.monotonic() - tick_started)))
+
+
 def run_demo(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -69,61 +166,11 @@ def run_demo(
     """Submit the catalog, then tick the sensor and run archive jobs until all are archived."""
     started = time.monotonic()
     report = DemoReport()
-    submit_job = defs.resolve_job_def(SUBMIT_ALL_JOB)
-    say(f"submitting the catalog through the submit assets ({submit_job.name})")
-    result = submit_job.execute_in_process(
-        instance=instance, run_config=QUIET, raise_on_error=False
+    submit_catalog(defs, instance, report, say)
+    archive_until_done(
+        defs, instance, archive_uri, report, timeout=timeout, tick_every=tick_every, say=say
     )
-    for event in result.get_asset_materialization_events():
-        meta = event.materialization.metadata
-        run_id = meta["run_id"].value
-        report.submitted.append(str(run_id))
-        say(f"  {event.asset_key.to_user_string()}: run {run_id}")
-    for event in result.all_events:
-        if event.is_step_failure:
-            report.failed_submits.append(event.step_key or "?")
-            say(f"  {event.step_key} failed: {event.event_specific_data.error.message.strip()}")
-
-    sensor = defs.resolve_sensor_def("spine_poll_sensor")
-    job = defs.resolve_job_def("archive_spine_runs")
-    store = open_store(archive_uri)
-    cursor: str | None = None
-    pending = set(report.submitted)
-    while pending and time.monotonic() - started < timeout:
-        tick_started = time.monotonic()
-        with dg.build_sensor_context(
-            instance=instance,
-            cursor=cursor,
-            definitions=defs,
-            sensor_name=sensor.name,
-            resources=defs.resources,
-        ) as context:
-            tick = sensor.evaluate_tick(context)
-        report.ticks += 1
-        cursor = tick.cursor
-        for request in tick.dynamic_partitions_requests or []:
-            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-        for request in tick.run_requests or []:
-            ids = request.run_config["ops"]["archive_batch"]["config"]["run_ids"]
-            say(f"tick {report.ticks}: archiving a batch of {len(ids)} terminal run(s)")
-            job.execute_in_process(
-                run_config={**request.run_config, **QUIET},
-                instance=instance,
-                tags=request.tags,
-                raise_on_error=False,
-            )
-            report.archive_runs += 1
-        log = ManifestLog(store)
-        log.refresh()
-        done = pending & set(log.committed_runs)
-        if done:
-            report.archived.extend(sorted(done))
-            pending -= done
-            say(f"  archived {len(report.archived)}/{len(report.submitted)}")
-        elif not tick.run_requests:
-            say(f"tick {report.ticks}: {len(pending)} run(s) still in flight")
-        time.sleep(max(0.0, tick_every - (time.monotonic() - tick_started)))
-    verified = verify_archive(store)
+    verified = verify_archive(open_store(archive_uri))
     report.verify_ok = verified.ok
     report.verify_summary = (
         f"{verified.manifests} manifests, {verified.files} files, {verified.artifacts} "
