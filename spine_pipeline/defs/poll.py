@@ -34,7 +34,7 @@ def spine_poll_sensor(
 ) -> dg.SensorResult:
     report = run_tick(
         archive.in_flight_source(),
-        spine.async_client,
+        spine.polling_client,
         context.cursor,
         budget_seconds=float(os.environ.get(ENV_BUDGET) or 40.0),
     )

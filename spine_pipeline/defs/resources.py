@@ -17,7 +17,9 @@ from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.store import ObjectStore, open_store
 from spine_pipeline.config import DEFAULT_ARCHIVE_URI, DEFAULT_AUDIT_DB
 from spine_pipeline.polling import InFlightSource
-from spine_pipeline.spine import AsyncSpineClient, SpineClient
+from spine_pipeline.spine import AsyncSpineClient, RetryPolicy, SpineClient
+
+POLL_RETRY = RetryPolicy(max_retries=1, base_delay=0.5, max_delay=2.0)
 
 
 class SpineResource(dg.ConfigurableResource):
@@ -30,12 +32,17 @@ class SpineResource(dg.ConfigurableResource):
     def client(self) -> SpineClient:
         return SpineClient(api_key=self.api_key, base_url=self.base_url or None)
 
-    def async_client(self) -> AsyncSpineClient:
+    def async_client(self, retry: RetryPolicy | None = None) -> AsyncSpineClient:
         return AsyncSpineClient(
             api_key=self.api_key,
             base_url=self.base_url or None,
             max_connections=self.max_connections,
+            retry=retry,
         )
+
+    def polling_client(self) -> AsyncSpineClient:
+        """For sensor ticks: one quick retry at most; the next tick is the real retry."""
+        return self.async_client(retry=POLL_RETRY)
 
 
 class ArchiveResource(dg.ConfigurableResource):

@@ -1,0 +1,42 @@
+"""The definitions load, validate with the dagster CLI, and contain what the design names."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_definitions_load_with_everything_wired(pipeline):
+    defs = pipeline.defs
+    keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"spine_run", "archive_batch", "audit_database", "credit_report"} <= keys
+    assert {f"submit_{n}" for n in ("weekly_ai_infra_report", "eu_ai_act_memo")} <= keys
+    assert defs.resolve_sensor_def("spine_poll_sensor").minimum_interval_seconds == 15
+    schedules = {s.name for s in defs.schedules}
+    assert {"weekly_ai_infra_report_schedule", "daily_credit_report"} <= schedules
+    job = defs.resolve_job_def("archive_spine_runs")
+    assert {n.name for n in job.nodes} >= {"archive_batch", "audit_database"}
+    checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
+    assert {"counts_match_api", "artifacts_downloaded"} <= checks
+    audit = defs.resolve_assets_def(dg.AssetKey("audit_database"))
+    assert audit.op.pool == "spine_audit_db"
+    repo = defs.get_repository_def()
+    assert repo.get_job("submit_catalog")
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path):
+    env = {**os.environ, "SPINE_API_KEY": "sk_spine_validate_only", "DAGSTER_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "All code locations passed validation" in result.stderr + result.stdout
