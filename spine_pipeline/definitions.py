@@ -7,7 +7,7 @@ from `SPINE_CATALOG` (default `data/requests.yaml`).
 import dagster as dg
 
 from spine_pipeline.config import PipelineSettings
-from spine_pipeline.defs.archive import archive_batch, spine_run, spine_run_check
+from spine_pipeline.defs.archive import archive_batch, recheck_job, spine_run, spine_run_check
 from spine_pipeline.defs.audit import (
     archive_job,
     audit_database,
@@ -24,7 +24,7 @@ def build_definitions() -> dg.Definitions:
     core = dg.Definitions(
         assets=[spine_run, archive_batch, audit_database, credit_report],
         asset_checks=[spine_run_check],
-        jobs=[archive_job],
+        jobs=[archive_job, recheck_job],
         sensors=[spine_poll_sensor],
         schedules=[credit_report_schedule],
         resources=build_resources(),

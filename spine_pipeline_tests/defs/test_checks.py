@@ -1,0 +1,75 @@
+"""Each asset check passes on a faithful archive and fails when the archive is wrong."""
+
+import dagster as dg
+import pyarrow.compute as pc
+
+from spine_pipeline.archive import archiver as archiver_module
+from spine_pipeline.defs.archive import SPINE_RUN
+from spine_pipeline.demo import tick_and_archive
+
+
+def _archive(pipeline, *prompts):
+    ids = pipeline.submit(*prompts)
+    pipeline.wait_terminal(ids)
+    tick = tick_and_archive(pipeline.defs, pipeline.instance, None, say=lambda _: None)
+    assert sorted(r for b in tick.requested for r in b) == sorted(ids)
+    return ids
+
+
+def _latest(pipeline, check, run_id):
+    records = pipeline.instance.event_log_storage.get_asset_check_execution_history(
+        dg.AssetCheckKey(SPINE_RUN, check), limit=50
+    )
+    for record in records:
+        evaluation = record.event.asset_check_evaluation
+        if evaluation.partition == run_id:
+            return evaluation
+    raise AssertionError(f"no {check} evaluation for {run_id}")
+
+
+def test_checks_pass_on_a_faithful_archive(pipeline):
+    (run_id,) = _archive(pipeline, "[scenario:completed] faithful")
+    for check in ("counts_match_api", "artifacts_downloaded"):
+        assert _latest(pipeline, check, run_id).passed
+
+
+def test_counts_check_fails_when_rows_go_missing(pipeline, monkeypatch):
+    real = archiver_module.flatten_batch_by_dt
+
+    def drop_one_block(runs, ctx):
+        out = real(runs, ctx)
+        for tables in out.values():
+            blocks = tables["blocks"]
+            keep = pc.not_equal(blocks["ordinal"], 0)
+            tables["blocks"] = blocks.filter(keep)
+        return out
+
+    monkeypatch.setattr(archiver_module, "flatten_batch_by_dt", drop_one_block)
+    (run_id,) = _archive(pipeline, "[scenario:completed] lossy flattening")
+    evaluation = _latest(pipeline, "counts_match_api", run_id)
+    assert not evaluation.passed
+    assert "blocks: archived" in evaluation.metadata["detail"].value
+
+
+def test_artifact_check_fails_when_a_download_fails(pipeline):
+    pipeline.sim.set_faults("download:expired")
+    (run_id,) = _archive(pipeline, "[scenario:completed] expired artifacts")
+    pipeline.sim.set_faults("")
+    evaluation = _latest(pipeline, "artifacts_downloaded", run_id)
+    assert not evaluation.passed
+    assert "URL refused" in evaluation.metadata["detail"].value
+    assert _latest(pipeline, "counts_match_api", run_id).passed
+
+
+def test_on_demand_check_rereads_the_archive(pipeline):
+    (run_id,) = _archive(pipeline, "[scenario:completed] recheck me")
+    job = pipeline.defs.resolve_job_def("recheck_spine_runs")
+    outcome = job.execute_in_process(
+        instance=pipeline.instance, tags={"dagster/partition": run_id}, raise_on_error=False
+    )
+    evaluations = [e for e in outcome.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"]
+    assert {e.event_specific_data.check_name for e in evaluations} == {
+        "counts_match_api",
+        "artifacts_downloaded",
+    }
+    assert all(e.event_specific_data.passed for e in evaluations)
