@@ -7,6 +7,8 @@ values in run config or the event log.
 """
 
 import os
+from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 from dagster_aws.s3 import S3Resource
@@ -28,6 +30,13 @@ class SpineResource(dg.ConfigurableResource):
     api_key: str
     base_url: str | None = None
     max_connections: int = 64
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # pydantic builds repr() and str() from this: once Dagster resolves the EnvVar, the
+        # field holds the key itself, and a resource repr in a log or error would print it.
+        for name, value in super().__repr_args__():
+            masked = name == "api_key" and value and not isinstance(value, dg.EnvVar)
+            yield name, "***" if masked else value
 
     def client(self) -> SpineClient:
         return SpineClient(api_key=self.api_key, base_url=self.base_url or None)
