@@ -19,6 +19,12 @@ Why it is built the way it is (details and measurements in docs/decisions.md):
   explicitly with `atomic_conditional_complete`.
 - **Errors** are `StoreError` with one line built only from the operation, the object's URL,
   the S3 error code and HTTP status: never the server's message text or any credential.
+- **Encryption at rest and retention** (optional, from the environment; see `S3WriteOptions`):
+  `SPINE_S3_SSE` (`AES256` or `aws:kms`, plus `SPINE_S3_SSE_KMS_KEY_ID`) is sent on every write;
+  `SPINE_S3_OBJECT_LOCK_DAYS` puts a governance-mode Object Lock retention on the commit log and
+  the evidence (`manifests/`, `artifacts/`), so even credentials allowed to delete cannot remove
+  a committed version before it expires. Table files are protected by the manifests' hashes and
+  stay deletable, because `gc` must remove the files of batches that never committed.
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ import io
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from datetime import UTC
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit, urlunsplit
@@ -60,7 +67,7 @@ from spine_pipeline.archive.store import (
     validate_sha256_hex,
 )
 
-__all__ = ["S3Store", "parse_s3_uri"]
+__all__ = ["S3Store", "S3WriteOptions", "parse_s3_uri"]
 
 MB = 1024 * 1024
 DEFAULT_MULTIPART_THRESHOLD = 64 * MB
@@ -75,6 +82,70 @@ _PRECONDITION_CODES = {"PreconditionFailed", "ConditionalRequestConflict"}
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
 # Servers known to evaluate If-None-Match on CompleteMultipartUpload outside their write lock.
 _NON_ATOMIC_COMPLETE_SERVERS = ("seaweedfs",)
+ENV_SSE = "SPINE_S3_SSE"
+ENV_SSE_KMS_KEY_ID = "SPINE_S3_SSE_KMS_KEY_ID"
+ENV_OBJECT_LOCK_DAYS = "SPINE_S3_OBJECT_LOCK_DAYS"
+SSE_MODES = ("AES256", "aws:kms")
+#: Keys that get the Object Lock retention: the commit log and the artifact evidence.
+LOCKED_PREFIXES = ("manifests/", "artifacts/")
+_MAX_LOCK_DAYS = 36_500
+
+
+@dataclass(frozen=True)
+class S3WriteOptions:
+    """Server-side encryption and Object Lock retention applied to every write.
+
+    `sse` is `None` (the bucket's default), `"AES256"` (SSE-S3) or `"aws:kms"` (SSE-KMS, with
+    `kms_key_id`, or the account's default `aws/s3` key when it is None). `object_lock_days`
+    puts a GOVERNANCE-mode retention of that many days on keys under `LOCKED_PREFIXES`; the
+    bucket must have Object Lock enabled (which also turns versioning on).
+    """
+
+    sse: str | None = None
+    kms_key_id: str | None = None
+    object_lock_days: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.sse is not None and self.sse not in SSE_MODES:
+            raise ValueError(f"{ENV_SSE} must be AES256 or aws:kms, got {self.sse!r}")
+        if self.kms_key_id is not None and self.sse != "aws:kms":
+            raise ValueError(f"{ENV_SSE_KMS_KEY_ID} is only valid with {ENV_SSE}=aws:kms")
+        days = self.object_lock_days
+        if days is not None and not (isinstance(days, int) and 1 <= days <= _MAX_LOCK_DAYS):
+            raise ValueError(
+                f"{ENV_OBJECT_LOCK_DAYS} must be a whole number of days from 1 to "
+                f"{_MAX_LOCK_DAYS}, got {days!r}"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> S3WriteOptions:
+        """Read `SPINE_S3_SSE`, `SPINE_S3_SSE_KMS_KEY_ID`, `SPINE_S3_OBJECT_LOCK_DAYS`."""
+        env = os.environ if environ is None else environ
+        sse = (env.get(ENV_SSE) or "").strip() or None
+        key_id = (env.get(ENV_SSE_KMS_KEY_ID) or "").strip() or None
+        raw_days = (env.get(ENV_OBJECT_LOCK_DAYS) or "").strip()
+        days: int | None = None
+        if raw_days:
+            try:
+                days = int(raw_days)
+            except ValueError:
+                raise ValueError(
+                    f"{ENV_OBJECT_LOCK_DAYS} must be a whole number of days, got {raw_days!r}"
+                ) from None
+        return cls(sse=sse, kms_key_id=key_id, object_lock_days=days)
+
+    def args_for(self, key: str, *, now: datetime | None = None) -> dict[str, Any]:
+        """Extra PutObject / CreateMultipartUpload arguments for `key` (relative to the root)."""
+        extra: dict[str, Any] = {}
+        if self.sse is not None:
+            extra["ServerSideEncryption"] = self.sse
+            if self.kms_key_id is not None:
+                extra["SSEKMSKeyId"] = self.kms_key_id
+        if self.object_lock_days is not None and key.startswith(LOCKED_PREFIXES):
+            until = (now or datetime.now(UTC)) + timedelta(days=self.object_lock_days)
+            extra["ObjectLockMode"] = "GOVERNANCE"
+            extra["ObjectLockRetainUntilDate"] = until
+        return extra
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -142,8 +213,10 @@ class S3Store:
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         atomic_conditional_complete: bool | None = None,
         client: Any = None,
+        write_options: S3WriteOptions | None = None,
     ) -> None:
         self.bucket, self.prefix = parse_s3_uri(uri.strip())
+        self.write_options = write_options or S3WriteOptions.from_env()
         self.uri = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
         if chunk_size < 5 * MB:
             raise ValueError("chunk_size must be at least 5 MiB (S3's minimum part size)")
@@ -175,7 +248,11 @@ class S3Store:
             raise StoreError(f"cannot configure the S3 client: {type(exc).__name__}") from None
 
     def __repr__(self) -> str:
-        return f"S3Store({self.uri!r}, endpoint={self.endpoint!r})"
+        opts = self.write_options
+        extra = f", sse={opts.sse!r}" if opts.sse else ""
+        if opts.object_lock_days:
+            extra += f", object_lock_days={opts.object_lock_days}"
+        return f"S3Store({self.uri!r}, endpoint={self.endpoint!r}{extra})"
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -274,6 +351,7 @@ class S3Store:
         full = self._full(key)
         digest = hashlib.sha256(data).digest()
         extra = {"ContentType": content_type} if content_type else {}
+        extra.update(self.write_options.args_for(key))
         self._put_single(key, full, data, digest, extra)
 
     def _put_single(
@@ -311,6 +389,7 @@ class S3Store:
         if self._head(full, key) is not None:  # cheap: do not upload gigabytes just to lose
             raise AlreadyExists(key)
         extra = {"ContentType": content_type} if content_type else {}
+        extra.update(self.write_options.args_for(key))
         multipart = size >= self.multipart_threshold and (
             size > MAX_SINGLE_PUT or self.atomic_conditional_complete()
         )
