@@ -31,6 +31,7 @@ MAX_INTERVAL = 60.0
 REREQUEST_AFTER = 600.0
 ENV_MIN_INTERVAL = "SPINE_POLL_MIN_INTERVAL_SECONDS"  # tests and demos shorten the schedule
 ENV_MAX_INTERVAL = "SPINE_POLL_MAX_INTERVAL_SECONDS"
+ENV_REREQUEST = "SPINE_POLL_REREQUEST_SECONDS"  # the soak re-requests crashed batches sooner
 OVERDUE_AFTER = timedelta(hours=3)
 ABANDON_AFTER = timedelta(hours=24)
 PLAN_VERSION = 1
@@ -151,10 +152,11 @@ class PollPlan:
 
     def to_archive(self, now: float) -> list[str]:
         """Terminal runs not yet handed to archiving (or handed long ago and still not done)."""
+        rerequest = _env_seconds(ENV_REREQUEST, REREQUEST_AFTER)
         out = [
             run_id
             for run_id, s in sorted(self.runs.items())
-            if _is_terminal(s.status) and (not s.requested or now - s.requested > REREQUEST_AFTER)
+            if _is_terminal(s.status) and (not s.requested or now - s.requested > rerequest)
         ]
         for run_id in out:
             self.runs[run_id].requested = now
