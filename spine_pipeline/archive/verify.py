@@ -100,6 +100,20 @@ def verify_archive(store: ObjectStore) -> VerifyReport:
             prev_sha = hashlib.sha256(data).hexdigest()
             continue
         report.manifests += 1
+        if manifest.to_bytes() != data:
+            # Every manifest is written in one canonical form, so any changed byte shows,
+            # even one that keeps the JSON meaning (the newest manifest has no successor
+            # whose prev_sha256 would catch it).
+            report.problems.append(Problem("hash_mismatch", key, "not in canonical form: edited"))
+        runs_rows = sum(f.rows for f in manifest.files if f.table == "runs")
+        if runs_rows != len(manifest.runs):
+            report.problems.append(
+                Problem(
+                    "chain",
+                    key,
+                    f"lists {len(manifest.runs)} runs but its runs files hold {runs_rows}",
+                )
+            )
         if manifest.seq != seq:
             report.problems.append(Problem("chain", key, f"says seq {manifest.seq}"))
         if manifest.prev_sha256 != prev_sha:

@@ -1,0 +1,146 @@
+"""The `spine-pipeline` command: outputs, exit codes, and one-line errors."""
+
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from spine_pipeline.cli import main
+
+
+@pytest.fixture
+def cli(simulator, tmp_path, monkeypatch):
+    monkeypatch.setenv("SPINE_API_KEY", simulator.api_key)
+    monkeypatch.setenv("SPINE_BASE_URL", simulator.base_url)
+    monkeypatch.setenv("SPINE_ARCHIVE_URI", str(tmp_path / "archive"))
+    monkeypatch.setenv("SPINE_AUDIT_DB", str(tmp_path / "audit.duckdb"))
+    runner = CliRunner()
+
+    def run(*args):
+        return runner.invoke(main, list(args), catch_exceptions=False)
+
+    return run
+
+
+def _one_error_line(result):
+    lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert lines, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines
+
+
+def test_submit_track_archive_status_verify(cli, simulator, tmp_path):
+    attached = tmp_path / "notes.md"
+    attached.write_text("# notes\n")
+    submitted = cli(
+        "submit",
+        "--prompt",
+        "[scenario:completed] CLI run",
+        "--template",
+        "memo",
+        "--blocks",
+        '["memo-block", "file-block"]',
+        "--file",
+        str(attached),
+    )
+    assert submitted.exit_code == 0, submitted.stderr
+    run_id = submitted.stdout.strip()
+    assert run_id in simulator.world.run_ids()
+    assert cli("track", run_id).stdout.strip() == f"already tracked {run_id}"
+    slow = cli("submit", "--prompt", "[scenario:slow] never ends").stdout.strip()
+
+    archived = cli("archive", run_id, slow, "--wait", "--timeout", "3")
+    assert archived.exit_code == 1
+    assert f"archived {run_id} status=completed manifest=1" in archived.stdout
+    (line,) = [x for x in _one_error_line(archived) if slow in x]
+    assert "not terminal" in line
+
+    again = cli("archive", run_id)
+    assert again.exit_code == 0 and f"already_archived {run_id}" in again.stdout
+
+    status = cli("status")
+    assert status.exit_code == 0
+    rows = {line.split()[0]: line.split()[1] for line in status.stdout.splitlines()[1:]}
+    assert rows[run_id] == "archived" and rows[slow] == "in_flight"
+
+    verified = cli("verify")
+    assert verified.exit_code == 0 and verified.stdout.strip().endswith("OK")
+
+
+def test_verify_fails_after_tampering_and_names_the_object(cli, tmp_path):
+    run_id = cli("submit", "--prompt", "[scenario:completed] tamper").stdout.strip()
+    assert cli("archive", run_id, "--wait", "--timeout", "20").exit_code == 0
+    manifest = tmp_path / "archive" / "manifests" / "000000000001.json"
+    manifest.chmod(0o600)
+    manifest.write_bytes(manifest.read_bytes().replace(b'"seq": 1', b'"seq": 1 '))
+    result = cli("verify")
+    assert result.exit_code == 1
+    assert "manifests/000000000001.json" in result.stderr
+
+
+def test_gc_removes_only_old_uncommitted_files(cli, tmp_path):
+    from spine_pipeline.archive.store import open_store
+
+    store = open_store(str(tmp_path / "archive"))
+    store.put_bytes("tables/runs/dt=2020-01-01/orphan.parquet", b"uncommitted")
+    young = cli("gc", "--dry-run")
+    assert "1 uncommitted object(s) younger than the grace period kept" in young.stdout
+    old = cli("gc", "--grace-hours", "0")
+    assert "removed tables/runs/dt=2020-01-01/orphan.parquet" in old.stdout
+    assert not store.exists("tables/runs/dt=2020-01-01/orphan.parquet")
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["submit", "--prompt", "x", "--template", "nope"], "Invalid template: nope"),
+        (["archive", "00000000-0000-4000-8000-000000000000"], "Run not found"),
+        (["submit", "--prompt", "x", "--file", "/no/such/file"], "cannot read upload file"),
+    ],
+)
+def test_expected_failures_are_one_line(cli, args, needle):
+    result = cli(*args)
+    assert result.exit_code in (1, 2)
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_key_and_unreachable_endpoint(cli, monkeypatch):
+    monkeypatch.setenv("SPINE_API_KEY", "sk_spine_wrong_key_123")
+    result = cli("submit", "--prompt", "x")
+    assert result.exit_code == 1
+    (line,) = _one_error_line(result)
+    assert "sk_spine_wrong_key_123" not in line
+    monkeypatch.setenv("SPINE_BASE_URL", "http://127.0.0.1:9")
+    result = cli("submit", "--prompt", "x")
+    assert result.exit_code == 1 and "cannot reach Spine" in _one_error_line(result)[0]
+    monkeypatch.delenv("SPINE_API_KEY")
+    result = cli("submit", "--prompt", "x")
+    assert result.exit_code == 1 and "SPINE_API_KEY is not set" in result.stderr
+
+
+def test_bad_usage_exits_2(cli):
+    assert cli("archive").exit_code == 2
+    assert cli("submit", "--prompt", "x", "--blocks", "[oops").exit_code == 2
+    assert cli("simulator", "--faults", "get:boom").exit_code == 2
+    assert cli("simulator", "--run-seconds", "9:1").exit_code == 2
+    assert cli("no-such-command").exit_code == 2
+
+
+def test_simulator_command_serves_on_loopback():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spine_pipeline.cli", "simulator", "--port", "0", "--seed", "3"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert "Spine simulator listening on http://127.0.0.1:" in line
+        assert "sk_spine_simulator" in line
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    time.sleep(0.1)
