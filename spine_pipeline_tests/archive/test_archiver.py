@@ -279,3 +279,39 @@ def _overwrite(kit, key, data):
         path = Path(kit.uri) / key
         path.chmod(0o600)
         path.write_bytes(data)
+
+
+KILLER = """
+import os, signal, sys
+from spine_pipeline.archive.archiver import Archiver
+from spine_pipeline.archive.store import open_store
+from spine_pipeline.spine import AsyncSpineClient
+uri, base, key, *ids = sys.argv[1:]
+def die(files):
+    os.kill(os.getpid(), signal.SIGKILL)  # after the data files, before the manifest
+Archiver(open_store(uri), lambda: AsyncSpineClient(api_key=key, base_url=base),
+         before_commit=die).archive(ids)
+"""
+
+
+def test_sigkill_between_data_files_and_manifest(kit):
+    import subprocess
+    import sys
+
+    ids = kit.submit("[scenario:completed] killed one", "[scenario:partial] killed two")
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, kit.uri, kit.sim.base_url, kit.sim.api_key, *ids],
+        capture_output=True,
+        timeout=120,
+    )
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert list(kit.store.list("tables/"))  # the batch's files were written...
+    assert kit.tables() == {}  # ...but nothing is visible without its manifest
+    result = kit.archiver().archive(ids)
+    assert [o.outcome for o in result.outcomes] == ["archived", "archived"]
+    assert sorted(kit.tables()["runs"]["run_id"].to_pylist()) == sorted(ids)
+    from spine_pipeline.archive.gc import collect_garbage
+
+    collected = collect_garbage(kit.store, grace=__import__("datetime").timedelta(0))
+    assert collected.deleted and all(k.startswith("tables/") for k in collected.deleted)
+    assert verify_archive(kit.store).ok
