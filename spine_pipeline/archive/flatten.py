@@ -30,8 +30,9 @@ from urllib.parse import quote
 
 import pyarrow as pa
 
-from spine_pipeline.archive.records import BatchContext, FetchedRun, RawDoc, Span, parse_json
+from spine_pipeline.archive.records import BatchContext, FetchedRun, RawDoc
 from spine_pipeline.archive.schemas import TABLES
+from spine_pipeline.spine.rawjson import Span, dumps_iterative, parse_json
 
 __all__ = [
     "CANVAS_URL",
@@ -151,48 +152,12 @@ def _encode_original(s: str) -> bytes:
         return s.encode("utf-8", "surrogatepass")
 
 
-class _Lit:
-    __slots__ = ("s",)
-
-    def __init__(self, s: str) -> None:
-        self.s = s
-
-
-def _dumps_iterative(value: Any) -> str:
-    """json.dumps for values nested beyond the recursion limit (explicit stack)."""
-    out: list[str] = []
-    stack: list[Any] = [value]
-    while stack:
-        v = stack.pop()
-        if isinstance(v, _Lit):
-            out.append(v.s)
-        elif isinstance(v, dict):
-            items = list(v.items())
-            out.append("{")
-            stack.append(_Lit("}"))
-            for j in range(len(items) - 1, -1, -1):
-                k, x = items[j]
-                key = json.dumps(k if isinstance(k, str) else str(k), ensure_ascii=False)
-                stack.append(x)
-                stack.append(_Lit(("," if j else "") + key + ":"))
-        elif isinstance(v, list | tuple):
-            out.append("[")
-            stack.append(_Lit("]"))
-            for j in range(len(v) - 1, -1, -1):
-                stack.append(v[j])
-                if j:
-                    stack.append(_Lit(","))
-        else:
-            out.append(json.dumps(v, ensure_ascii=False, default=str))
-    return "".join(out)
-
-
 def _dumps(value: Any) -> str:
     """Compact JSON of an already-parsed value (used only where no source text exists)."""
     try:
         s = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
     except RecursionError:
-        s = _dumps_iterative(value)
+        s = dumps_iterative(value)
     except ValueError:  # circular structure: not JSON-derived, keep a readable trace
         s = json.dumps(repr(value), ensure_ascii=False)
     if _SURROGATE.search(s):  # lone surrogates: escape them so the text stays exact

@@ -20,12 +20,15 @@ Two hostile-input problems are solved here, once, for every consumer:
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import Any
+
+from spine_pipeline.spine.rawjson import Span, json_error, parse_json, parse_key, skip_ws
+from spine_pipeline.spine.rawjson import loads as _loads
+from spine_pipeline.spine.rawjson import scan_value as _scan_value
 
 __all__ = [
     "ArtifactOutcome",
@@ -37,184 +40,8 @@ __all__ = [
     "split_envelope",
 ]
 
-_scanstring = json.decoder.scanstring  # type: ignore[attr-defined]  # the C implementation
-_c_scan_once = json.scanner.make_scanner(json.JSONDecoder())
-_WS = re.compile(r"[ \t\n\r]*")
-# ASCII digits only: the C scanner (what json.loads uses) does not accept Unicode digits.
-_NUMBER = re.compile(r"(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?")
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class Span:
-    """Where one JSON value sits in its source text, with the spans of its children.
-
-    `members` is set for objects (`(key, key_start, value_span)` in source order, duplicates
-    kept), `items` for arrays; both are None for scalars.
-    """
-
-    __slots__ = ("end", "items", "members", "start")
-
-    def __init__(self, start: int, end: int = -1) -> None:
-        self.start = start
-        self.end = end
-        self.members: list[tuple[str, int, Span]] | None = None
-        self.items: list[Span] | None = None
-
-    def __repr__(self) -> str:
-        kind = "object" if self.members is not None else "array" if self.items is not None else ""
-        return f"Span({self.start}, {self.end}{', ' + kind if kind else ''})"
-
-    def last_member(self, key: str) -> Span | None:
-        """The span of the value `json.loads` would keep for `key` (the last duplicate)."""
-        if self.members is None:
-            return None
-        for k, _, sp in reversed(self.members):
-            if k == key:
-                return sp
-        return None
-
-
-def _error(msg: str, text: str, pos: int) -> json.JSONDecodeError:
-    return json.JSONDecodeError(msg, text, pos)
-
-
-def _skip(text: str, pos: int) -> int:
-    if pos < len(text) and text[pos] in " \t\n\r":
-        return _WS.match(text, pos).end()  # type: ignore[union-attr]
-    return pos
-
-
-def _key(text: str, pos: int) -> tuple[str, int, int]:
-    """Parse `"key" :` at pos; return key, key start, and the position of the value."""
-    if pos >= len(text) or text[pos] != '"':
-        raise _error("Expecting property name enclosed in double quotes", text, pos)
-    key, end = _scanstring(text, pos + 1, True)
-    end = _skip(text, end)
-    if end >= len(text) or text[end] != ":":
-        raise _error("Expecting ':' delimiter", text, end)
-    return key, pos, _skip(text, end + 1)
-
-
-def parse_json(text: str, pos: int = 0, *, whole: bool = True) -> tuple[Any, Span]:
-    """Parse JSON without recursion, returning the value and the span tree of the source.
-
-    Accepts exactly what `json.loads` accepts (including NaN/Infinity and duplicate keys, where
-    the last value wins in the value but every member stays in `Span.members`). With
-    `whole=False` parsing stops after the first value (its span says where). Raises
-    `json.JSONDecodeError` (a `ValueError`) on invalid input.
-    """
-    n = len(text)
-    # frame: [container, span, key, key_start]; key is None for arrays
-    stack: list[list[Any]] = []
-    pos = _skip(text, pos)
-    while True:
-        if pos >= n:
-            raise _error("Expecting value", text, pos)
-        ch = text[pos]
-        value: Any
-        if ch == "{":
-            sp = Span(pos)
-            sp.members = []
-            pos = _skip(text, pos + 1)
-            if pos < n and text[pos] == "}":
-                pos += 1
-                sp.end = pos
-                value = {}
-            else:
-                key, key_start, pos = _key(text, pos)
-                stack.append([{}, sp, key, key_start])
-                continue
-        elif ch == "[":
-            sp = Span(pos)
-            sp.items = []
-            pos = _skip(text, pos + 1)
-            if pos < n and text[pos] == "]":
-                pos += 1
-                sp.end = pos
-                value = []
-            else:
-                stack.append([[], sp, None, 0])
-                continue
-        elif ch == '"':
-            value, end = _scanstring(text, pos + 1, True)
-            sp = Span(pos, end)
-            pos = end
-        else:
-            m = _NUMBER.match(text, pos)
-            if m is not None:
-                integer, frac, exp = m.groups()
-                value = float(integer + (frac or "") + (exp or "")) if frac or exp else int(integer)
-                end = m.end()
-            elif text.startswith("null", pos):
-                value, end = None, pos + 4
-            elif text.startswith("true", pos):
-                value, end = True, pos + 4
-            elif text.startswith("false", pos):
-                value, end = False, pos + 5
-            elif text.startswith("NaN", pos):
-                value, end = float("nan"), pos + 3
-            elif text.startswith("Infinity", pos):
-                value, end = float("inf"), pos + 8
-            elif text.startswith("-Infinity", pos):
-                value, end = float("-inf"), pos + 9
-            else:
-                raise _error("Expecting value", text, pos)
-            sp = Span(pos, end)
-            pos = end
-        # A value is complete: attach it to its parent, closing parents as they complete.
-        while True:
-            if not stack:
-                if whole:
-                    pos = _skip(text, pos)
-                    if pos != n:
-                        raise _error("Extra data", text, pos)
-                return value, sp
-            frame = stack[-1]
-            container, csp, key = frame[0], frame[1], frame[2]
-            if key is not None:
-                container[key] = value
-                csp.members.append((key, frame[3], sp))
-            else:
-                container.append(value)
-                csp.items.append(sp)
-            pos = _skip(text, pos)
-            if pos >= n:
-                raise _error("Unterminated container", text, pos)
-            ch = text[pos]
-            if ch == ",":
-                pos = _skip(text, pos + 1)
-                if key is not None:
-                    frame[2], frame[3], pos = _key(text, pos)
-                break  # parse the next member / element
-            if ch == ("}" if key is not None else "]"):
-                pos += 1
-                csp.end = pos
-                value, sp = container, csp
-                stack.pop()
-                continue
-            raise _error(
-                "Expecting ',' delimiter" if ch not in "}]" else "Mismatched bracket", text, pos
-            )
-
-
-def _loads(text: str) -> Any:
-    """`json.loads` at C speed, falling back to the iterative parser for deep nesting."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        return parse_json(text)[0]
-
-
-def _scan_value(text: str, pos: int) -> tuple[Any, int]:
-    """Parse one value at pos (C scanner, iterative fallback); return it and its end."""
-    try:
-        return _c_scan_once(text, pos)
-    except StopIteration as exc:
-        raise _error("Expecting value", text, exc.value) from None
-    except RecursionError:
-        value, sp = parse_json(text, pos, whole=False)
-        return value, sp.end
 
 
 def _lossy_decode(raw: bytes) -> str:
@@ -322,33 +149,33 @@ def split_envelope(
     if the body is not a JSON object.
     """
     text, raw = _normalise(body)
-    pos = _skip(text, 0)
+    pos = skip_ws(text, 0)
     if pos >= len(text) or text[pos] != "{":
         raise ValueError("Malformed response: expected a JSON object")
     out: dict[str, Any] = {}
     data_span: tuple[int, int] | None = None
     data_value: Any = None
-    pos = _skip(text, pos + 1)
+    pos = skip_ws(text, pos + 1)
     if pos < len(text) and text[pos] == "}":
         pos += 1
     else:
         while True:
-            key, _, pos = _key(text, pos)
+            key, _, pos = parse_key(text, pos)
             value, end = _scan_value(text, pos)
             if key == "data":
                 data_span, data_value = (pos, end), value
             else:
                 out[key] = value
-            pos = _skip(text, end)
+            pos = skip_ws(text, end)
             if pos < len(text) and text[pos] == ",":
-                pos = _skip(text, pos + 1)
+                pos = skip_ws(text, pos + 1)
                 continue
             if pos < len(text) and text[pos] == "}":
                 pos += 1
                 break
-            raise _error("Expecting ',' delimiter", text, pos)
-    if _skip(text, pos) != len(text):
-        raise _error("Extra data", text, pos)
+            raise json_error("Expecting ',' delimiter", text, pos)
+    if skip_ws(text, pos) != len(text):
+        raise json_error("Extra data", text, pos)
     if data_span is None:
         return out, None
     a, b = data_span

@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spine_pipeline.spine.errors import MalformedResponseError, SpineAPIError, error_for_status
-from spine_pipeline.spine.rawjson import loads_deep
+from spine_pipeline.spine.rawjson import scan_value
 
-_decoder = json.JSONDecoder()
 _WS = " \t\n\r"
 
 
@@ -55,10 +54,7 @@ def _slice_data(text: str) -> tuple[dict[str, Any], str | None]:
         if not text.startswith(":", pos):
             raise ValueError("expected ':'")
         pos = _skip_ws(text, pos + 1)
-        try:
-            value, end = _decoder.raw_decode(text, pos)
-        except RecursionError:
-            value, end = loads_deep(text, pos)
+        value, end = scan_value(text, pos)
         out[key] = value
         if key == "data":
             data_text = text[pos:end]

@@ -1,8 +1,12 @@
-"""JSON for pathological nesting: parse and serialise without recursion.
+"""JSON for pathological nesting: parse and serialise without recursion, with source spans.
 
 `json.loads` gives up past ~1,000 levels (RecursionError). Spine task trees are nested
-JSON, and a hostile or merely huge tree must still be archived, so the fallback here uses
-an explicit stack. It is only used after the fast C parser has refused the input.
+JSON, and a hostile or merely huge tree must still be archived. `parse_json` is an
+iterative parser (explicit stack) that also records the source span of every value, so
+callers can slice exact text instead of re-serialising; `loads` and `scan_value` use the C
+parser first and fall back to it only when the C parser refuses the depth. An iterative
+parser was chosen over "raise the recursion limit in a thread with a big stack": it has no
+depth ceiling and cannot overflow the C stack (a segfault, not an exception).
 """
 
 from __future__ import annotations
@@ -11,140 +15,226 @@ import json
 import re
 from typing import Any
 
-_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?")
-_WS = " \t\n\r"
-_LITERALS = {"true": True, "false": False, "null": None}
+__all__ = [
+    "Span",
+    "dumps_iterative",
+    "json_error",
+    "loads",
+    "parse_json",
+    "parse_key",
+    "scan_value",
+    "skip_ws",
+]
+
+_scanstring = json.decoder.scanstring  # type: ignore[attr-defined]  # the C implementation
+_c_scan_once = json.scanner.make_scanner(json.JSONDecoder())
+_WS = re.compile(r"[ \t\n\r]*")
+# ASCII digits only: the C scanner (what json.loads uses) does not accept Unicode digits.
+_NUMBER = re.compile(r"(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+
+
+class Span:
+    """Where one JSON value sits in its source text, with the spans of its children.
+
+    `members` is set for objects (`(key, key_start, value_span)` in source order, duplicates
+    kept), `items` for arrays; both are None for scalars.
+    """
+
+    __slots__ = ("end", "items", "members", "start")
+
+    def __init__(self, start: int, end: int = -1) -> None:
+        self.start = start
+        self.end = end
+        self.members: list[tuple[str, int, Span]] | None = None
+        self.items: list[Span] | None = None
+
+    def __repr__(self) -> str:
+        kind = "object" if self.members is not None else "array" if self.items is not None else ""
+        return f"Span({self.start}, {self.end}{', ' + kind if kind else ''})"
+
+    def last_member(self, key: str) -> Span | None:
+        """The span of the value `json.loads` would keep for `key` (the last duplicate)."""
+        if self.members is None:
+            return None
+        for k, _, sp in reversed(self.members):
+            if k == key:
+                return sp
+        return None
+
+
+def json_error(msg: str, text: str, pos: int) -> json.JSONDecodeError:
+    return json.JSONDecodeError(msg, text, pos)
+
+
+def skip_ws(text: str, pos: int) -> int:
+    if pos < len(text) and text[pos] in " \t\n\r":
+        return _WS.match(text, pos).end()  # type: ignore[union-attr]
+    return pos
+
+
+def parse_key(text: str, pos: int) -> tuple[str, int, int]:
+    """Parse `"key" :` at pos; return key, key start, and the position of the value."""
+    if pos >= len(text) or text[pos] != '"':
+        raise json_error("Expecting property name enclosed in double quotes", text, pos)
+    key, end = _scanstring(text, pos + 1, True)
+    end = skip_ws(text, end)
+    if end >= len(text) or text[end] != ":":
+        raise json_error("Expecting ':' delimiter", text, end)
+    return key, pos, skip_ws(text, end + 1)
+
+
+def parse_json(text: str, pos: int = 0, *, whole: bool = True) -> tuple[Any, Span]:
+    """Parse JSON without recursion, returning the value and the span tree of the source.
+
+    Accepts exactly what `json.loads` accepts (including NaN/Infinity and duplicate keys, where
+    the last value wins in the value but every member stays in `Span.members`). With
+    `whole=False` parsing stops after the first value (its span says where). Raises
+    `json.JSONDecodeError` (a `ValueError`) on invalid input.
+    """
+    n = len(text)
+    # frame: [container, span, key, key_start]; key is None for arrays
+    stack: list[list[Any]] = []
+    pos = skip_ws(text, pos)
+    while True:
+        if pos >= n:
+            raise json_error("Expecting value", text, pos)
+        ch = text[pos]
+        value: Any
+        if ch == "{":
+            sp = Span(pos)
+            sp.members = []
+            pos = skip_ws(text, pos + 1)
+            if pos < n and text[pos] == "}":
+                pos += 1
+                sp.end = pos
+                value = {}
+            else:
+                key, key_start, pos = parse_key(text, pos)
+                stack.append([{}, sp, key, key_start])
+                continue
+        elif ch == "[":
+            sp = Span(pos)
+            sp.items = []
+            pos = skip_ws(text, pos + 1)
+            if pos < n and text[pos] == "]":
+                pos += 1
+                sp.end = pos
+                value = []
+            else:
+                stack.append([[], sp, None, 0])
+                continue
+        elif ch == '"':
+            value, end = _scanstring(text, pos + 1, True)
+            sp = Span(pos, end)
+            pos = end
+        else:
+            m = _NUMBER.match(text, pos)
+            if m is not None:
+                integer, frac, exp = m.groups()
+                value = float(integer + (frac or "") + (exp or "")) if frac or exp else int(integer)
+                end = m.end()
+            elif text.startswith("null", pos):
+                value, end = None, pos + 4
+            elif text.startswith("true", pos):
+                value, end = True, pos + 4
+            elif text.startswith("false", pos):
+                value, end = False, pos + 5
+            elif text.startswith("NaN", pos):
+                value, end = float("nan"), pos + 3
+            elif text.startswith("Infinity", pos):
+                value, end = float("inf"), pos + 8
+            elif text.startswith("-Infinity", pos):
+                value, end = float("-inf"), pos + 9
+            else:
+                raise json_error("Expecting value", text, pos)
+            sp = Span(pos, end)
+            pos = end
+        # A value is complete: attach it to its parent, closing parents as they complete.
+        while True:
+            if not stack:
+                if whole:
+                    pos = skip_ws(text, pos)
+                    if pos != n:
+                        raise json_error("Extra data", text, pos)
+                return value, sp
+            frame = stack[-1]
+            container, csp, key = frame[0], frame[1], frame[2]
+            if key is not None:
+                container[key] = value
+                csp.members.append((key, frame[3], sp))
+            else:
+                container.append(value)
+                csp.items.append(sp)
+            pos = skip_ws(text, pos)
+            if pos >= n:
+                raise json_error("Unterminated container", text, pos)
+            ch = text[pos]
+            if ch == ",":
+                pos = skip_ws(text, pos + 1)
+                if key is not None:
+                    frame[2], frame[3], pos = parse_key(text, pos)
+                break  # parse the next member / element
+            if ch == ("}" if key is not None else "]"):
+                pos += 1
+                csp.end = pos
+                value, sp = container, csp
+                stack.pop()
+                continue
+            raise json_error(
+                "Expecting ',' delimiter" if ch not in "}]" else "Mismatched bracket", text, pos
+            )
 
 
 def loads(text: str) -> Any:
-    """`json.loads` that survives any nesting depth."""
+    """`json.loads` at C speed, falling back to the iterative parser for deep nesting."""
     try:
         return json.loads(text)
     except RecursionError:
-        value, end = loads_deep(text, 0)
-        while end < len(text) and text[end] in _WS:
-            end += 1
-        if end != len(text):
-            raise ValueError(f"extra data at char {end}") from None
-        return value
+        return parse_json(text)[0]
 
 
-def loads_deep(text: str, pos: int = 0) -> tuple[Any, int]:
-    """Parse one JSON value starting at `pos` iteratively; return it and the end index."""
-    stack: list[tuple[list[Any] | dict[str, Any], str | None]] = []
-    n = len(text)
-
-    def skip(i: int) -> int:
-        while i < n and text[i] in _WS:
-            i += 1
-        return i
-
-    i = skip(pos)
-    while True:
-        # Parse one value (scalar, or open a container).
-        if i >= n:
-            raise ValueError("unexpected end of JSON")
-        ch = text[i]
-        value: Any
-        opened = False
-        if ch == "{":
-            i = skip(i + 1)
-            if i < n and text[i] == "}":
-                value, i = {}, i + 1
-            else:
-                container: dict[str, Any] = {}
-                if i >= n or text[i] != '"':
-                    raise ValueError(f"expected a key at char {i}")
-                key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
-                i = skip(i)
-                if i >= n or text[i] != ":":
-                    raise ValueError(f"expected ':' at char {i}")
-                stack.append((container, key))
-                i = skip(i + 1)
-                opened = True
-        elif ch == "[":
-            i = skip(i + 1)
-            if i < n and text[i] == "]":
-                value, i = [], i + 1
-            else:
-                stack.append(([], None))
-                opened = True
-        elif ch == '"':
-            value, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
-        else:
-            for word, lit in _LITERALS.items():
-                if text.startswith(word, i):
-                    value, i = lit, i + len(word)
-                    break
-            else:
-                m = _NUMBER.match(text, i)
-                if not m:
-                    raise ValueError(f"unexpected character at char {i}")
-                token = m.group()
-                value = float(token) if any(c in token for c in ".eE") else int(token)
-                i = m.end()
-        if opened:
-            continue
-        # Attach the finished value to its parent, closing containers as they end.
-        while True:
-            if not stack:
-                return value, i
-            parent, key = stack[-1]
-            if isinstance(parent, dict):
-                assert key is not None
-                parent[key] = value
-            else:
-                parent.append(value)
-            i = skip(i)
-            if i < n and text[i] == ",":
-                i = skip(i + 1)
-                if isinstance(parent, dict):
-                    if i >= n or text[i] != '"':
-                        raise ValueError(f"expected a key at char {i}")
-                    new_key, i = json.decoder.scanstring(text, i + 1)  # type: ignore[attr-defined]
-                    i = skip(i)
-                    if i >= n or text[i] != ":":
-                        raise ValueError(f"expected ':' at char {i}")
-                    stack[-1] = (parent, new_key)
-                    i = skip(i + 1)
-                break  # parse the next element
-            closer = "}" if isinstance(parent, dict) else "]"
-            if i < n and text[i] == closer:
-                stack.pop()
-                value, i = parent, i + 1
-                continue
-            raise ValueError(f"expected ',' or '{closer}' at char {i}")
-
-
-def dumps(value: Any) -> str:
-    """Compact JSON (like `json.dumps(..., ensure_ascii=False)`) at any nesting depth."""
+def scan_value(text: str, pos: int) -> tuple[Any, int]:
+    """Parse one value at pos (C scanner, iterative fallback); return it and its end."""
     try:
-        return json.dumps(value, ensure_ascii=False)
+        return _c_scan_once(text, pos)
+    except StopIteration as exc:
+        raise json_error("Expecting value", text, exc.value) from None
     except RecursionError:
-        pass
+        value, sp = parse_json(text, pos, whole=False)
+        return value, sp.end
+
+
+class _Lit:
+    __slots__ = ("s",)
+
+    def __init__(self, s: str) -> None:
+        self.s = s
+
+
+def dumps_iterative(value: Any) -> str:
+    """json.dumps for values nested beyond the recursion limit (explicit stack)."""
     out: list[str] = []
-    # Work items: ("v", value) to emit a value, or ("s", text) to emit literal text.
-    work: list[tuple[str, Any]] = [("v", value)]
-    while work:
-        tag, item = work.pop()
-        if tag == "s":
-            out.append(item)
-        elif isinstance(item, dict):
-            parts: list[tuple[str, Any]] = [("s", "{")]
-            for idx, (k, v) in enumerate(item.items()):
-                prefix = ", " if idx else ""
-                parts.append(("s", prefix + json.dumps(str(k), ensure_ascii=False) + ": "))
-                parts.append(("v", v))
-            parts.append(("s", "}"))
-            work.extend(reversed(parts))
-        elif isinstance(item, list | tuple):
-            parts = [("s", "[")]
-            for idx, v in enumerate(item):
-                if idx:
-                    parts.append(("s", ", "))
-                parts.append(("v", v))
-            parts.append(("s", "]"))
-            work.extend(reversed(parts))
+    stack: list[Any] = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, _Lit):
+            out.append(v.s)
+        elif isinstance(v, dict):
+            items = list(v.items())
+            out.append("{")
+            stack.append(_Lit("}"))
+            for j in range(len(items) - 1, -1, -1):
+                k, x = items[j]
+                key = json.dumps(k if isinstance(k, str) else str(k), ensure_ascii=False)
+                stack.append(x)
+                stack.append(_Lit(("," if j else "") + key + ":"))
+        elif isinstance(v, list | tuple):
+            out.append("[")
+            stack.append(_Lit("]"))
+            for j in range(len(v) - 1, -1, -1):
+                stack.append(v[j])
+                if j:
+                    stack.append(_Lit(","))
         else:
-            out.append(json.dumps(item, ensure_ascii=False))
+            out.append(json.dumps(v, ensure_ascii=False, default=str))
     return "".join(out)
