@@ -14,6 +14,7 @@ import importlib.util
 import json
 import math
 import mimetypes
+import ssl
 import sys
 import time
 from collections.abc import Generator, Sequence
@@ -449,11 +450,15 @@ class _PooledAsyncClient:
     `_CONNECTIONS_PER_POOL` connections, so httpcore's per-request scans stay short.
     """
 
-    def __init__(self, max_connections: int, timeout: httpx.Timeout) -> None:
+    def __init__(
+        self, max_connections: int, timeout: httpx.Timeout, verify: ssl.SSLContext
+    ) -> None:
         count = max(1, math.ceil(max_connections / _CONNECTIONS_PER_POOL))
         per_pool = max(1, math.ceil(max_connections / count))
         limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
-        self._clients = [httpx.AsyncClient(timeout=timeout, limits=limits) for _ in range(count)]
+        self._clients = [
+            httpx.AsyncClient(timeout=timeout, limits=limits, verify=verify) for _ in range(count)
+        ]
         self._busy = [0] * count
 
     async def send(self, request: httpx.Request) -> httpx.Response:
@@ -477,12 +482,17 @@ class AsyncSpineClient(_Base):
         limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
-        self._http = _PooledAsyncClient(max_connections, self.settings.timeout)
+        # One TLS context for all pools: httpx builds a new one (~20 ms, certifi's CA bundle)
+        # for every client it creates without one, and sensor ticks create a client each.
+        tls = httpx.create_ssl_context()
+        self._http = _PooledAsyncClient(max_connections, self.settings.timeout, tls)
         self._submit_http = httpx.AsyncClient(
-            timeout=self.settings.timeout, limits=httpx.Limits(max_keepalive_connections=0)
+            timeout=self.settings.timeout,
+            limits=httpx.Limits(max_keepalive_connections=0),
+            verify=tls,
         )
         self._download_http = httpx.AsyncClient(
-            timeout=self.settings.timeout, follow_redirects=True, limits=limits
+            timeout=self.settings.timeout, follow_redirects=True, limits=limits, verify=tls
         )
 
     async def __aenter__(self) -> AsyncSpineClient:
