@@ -2,55 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
 
 from spine_pipeline.archive.ledger import Ledger
-from spine_pipeline.archive.manifest import ManifestError
-from spine_pipeline.archive.store import StoreError, open_store
-from spine_pipeline.catalog import CatalogError
+from spine_pipeline.archive.store import open_store
+from spine_pipeline.cli_errors import expected_errors, fail
 from spine_pipeline.config import PipelineSettings
-from spine_pipeline.spine import SpineClient, SpineError, UploadFile
-from spine_pipeline.spine.redact import redact
-from spine_pipeline.spine.settings import ConfigurationError
+from spine_pipeline.spine import SpineClient, UploadFile
 from spine_pipeline.submission import SubmitSpec, submit_and_record
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-# Expected failures: one line on stderr, exit 1, never a traceback.
-EXPECTED_ERRORS: tuple[type[Exception], ...] = (
-    SpineError,
-    CatalogError,
-    ConfigurationError,
-    StoreError,
-    ManifestError,
-    FileNotFoundError,
-    ValueError,
-)
-
-
-def fail(message: str, code: int = 1) -> None:
-    click.echo(f"error: {redact(message)}", err=True)
-    sys.exit(code)
-
-
-def expected_errors(func: F) -> F:
-    """Turn the library's expected exceptions into a one-line error and exit code 1."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except EXPECTED_ERRORS as exc:
-            fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

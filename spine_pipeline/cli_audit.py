@@ -6,56 +6,15 @@ database, broken archive, refused or bad SQL) is one line on stderr and exit cod
 
 from __future__ import annotations
 
-import functools
-import sys
-from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-import duckdb
 
-F = TypeVar("F", bound=Callable[..., Any])
+from spine_pipeline.cli_errors import expected_errors
 
 DATE = click.DateTime(formats=["%Y-%m-%d"])
-
-
-def _fail(message: str) -> None:
-    from spine_pipeline.spine.redact import redact
-
-    click.echo(f"error: {redact(message)}", err=True)
-    sys.exit(1)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def audit_errors(func: F) -> F:
-    """Expected failures become one line on stderr and exit code 1, never a traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from spine_pipeline.archive.manifest import ManifestError
-        from spine_pipeline.audit import AuditError
-        from spine_pipeline.audit.sql import duckdb_message
-
-        try:
-            return func(*args, **kwargs)
-        except (AuditError, ManifestError, FileNotFoundError, PermissionError) as exc:
-            _fail(_one_line(exc))
-        except duckdb.Error as exc:
-            _fail(duckdb_message(exc))
-        except Exception as exc:
-            from spine_pipeline.archive.store import StoreError
-
-            if isinstance(exc, StoreError):
-                _fail(_one_line(exc))
-            raise
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _db(db: str | None) -> str:
@@ -88,7 +47,7 @@ def _print_ingest(report: Any) -> None:
 @audit.command("rebuild")
 @click.option("--archive", default=None, metavar="URI", help="default: $SPINE_ARCHIVE_URI")
 @_db_option
-@audit_errors
+@expected_errors
 def audit_rebuild(archive: str | None, db: str | None) -> None:
     """Recreate the audit database from the archive's manifests alone."""
     from spine_pipeline.audit import rebuild_audit_db
@@ -99,7 +58,7 @@ def audit_rebuild(archive: str | None, db: str | None) -> None:
 @audit.command("refresh")
 @click.option("--archive", default=None, metavar="URI", help="default: $SPINE_ARCHIVE_URI")
 @_db_option
-@audit_errors
+@expected_errors
 def audit_refresh(archive: str | None, db: str | None) -> None:
     """Ingest manifests committed since the last refresh."""
     from spine_pipeline.audit import refresh_audit_db
@@ -126,7 +85,7 @@ def audit_refresh(archive: str | None, db: str | None) -> None:
     help="write to FILE instead of stdout (required for parquet)",
 )
 @_db_option
-@audit_errors
+@expected_errors
 def sql(query: str, fmt: str, output: Path | None, db: str | None) -> None:
     """Run one read-only SQL query over the audit database."""
     from spine_pipeline.audit import sql as sqlmod
@@ -167,7 +126,7 @@ def sql(query: str, fmt: str, output: Path | None, db: str | None) -> None:
 @click.option("--since", type=DATE, default=None, help="runs terminal on or after YYYY-MM-DD")
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @_db_option
-@audit_errors
+@expected_errors
 def search(
     text: str, block_type: str | None, since: datetime | None, limit: int, db: str | None
 ) -> None:
@@ -199,7 +158,7 @@ def search(
 @click.argument("domain")
 @click.option("--since", type=DATE, default=None, help="runs terminal on or after YYYY-MM-DD")
 @_db_option
-@audit_errors
+@expected_errors
 def cited(domain: str, since: datetime | None, db: str | None) -> None:
     """Runs and blocks whose sources cite DOMAIN (or its subdomains)."""
     from spine_pipeline.audit import cited as do_cited
@@ -247,7 +206,7 @@ def report() -> None:
 @click.option("--budget-daily", type=click.FloatRange(min=0, min_open=True), default=None)
 @click.option("--budget-monthly", type=click.FloatRange(min=0, min_open=True), default=None)
 @_db_option
-@audit_errors
+@expected_errors
 def report_credits(
     by: str,
     since: datetime | None,
