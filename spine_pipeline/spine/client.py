@@ -253,7 +253,8 @@ def _download_retryable(exc: Exception) -> bool:
     if isinstance(exc, DownloadExpiredError):
         return False
     if isinstance(exc, DownloadError):
-        return "truncated" in exc.message or "HTTP 5" in exc.message
+        # 429 is "slow down and repeat" on object stores too (S3 sends 503 SlowDown or 429).
+        return any(m in exc.message for m in ("truncated", "HTTP 5", "HTTP 429"))
     return exception_is_retryable(RequestKind.READ, exc)
 
 
