@@ -13,6 +13,7 @@ from spine_pipeline.defs.audit import (
     audit_database,
     credit_report,
     credit_report_schedule,
+    no_overdue_runs,
 )
 from spine_pipeline.defs.poll import spine_poll_sensor
 from spine_pipeline.defs.resources import build_resources
@@ -23,7 +24,7 @@ def build_definitions() -> dg.Definitions:
     settings = PipelineSettings.from_env()
     core = dg.Definitions(
         assets=[spine_run, archive_batch, audit_database, credit_report],
-        asset_checks=[spine_run_check],
+        asset_checks=[spine_run_check, no_overdue_runs],
         jobs=[archive_job, recheck_job],
         sensors=[spine_poll_sensor],
         schedules=[credit_report_schedule],

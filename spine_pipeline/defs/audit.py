@@ -11,7 +11,12 @@ import dagster as dg
 from dagster_duckdb import DuckDBResource
 
 from spine_pipeline.archive.store import AlreadyExists
-from spine_pipeline.audit import headline_markdown, refresh_audit_db, render_credit_report_html
+from spine_pipeline.audit import (
+    headline_markdown,
+    refresh_audit_db,
+    render_credit_report_html,
+    run_sql,
+)
 from spine_pipeline.defs.archive import archive_batch
 from spine_pipeline.defs.resources import ArchiveResource
 
@@ -39,6 +44,32 @@ def audit_database(archive: ArchiveResource, audit_db: DuckDBResource) -> dg.Mat
             "seconds": round(report.seconds, 3),
             "summary": report.summary(),
         }
+    )
+
+
+@dg.asset_check(
+    asset=audit_database,
+    description="No run has been in flight for more than 3 h (it is still polled and archived "
+    "if it ends within 24 h; then it is abandoned).",
+)
+def no_overdue_runs(audit_db: DuckDBResource) -> dg.AssetCheckResult:
+    _, rows = run_sql(
+        audit_db.database,
+        "SELECT run_id, request_name, hours FROM overdue_runs WHERE state = 'in_flight' "
+        "ORDER BY hours DESC",
+    )
+    return dg.AssetCheckResult(
+        passed=not rows,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "overdue_runs": len(rows),
+            "oldest": dg.MetadataValue.md(
+                "\n".join(
+                    f"- `{r[0]}` ({r[1] or 'untracked request'}): {r[2]} h" for r in rows[:20]
+                )
+                or "none"
+            ),
+        },
     )
 
 

@@ -73,3 +73,32 @@ def test_on_demand_check_rereads_the_archive(pipeline):
         "artifacts_downloaded",
     }
     assert all(e.event_specific_data.passed for e in evaluations)
+
+
+def test_overdue_check_passes_then_warns_on_a_run_in_flight_for_hours(pipeline):
+    from datetime import UTC, datetime, timedelta
+
+    job = pipeline.defs.resolve_job_def("archive_spine_runs")
+    config = {"ops": {"archive_batch": {"config": {"run_ids": []}}}}
+
+    def overdue_evaluation():
+        result = job.execute_in_process(instance=pipeline.instance, run_config=config)
+        (evaluation,) = [
+            e.event_specific_data
+            for e in result.all_events
+            if e.event_type_value == "ASSET_CHECK_EVALUATION"
+            and e.event_specific_data.check_name == "no_overdue_runs"
+        ]
+        return evaluation
+
+    assert overdue_evaluation().passed
+    from spine_pipeline.spine import SpineClient
+
+    with SpineClient(api_key=pipeline.sim.api_key, base_url=pipeline.sim.base_url) as client:
+        slow = client.create_run("[scenario:slow] stuck for hours").run_id
+    four_hours_ago = datetime.now(UTC) - timedelta(hours=4)
+    assert pipeline.ledger.track(slow, submitted_at=four_hours_ago, now=four_hours_ago)
+    evaluation = overdue_evaluation()
+    assert not evaluation.passed
+    assert evaluation.severity == dg.AssetCheckSeverity.WARN
+    assert slow in evaluation.metadata["oldest"].value
