@@ -213,7 +213,7 @@ def run_tick(
     cursor: str | None,
     *,
     budget_seconds: float = 40.0,
-    concurrency: int = 32,
+    concurrency: int = 64,
     clock: Callable[[], float] = time.time,
 ) -> TickReport:
     """Poll what is due within the budget; return runs to archive and the next cursor."""
