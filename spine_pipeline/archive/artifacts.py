@@ -5,6 +5,11 @@ URLs before giving up. Bytes stream through a temp file (bounded memory, hashed 
 into `artifacts/sha256/<2 hex>/<sha256>`; identical bytes from any run are stored once. An
 artifact that still cannot be fetched is recorded with `download_error`, never dropped.
 Names from the API are data: they never touch a path.
+
+A run is committed once, so a recorded `download_error` is final: only persistent failures
+may end there. Transient ones (5xx, 429, a dropped or truncated transfer) get more rounds
+after the client's own retries, and a refresh of the run that fails raises
+`TransientFetchError`, which leaves the whole run for a later attempt.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from spine_pipeline.archive.fetch import TransientFetchError
 from spine_pipeline.archive.records import ArtifactOutcome
 from spine_pipeline.archive.store import AlreadyExists, ObjectStore
 from spine_pipeline.spine import (
@@ -28,7 +34,8 @@ from spine_pipeline.spine import (
 )
 
 ARTIFACT_PREFIX = "artifacts/sha256/"
-URL_REFRESHES = 2
+URL_REFRESHES = 4
+TRANSIENT_ROUNDS = 3  # rounds of the client's retries for a transient failure
 
 
 def artifact_key(sha256: str) -> str:
@@ -57,6 +64,7 @@ async def download_artifact(
     """Download one artifact into the store; the outcome says what happened, errors included."""
     url = ref.download_url
     error: str | None = None
+    transient_rounds = TRANSIENT_ROUNDS
     for attempt in range(URL_REFRESHES + 1):
         if not url:
             error = "no download_url in the run result"
@@ -72,6 +80,9 @@ async def download_artifact(
                 continue
             except DownloadError as exc:
                 error = exc.message
+                if _transient(exc) and transient_rounds > 1 and attempt < URL_REFRESHES:
+                    transient_rounds -= 1
+                    continue
                 break
             key = await _store_file(store, Path(fh.name), got.sha256, got.content_type)
             mismatch = None
@@ -112,9 +123,17 @@ async def _fresh_url(refresh: Callable[[], Awaitable[Run]], ref: ArtifactRef) ->
     """GET the run again: Spine mints new pre-signed URLs on every read."""
     try:
         run = await refresh()
-    except SpineError:
-        return None
+    except SpineError as exc:  # not an answer about the artifact: try the run again later
+        raise TransientFetchError(f"refreshing the URL of artifact {ref.id}: {exc}") from None
     for candidate in run.artifacts:
         if candidate.id == ref.id and candidate.name == ref.name:
             return candidate.download_url
     return None
+
+
+def _transient(exc: DownloadError) -> bool:
+    """A failure another round may not repeat (the client has already retried it)."""
+    message = exc.message
+    return message.startswith("download failed:") or any(
+        m in message for m in ("truncated", "HTTP 5", "HTTP 429")
+    )

@@ -37,3 +37,81 @@ def test_download_answered_429_is_retried(simulator, tmp_path):
 
     assert asyncio.run(async_download()) == truth.sha256
     assert hashlib.sha256((tmp_path / "b.bin").read_bytes()).hexdigest() == truth.sha256
+
+
+def _archive_kit(simulator, tmp_path):
+    from spine_pipeline.archive.archiver import Archiver
+    from spine_pipeline.archive.store import open_store
+
+    store = open_store(str(tmp_path / "archive"))
+
+    def client():
+        return AsyncSpineClient(api_key=simulator.api_key, base_url=simulator.base_url, retry=FAST)
+
+    return store, (lambda: Archiver(store, client))
+
+
+def _artifact_rows(store):
+    from spine_pipeline.archive.read import read_committed
+
+    return read_committed(store, "artifacts").to_pylist()
+
+
+def test_a_failed_url_refresh_leaves_the_run_for_later_instead_of_losing_the_artifact(
+    simulator, tmp_path
+):
+    """Soak: an expired URL whose refresh GET hit a fault was archived as 'no download_url'."""
+    import pytest
+
+    from spine_pipeline.archive.artifacts import download_artifact
+    from spine_pipeline.archive.fetch import TransientFetchError
+    from spine_pipeline.archive.store import open_store
+    from spine_pipeline.spine import SpineConnectionError
+
+    with SpineClient(api_key=simulator.api_key, base_url=simulator.base_url, retry=FAST) as c:
+        run = _terminal_run(simulator, c)
+
+    async def attempt() -> None:
+        async def broken_refresh():
+            raise SpineConnectionError("GET /v1/run failed: cannot reach Spine")
+
+        async with AsyncSpineClient(
+            api_key=simulator.api_key, base_url=simulator.base_url, retry=FAST
+        ) as client:
+            simulator.set_faults("download:expiredx1")
+            await download_artifact(
+                client, open_store(str(tmp_path / "a")), run.artifacts[0], broken_refresh, tmp_path
+            )
+
+    with pytest.raises(TransientFetchError, match="refreshing the URL"):
+        asyncio.run(attempt())
+
+    # Through the archiver: the run is not committed now, and is committed whole later.
+    store, archiver = _archive_kit(simulator, tmp_path)
+    simulator.set_faults("download:expiredx1,get:503x99")
+    first = archiver().archive([run.run_id])
+    assert first.outcomes[0].outcome == "failed" and first.manifest is None
+    simulator.set_faults("")
+    assert archiver().archive([run.run_id]).outcomes[0].outcome == "archived"
+    truth = simulator.world.ground_truth(run.run_id)
+    rows = _artifact_rows(store)
+    assert {a["artifact_id"]: a["sha256"] for a in rows} == {
+        k: v.sha256 for k, v in truth.artifacts.items()
+    }
+
+
+def test_repeated_transient_download_failures_still_end_with_the_bytes(simulator, tmp_path):
+    """Three expiries in a row, and more 503s than one round of client retries."""
+    with SpineClient(api_key=simulator.api_key, base_url=simulator.base_url, retry=FAST) as c:
+        run = _terminal_run(simulator, c)
+    store, archiver = _archive_kit(simulator, tmp_path)
+    simulator.set_faults("download:expiredx3,download:503x7")
+    result = archiver().archive([run.run_id])
+    assert result.outcomes[0].outcome == "archived"
+    assert result.outcomes[0].artifact_errors == 0
+    assert simulator.world.fault_counts["download:expired"] == 3
+    assert simulator.world.fault_counts["download:503"] == 7
+    truth = simulator.world.ground_truth(run.run_id)
+    assert {a["artifact_id"]: a["sha256"] for a in _artifact_rows(store)} == {
+        k: v.sha256 for k, v in truth.artifacts.items()
+    }
