@@ -53,7 +53,7 @@ _CHUNK = 1 << 20
 # release, with a nested scan of all connections per idle one: O(connections^2) per request.
 # At 64 connections that was ~5 ms of CPU per GET (1,000 polls: 5.4 s, client CPU-bound).
 # Spreading connections over small pools keeps the scans short (measured: 0.46 s).
-_CONNECTIONS_PER_POOL = 8
+_CONNECTIONS_PER_POOL = 4
 
 # httpcore asks `import sniffio` on every lock/event it sets up (several per request); when
 # sniffio is not installed, each failed import walks sys.path (~80 us). A None entry in
