@@ -57,6 +57,24 @@ def prepare_dagster_home() -> Path:
     return home
 
 
+POLL_SENSOR = "spine_poll_sensor"
+
+
+def evaluate_poll_sensor(
+    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
+) -> dg.SensorResult:
+    """One evaluation of the poll sensor, exactly as the daemon performs it."""
+    sensor = defs.resolve_sensor_def(POLL_SENSOR)
+    with dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        definitions=defs,
+        sensor_name=sensor.name,
+        resources=defs.resources,
+    ) as context:
+        return sensor.evaluate_tick(context)
+
+
 @dataclass
 class Tick:
     """One sensor evaluation and the archive runs it led to."""
@@ -73,16 +91,8 @@ def tick_and_archive(
     say: Callable[[str], None] = print,
 ) -> Tick:
     """Evaluate the poll sensor as the daemon would, then execute the runs it requests."""
-    sensor = defs.resolve_sensor_def("spine_poll_sensor")
     job = defs.resolve_job_def("archive_spine_runs")
-    with dg.build_sensor_context(
-        instance=instance,
-        cursor=cursor,
-        definitions=defs,
-        sensor_name=sensor.name,
-        resources=defs.resources,
-    ) as context:
-        tick = sensor.evaluate_tick(context)
+    tick = evaluate_poll_sensor(defs, instance, cursor)
     for request in tick.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
     batches = []
@@ -93,7 +103,7 @@ def tick_and_archive(
         job.execute_in_process(
             run_config={**request.run_config, **QUIET},
             instance=instance,
-            tags={**request.tags, "dagster/sensor_name": sensor.name},
+            tags={**request.tags, "dagster/sensor_name": POLL_SENSOR},
             raise_on_error=False,
         )
     return Tick(requested=batches, cursor=tick.cursor, skip_reason=tick.skip_message)

@@ -8,6 +8,7 @@ import pytest
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.store import open_store
 from spine_pipeline.definitions import build_definitions
+from spine_pipeline.demo import evaluate_poll_sensor
 from spine_pipeline.spine import RetryPolicy, SpineClient
 from spine_pipeline.submission import SubmitSpec, submit_and_record
 
@@ -47,15 +48,7 @@ class Pipeline:
                     time.sleep(0.05)
 
     def tick(self, cursor=None):
-        sensor = self.defs.resolve_sensor_def("spine_poll_sensor")
-        with dg.build_sensor_context(
-            instance=self.instance,
-            cursor=cursor,
-            definitions=self.defs,
-            sensor_name=sensor.name,
-            resources=self.defs.resources,
-        ) as context:
-            return sensor.evaluate_tick(context)
+        return evaluate_poll_sensor(self.defs, self.instance, cursor)
 
 
 @pytest.fixture
