@@ -10,21 +10,31 @@ def _requested(result):
     return [r.run_config["ops"]["archive_batch"]["config"]["run_ids"] for r in result.run_requests]
 
 
-def test_cursor_progresses_and_terminal_runs_are_batched(pipeline):
+def _time_passes(cursor):
+    """The cursor as it would look once every scheduled poll is due."""
+    plan = json.loads(cursor)
+    for entry in plan["runs"].values():
+        entry[0] = 0.0
+    return json.dumps(plan)
+
+
+def test_cursor_progresses_and_terminal_runs_are_batched(pipeline, monkeypatch):
+    monkeypatch.setenv("SPINE_POLL_MIN_INTERVAL_SECONDS", "30")
+    monkeypatch.setenv("SPINE_POLL_MAX_INTERVAL_SECONDS", "60")
     ids = pipeline.submit(*[f"[scenario:completed] batch {i}" for i in range(7)])
     first = pipeline.tick()
     plan = json.loads(first.cursor)
     assert set(plan["runs"]) == set(ids)
-    # Immediately again: nothing is due yet, nothing polled, cursor kept.
+    assert all(entry[0] > time.time() + 20 for entry in plan["runs"].values())  # 30 s backoff
+    # Immediately again: nothing is due, nothing polled, cursor unchanged.
     second = pipeline.tick(first.cursor)
-    assert not second.run_requests
+    assert not second.run_requests and second.cursor == first.cursor
     pipeline.wait_terminal(ids)
     cursor, batches = second.cursor, _requested(first)  # a fast run may end before tick 1
     keys = {r.run_key for r in first.run_requests}
     added = [k for req in first.dynamic_partitions_requests for k in req.partition_keys]
-    for _ in range(6):  # a poll may be cut short by a slow machine; the next tick resumes
-        time.sleep(0.7)
-        result = pipeline.tick(cursor)
+    for _ in range(3):  # a poll may be cut short by a slow machine; the next tick resumes
+        result = pipeline.tick(_time_passes(cursor))
         cursor = result.cursor
         batches += _requested(result)
         keys |= {r.run_key for r in result.run_requests}
@@ -35,9 +45,8 @@ def test_cursor_progresses_and_terminal_runs_are_batched(pipeline):
     assert all(len(b) <= 3 for b in batches) and len(batches) < len(ids)
     assert len(keys) == len(batches)
     assert sorted(added) == sorted(ids)
-    # The next tick does not request the same runs again.
-    time.sleep(0.7)
-    assert _requested(pipeline.tick(cursor)) == []
+    # Later ticks do not request the same runs again (until the re-request grace passes).
+    assert _requested(pipeline.tick(_time_passes(cursor))) == []
 
 
 @pytest.mark.parametrize("cursor", [None, "garbage{", '{"v": 1, "runs": {"x": "y"}}'])
