@@ -4,15 +4,23 @@ Shared by the Dagster submit assets and `spine-pipeline submit`. Every attempt l
 ledger record: `accepted` (and the run is tracked for polling), `rejected` (Spine said no,
 or the request provably never left), or `unknown` (it may have created a billable run; it
 is never retried automatically and the error is re-raised so the caller fails loudly).
+
+The ledger lives in the archive store, which can be down when Spine answers. A created run
+that is not recorded is billed and never archived, and Spine has no endpoint to list runs,
+so ledger writes after the POST are retried with backoff, and if the store stays down the
+error raised (`SubmissionNotRecorded`) names the run id and how to track it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from spine_pipeline.archive.ledger import Ledger, Submission
+from spine_pipeline.archive.store import StoreError
 from spine_pipeline.spine import (
     CreatedRun,
     SpineClient,
@@ -20,6 +28,28 @@ from spine_pipeline.spine import (
     SubmitOutcomeUnknownError,
     UploadFile,
 )
+
+T = TypeVar("T")
+RECORD_ATTEMPTS = 4
+RECORD_BACKOFF = 2.0  # seconds before the 2nd attempt, doubling (on top of boto3's retries)
+
+
+class SubmissionNotRecorded(StoreError):
+    """Spine answered but the ledger could not record it; the message says what to do."""
+
+
+def _durably(write: Callable[[], T], failed: Callable[[StoreError], str]) -> T:
+    """A ledger write retried with backoff; `failed(error)` words the final error."""
+    delay = RECORD_BACKOFF
+    for attempt in range(RECORD_ATTEMPTS):
+        try:
+            return write()
+        except StoreError as exc:
+            if attempt == RECORD_ATTEMPTS - 1:
+                raise SubmissionNotRecorded(failed(exc)) from None
+        time.sleep(delay)
+        delay *= 2
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -76,13 +106,36 @@ def submit_and_record(
             files=spec.files,
         )
     except SubmitOutcomeUnknownError as exc:
-        record("unknown", None, str(exc), None)
+        unknown = str(exc)
+        _durably(
+            lambda: record("unknown", None, unknown, None),
+            lambda err: (
+                f"{unknown}; recording this unknown outcome in the archive ledger failed "
+                f"({err}): check Spine for a run of this prompt before submitting it again"
+            ),
+        )
         raise
     except SpineError as exc:
-        record("rejected", None, str(exc), None)
+        rejected = str(exc)
+        _durably(
+            lambda: record("rejected", None, rejected, None),
+            lambda err: f"{rejected}; recording the rejection in the archive ledger failed ({err})",
+        )
         raise
-    submission = record("accepted", created.run_id, None, created.canvas_id)
-    tracked = ledger.track(
-        created.run_id, request_name=spec.request_name, submitted_at=submitted_at, source=source
+    run_id = created.run_id
+
+    def not_recorded(err: StoreError) -> str:
+        return (
+            f"Spine created run {run_id}, but the archive ledger could not record it ({err}); "
+            f"it is not tracked: run `spine-pipeline track {run_id}` once the archive is "
+            "reachable"
+        )
+
+    submission = _durably(lambda: record("accepted", run_id, None, created.canvas_id), not_recorded)
+    tracked = _durably(
+        lambda: ledger.track(
+            run_id, request_name=spec.request_name, submitted_at=submitted_at, source=source
+        ),
+        not_recorded,
     )
     return SubmitResult(created=created, submission=submission, tracked=tracked)

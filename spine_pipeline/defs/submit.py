@@ -7,7 +7,7 @@ import dagster as dg
 from spine_pipeline.catalog import CatalogRequest, load_catalog
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
 from spine_pipeline.spine import SpineError, SubmitOutcomeUnknownError, canvas_url
-from spine_pipeline.submission import SubmitSpec, submit_and_record
+from spine_pipeline.submission import SubmissionNotRecorded, SubmitSpec, submit_and_record
 
 GROUP = "spine_requests"
 SUBMIT_ALL_JOB = "submit_catalog"
@@ -51,6 +51,8 @@ def submit_asset(request: CatalogRequest) -> dg.AssetsDefinition:
                     description=f"Spine rejected the submit (recorded): {exc}",
                     allow_retries=False,
                 ) from None
+            except SubmissionNotRecorded as exc:  # names the created run: never lose its id
+                raise dg.Failure(description=str(exc), allow_retries=False) from None
         created = result.created
         context.log.info("submitted %s as run %s", request.name, created.run_id)
         metadata: dict[str, object] = {

@@ -115,3 +115,102 @@ def test_repeated_transient_download_failures_still_end_with_the_bytes(simulator
     assert {a["artifact_id"]: a["sha256"] for a in _artifact_rows(store)} == {
         k: v.sha256 for k, v in truth.artifacts.items()
     }
+
+
+class _FlakyStore:
+    """A local store whose ledger writes fail `failures` times (an S3 outage), then work."""
+
+    def __init__(self, root, failures):
+        from spine_pipeline.archive.store import open_store
+
+        self.inner = open_store(str(root))
+        self.uri = self.inner.uri
+        self.failures = failures
+
+    def put_bytes(self, key, data, *, content_type=None):
+        from spine_pipeline.archive.store import StoreError
+
+        if key.startswith("ledger/") and self.failures > 0:
+            self.failures -= 1
+            raise StoreError(f"S3 put s3://bucket/{key} failed: cannot reach http://127.0.0.1:9")
+        return self.inner.put_bytes(key, data, content_type=content_type)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_created_run_is_recorded_through_a_short_store_outage(simulator, tmp_path, monkeypatch):
+    """Soak, S3 restart during a submit wave: 4 billable runs were recorded nowhere."""
+    from spine_pipeline import submission
+    from spine_pipeline.archive.ledger import Ledger
+    from spine_pipeline.submission import SubmitSpec, submit_and_record
+
+    monkeypatch.setattr(submission, "RECORD_BACKOFF", 0.0)
+    store = _FlakyStore(tmp_path / "archive", failures=2)
+    with SpineClient(api_key=simulator.api_key, base_url=simulator.base_url, retry=FAST) as c:
+        result = submit_and_record(c, Ledger(store), SubmitSpec("outage"), source="test")
+    ledger = Ledger(store.inner)
+    assert [d["run_id"] for _, d in ledger.submissions()] == [result.created.run_id]
+    assert [t.run_id for t in ledger.tracked()] == [result.created.run_id]
+
+
+def test_a_created_run_the_store_cannot_record_is_named_in_the_error(
+    simulator, tmp_path, monkeypatch
+):
+    import pytest
+
+    from spine_pipeline import submission
+    from spine_pipeline.archive.ledger import Ledger
+    from spine_pipeline.archive.store import StoreError
+    from spine_pipeline.submission import SubmissionNotRecorded, SubmitSpec, submit_and_record
+
+    monkeypatch.setattr(submission, "RECORD_BACKOFF", 0.0)
+    store = _FlakyStore(tmp_path / "archive", failures=99)
+    with SpineClient(api_key=simulator.api_key, base_url=simulator.base_url, retry=FAST) as c:
+        with pytest.raises(SubmissionNotRecorded) as caught:
+            submit_and_record(c, Ledger(store), SubmitSpec("store down"), source="test")
+        (run_id,) = simulator.world.run_ids()
+        assert run_id in str(caught.value) and f"spine-pipeline track {run_id}" in str(caught.value)
+        assert isinstance(caught.value, StoreError)  # the CLI prints it as one line
+        # An unknown outcome that cannot be recorded says so, and the prompt is never re-sent.
+        simulator.set_faults("create:500-afterx1")
+        with pytest.raises(SubmissionNotRecorded, match="outcome unknown"):
+            submit_and_record(c, Ledger(store), SubmitSpec("unknown, store down"), source="t")
+    assert simulator.world.created_count == 2
+
+
+def test_dagster_submit_failure_names_an_unrecorded_run(simulator, tmp_path, monkeypatch):
+    import dagster as dg
+
+    from spine_pipeline import submission
+    from spine_pipeline.archive.ledger import Ledger
+    from spine_pipeline.definitions import build_definitions
+    from spine_pipeline.defs.resources import ArchiveResource
+    from spine_pipeline.defs.submit import SUBMIT_ALL_JOB
+
+    catalog = tmp_path / "requests.yaml"
+    catalog.write_text("requests:\n  - name: outage_probe\n    prompt: Submit during an outage\n")
+    for name, value in {
+        "SPINE_API_KEY": simulator.api_key,
+        "SPINE_BASE_URL": simulator.base_url,
+        "SPINE_ARCHIVE_URI": str(tmp_path / "archive"),
+        "SPINE_AUDIT_DB": str(tmp_path / "audit.duckdb"),
+        "SPINE_CATALOG": str(catalog),
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(submission, "RECORD_BACKOFF", 0.0)
+    store = _FlakyStore(tmp_path / "archive", failures=99)
+    monkeypatch.setattr(ArchiveResource, "ledger", lambda self: Ledger(store))
+    defs = build_definitions()
+    with dg.instance_for_test() as instance:
+        result = defs.resolve_job_def(SUBMIT_ALL_JOB).execute_in_process(
+            instance=instance, raise_on_error=False
+        )
+        failures = [e for e in result.all_events if e.is_step_failure]
+        (run_id,) = simulator.world.run_ids()
+        assert failures
+        description = failures[0].event_specific_data.user_failure_data.description
+        assert run_id in description and "not tracked" in description
+        # ...and that failure is durable: it is in the instance's event log.
+        stored = [e for e in instance.all_logs(result.run_id) if e.is_dagster_event]
+        assert any(run_id in str(e.dagster_event.event_specific_data) for e in stored)
