@@ -97,12 +97,8 @@ class PollPlan:
 
     runs: dict[str, RunSchedule] = field(default_factory=dict)
     recovered: bool = False  # True when the cursor was unreadable and was reset
-    min_interval: float = field(
-        default_factory=lambda: _env_seconds(ENV_MIN_INTERVAL, MIN_INTERVAL)
-    )
-    max_interval: float = field(
-        default_factory=lambda: _env_seconds(ENV_MAX_INTERVAL, MAX_INTERVAL)
-    )
+    min_interval: float = field(default_factory=_default_min)
+    max_interval: float = field(default_factory=_default_max)
 
     @classmethod
     def loads(cls, cursor: str | None) -> PollPlan:
