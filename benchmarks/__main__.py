@@ -1,0 +1,90 @@
+"""`python -m benchmarks [poll|burst|audit|memory ...] [--reps N] [--quick] [--profile]`.
+
+Runs the named benchmarks (all four by default), prints the table, and rewrites the
+generated block of docs/benchmarks.md from the latest result of every benchmark (results
+are kept under .bench/results/, so running one benchmark keeps the others' figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+from benchmarks.common import BENCH_DIR, Result, say
+from benchmarks.report import ORDER, load_all, table, write_doc
+
+MODULES = {"poll": "poll", "burst": "burst", "audit": "audit_scale", "memory": "memory"}
+
+
+def _quiet() -> None:
+    """Dagster's console logger and deprecation warnings would drown the progress lines."""
+    os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
+    warnings.filterwarnings("ignore")
+    logging.getLogger("dagster").setLevel(logging.WARNING)
+    for name in ("dagster", "spine_pipeline"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _profiled(name: str, fn: Callable[[], Result]) -> Result:
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.005)
+    profiler.start()
+    try:
+        return fn()
+    finally:
+        profiler.stop()
+        out = BENCH_DIR / "profiles" / f"{name}.txt"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(profiler.output_text(unicode=True, color=False))
+        say(f"{name}: profile written to {out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of {', '.join(ORDER)}")
+    parser.add_argument("--reps", type=int, default=5, help="repetitions per figure (>= 5)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for trying it out")
+    parser.add_argument("--profile", action="store_true", help="pyinstrument, to .bench/")
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite the doc")
+    args = parser.parse_args(argv)
+    names = args.names or list(ORDER)
+    bad = [n for n in names if n not in MODULES]
+    if bad:
+        parser.error(f"unknown benchmark(s) {', '.join(bad)}; choose from {', '.join(ORDER)}")
+    _quiet()
+    started = time.perf_counter()
+    for name in names:
+        module = importlib.import_module(f"benchmarks.{MODULES[name]}")
+        say(f"{name}: start")
+        t0 = time.perf_counter()
+
+        def go(module=module) -> Result:  # type: ignore[no-untyped-def]
+            return module.run(reps=args.reps, quick=args.quick)
+
+        result = _profiled(name, go) if args.profile else go()
+        result.seconds = time.perf_counter() - t0
+        result.finished_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        if args.quick:
+            result.facts["quick"] = True
+        result.save()
+        say(f"{name}: done in {result.seconds:.0f} s")
+    total = time.perf_counter() - started
+    results = load_all()
+    print()
+    print(table(results))
+    print(f"\n(total {total / 60:.1f} min)")
+    if not args.no_doc and not args.quick:
+        write_doc(results, total if set(names) == set(ORDER) else None)
+        say("docs/benchmarks.md updated")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

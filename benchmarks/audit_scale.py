@@ -1,0 +1,210 @@
+"""Benchmark 3: the audit database at 100,000 runs and 1,000,000 blocks.
+
+The archive is generated once through the real writer (`benchmarks/synth.py`) and cached
+under `.bench/audit/` (keyed by size, seed and generator version). Every `make bench` then:
+
+- rebuilds the audit database from the archive (`rebuild_audit_db`, the `audit rebuild`
+  command's library call): one repetition, it is the expensive build;
+- measures incremental ingest: six new 100-run manifests, each followed by
+  `refresh_audit_db` (the first is a warm-up: after a rebuild there is no spare yet, so it
+  copies); the new manifests and their files are removed afterwards, leaving the cache as
+  it was;
+- measures `credit_report(by="template")` and `search('"<phrase>"')` (>= 5 each), against the
+  same questions asked with plain DuckDB of one ideal Parquet file holding the same data
+  (written by DuckDB from the audit tables: `runs` for credits, `blocks` for the phrase).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import duckdb
+
+from benchmarks import synth
+from benchmarks.common import BENCH_DIR, Result, Row, interleave, median, say
+from spine_pipeline.archive.manifest import MANIFEST_PREFIX, ManifestLog, manifest_key
+from spine_pipeline.archive.store import open_store
+from spine_pipeline.audit import credit_report, rebuild_audit_db, refresh_audit_db, search
+
+RUNS = 100_000
+BLOCKS_PER_RUN = 10
+SEED = 7
+GENERATOR_VERSION = "1"
+INCREMENTS = 6
+
+
+def _archive(runs: int, blocks: int, result: Result) -> Path:
+    base = BENCH_DIR / "audit" / f"archive-{runs}x{blocks}-s{SEED}-v{GENERATOR_VERSION}"
+    stamp = base / "COMPLETE"
+    if stamp.exists():
+        result.facts["archive_generation"] = "cached (.bench/audit)"
+        result.facts["archive_generation_s"] = float(stamp.read_text() or "nan")
+        return base / "archive"
+    if base.exists():
+        shutil.rmtree(base)
+    base.mkdir(parents=True)
+    say(f"audit: generating {runs:,} runs x {blocks} blocks through the archive writer")
+    start = time.perf_counter()
+    synth.generate(base / "archive", runs, blocks, SEED)
+    seconds = time.perf_counter() - start
+    stamp.write_text(f"{seconds:.1f}")
+    result.facts["archive_generation"] = "generated in this run"
+    result.facts["archive_generation_s"] = round(seconds, 1)
+    say(f"audit: archive generated in {seconds:.0f} s")
+    return base / "archive"
+
+
+def _drop_increments(archive: Path, keep: int) -> None:
+    """Remove manifests after `keep` (earlier increments) and the files they listed."""
+    store = open_store(str(archive))
+    log = ManifestLog(store)
+    log.refresh()
+    for m in log.manifests[keep:]:
+        for f in m.files:
+            store.delete(f.key)
+        store.delete(manifest_key(m.seq))
+
+
+def _ideal_parquet(db: Path, out: Path) -> tuple[Path, Path]:
+    """One zstd Parquet file per question, written by DuckDB from the audit tables."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs, blocks = out / "runs.parquet", out / "blocks.parquet"
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        con.execute(
+            f"COPY (SELECT run_id, dt, template, credits_consumed FROM runs ORDER BY dt) "
+            f"TO '{runs}' (FORMAT parquet, COMPRESSION zstd)"
+        )
+        con.execute(
+            f"COPY (SELECT run_id, block_id, type, dt, content FROM blocks) "
+            f"TO '{blocks}' (FORMAT parquet, COMPRESSION zstd)"
+        )
+    finally:
+        con.close()
+    return runs, blocks
+
+
+def _duck(sql: str) -> float:
+    start = time.perf_counter()
+    con = duckdb.connect()
+    try:
+        con.execute(sql).fetchall()
+    finally:
+        con.close()
+    return time.perf_counter() - start
+
+
+def _timed(fn: object) -> float:
+    start = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - start
+
+
+def run(reps: int = 5, quick: bool = False) -> Result:
+    result = Result("audit")
+    runs = 10_000 if quick else RUNS
+    archive = _archive(runs, BLOCKS_PER_RUN, result)
+    base_manifests = runs // 100
+    _drop_increments(archive, base_manifests)  # a crashed earlier run may have left some
+    work = BENCH_DIR / "scratch" / "audit"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    db = work / "audit.duckdb"
+    uri = str(archive)
+    result.facts.update(
+        {"runs": runs, "blocks": runs * BLOCKS_PER_RUN, "manifests": base_manifests}
+    )
+
+    say("audit: full rebuild")
+    start = time.perf_counter()
+    report = rebuild_audit_db(uri, db)
+    rebuild = time.perf_counter() - start
+    result.facts["db_bytes"] = db.stat().st_size
+    result.facts["search_docs"] = report.rows.get("search_docs", 0)
+    result.rows.append(
+        Row(
+            "audit",
+            f"audit rebuild, {runs:,} runs / {runs * BLOCKS_PER_RUN:,} blocks",
+            rebuild,
+            target="reported (no target)",
+            runs=1,
+            samples=[rebuild],
+        )
+    )
+    say(f"audit: rebuild {rebuild:.1f} s")
+
+    store = open_store(uri)
+    increments: list[float] = []
+    try:
+        for i, group in enumerate(
+            synth.batches(INCREMENTS * 100, BLOCKS_PER_RUN, SEED + 1, start=base_manifests)
+        ):
+            synth.write_batches(store, iter([group]))
+            seconds = _timed(lambda: refresh_audit_db(uri, db))
+            if i > 0:
+                increments.append(seconds)
+            say(f"audit: refresh with one new 100-run manifest: {seconds:.2f} s")
+    finally:
+        _drop_increments(archive, base_manifests)
+    result.facts["refresh_after_rebuild_s"] = "first refresh copies the snapshot (no spare yet)"
+    result.rows.append(
+        Row(
+            "audit",
+            "incremental ingest of one 100-run manifest (audit refresh)",
+            median(increments),
+            target="< 2 s",
+            met=median(increments) < 2.0,
+            runs=len(increments),
+            samples=increments,
+        )
+    )
+
+    runs_pq, blocks_pq = _ideal_parquet(db, work / "ideal")
+    credits_sql = (
+        "SELECT coalesce(template, '(unknown)') AS template, count(*) AS runs, "
+        "sum(coalesce(credits_consumed, 0)) AS credits, round(100.0 * "
+        "sum(coalesce(credits_consumed, 0)) / sum(sum(coalesce(credits_consumed, 0))) OVER (), 1) "
+        f"AS pct FROM '{runs_pq}' GROUP BY 1 ORDER BY credits DESC"
+    )
+    phrase_sql = (
+        f"SELECT run_id, block_id, type FROM '{blocks_pq}' "
+        f"WHERE content ILIKE '%{synth.PHRASE}%' LIMIT 20"
+    )
+    hits = search(db, f'"{synth.PHRASE}"')
+    result.facts["search_hits"] = len(hits)
+
+    for name, fn, sql, target in (
+        (
+            "report credits --by template",
+            lambda: credit_report(db, by="template"),
+            credits_sql,
+            1.0,
+        ),
+        (f'search "{synth.PHRASE}"', lambda: search(db, f'"{synth.PHRASE}"'), phrase_sql, 1.0),
+    ):
+        _timed(fn)  # first call attaches the snapshot
+        measured, baseline = interleave(lambda fn=fn: _timed(fn), lambda sql=sql: _duck(sql), reps)
+        value, base = median(measured), median(baseline)
+        result.rows.append(
+            Row(
+                "audit",
+                f"{name} at {runs:,} runs",
+                value,
+                baseline=base,
+                baseline_name="DuckDB over one ideal Parquet file",
+                ratio_kind="overhead",
+                target=f"< {target:g} s and <= 1.5x ideal",
+                met=value < target and value <= 1.5 * base,
+                runs=reps,
+                samples=measured,
+                baseline_samples=baseline,
+            )
+        )
+        say(f"audit: {name}: {value:.3f} s vs ideal {base:.3f} s")
+    return result
+
+
+__all__ = ["MANIFEST_PREFIX", "run"]

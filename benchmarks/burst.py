@@ -1,0 +1,333 @@
+"""Benchmark 2: 1,000 runs turn terminal together and are archived through Dagster.
+
+Measured: the real path, as `dagster dev` runs it, driven in process like the demo: the poll
+sensor's tick (fresh cursor: every run due), the batched `archive_spine_runs` runs it
+requests (archive_batch + audit_database), executed one after another, until the manifest
+log names every run. Clock starts before the first tick and stops when all are committed
+and the audit database is refreshed.
+
+Floor: a hand-written script that fetches the same runs with the async client (run, DAG,
+task tree, artifact bytes; 64 at a time) and writes the same seven tables with pyarrow
+(one zstd Parquet file per table) plus the artifact files. No hashing chain, no manifest,
+no audit database, no byte-exact slicing: the cost of the HTTP round trips plus writing.
+
+Workload: runs with about 25 blocks (explicit block types plus 5 small uploaded CSVs) and
+about 3 artifacts of about 100 KB (artifact_size_scale 1.7), 10 % failed, 15 % partial.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from benchmarks.common import BENCH_DIR, Result, Row, interleave, median, say
+from benchmarks.dagster_env import pipeline_env
+from benchmarks.sim import SimProcess
+from spine_pipeline.archive.ledger import Ledger
+from spine_pipeline.archive.manifest import ManifestLog
+from spine_pipeline.archive.store import open_store
+from spine_pipeline.demo import tick_and_archive
+from spine_pipeline.simulator import SimulatorConfig
+from spine_pipeline.spine import AsyncSpineClient
+
+RUNS = 1_000
+TARGET_SECONDS = 180.0
+_RESEARCH = [
+    "web-block",
+    "yt-block",
+    "web-research-block",
+    "deep-research-block",
+    "prompt-block",
+    "table-block",
+    "list-block",
+    "text-block",
+]
+BLOCKS_CYCLE = (
+    [*_RESEARCH, "document-block", "excel-block", "presentation-block"],
+    [*_RESEARCH, "document-block", "presentation-block"],
+)
+UPLOADS = [(f"notes_{k}.csv", b"region,units\nEU,12\nUS,9\n", "text/csv") for k in range(5)]
+
+
+def sim_config() -> SimulatorConfig:
+    return SimulatorConfig(
+        seed=21,
+        run_seconds=(20_000, 20_000),
+        artifact_size_scale=1.7,
+        artifact_cache_mb=2048,
+    )
+
+
+def submit(sim: SimProcess, n: int) -> list[str]:
+    ids = sim.create_runs(
+        n,
+        prompt="Burst {i}: battery storage market, suppliers and pricing",
+        blocks_cycle=BLOCKS_CYCLE,
+        files=UPLOADS,
+        concurrency=32,
+    )
+    sim.finish_all()  # they turn terminal together
+    return ids
+
+
+# ------------------------------------------------------------------------- measured path
+
+
+def pipeline_once(sim: SimProcess, ids: list[str], workdir: Path) -> tuple[float, dict[str, Any]]:
+    """Seconds from the first tick until every run is committed and the audit DB refreshed."""
+    _fresh(workdir)
+    archive = workdir / "archive"
+    ledger = Ledger(open_store(str(archive)))
+    now = datetime.now(UTC)
+    for run_id in ids:
+        ledger.track(run_id, request_name="burst", submitted_at=now, now=now)
+    facts: dict[str, Any] = {"ticks": 0, "dagster_runs": 0}
+    with pipeline_env(base_url=sim.base_url, api_key=sim.api_key, workdir=workdir) as (
+        defs,
+        instance,
+    ):
+        store = open_store(str(archive))
+        log = ManifestLog(store)
+        cursor = None
+        start = time.perf_counter()
+        while True:
+            tick = tick_and_archive(defs, instance, cursor, say=lambda _: None)
+            facts["ticks"] += 1
+            facts["dagster_runs"] += len(tick.requested)
+            cursor = tick.cursor
+            log.refresh()
+            if len(log.committed_runs) >= len(ids):
+                break
+            if time.perf_counter() - start > 2 * TARGET_SECONDS:
+                raise RuntimeError(f"only {len(log.committed_runs)} of {len(ids)} archived")
+            if not tick.requested:
+                time.sleep(1.0)
+        seconds = time.perf_counter() - start
+        runs = instance.get_runs()
+        facts["dagster_run_failures"] = sum(1 for r in runs if r.is_failure)
+        facts["manifests"] = log.last_seq
+        facts.update(_phase_seconds(instance))
+    facts["archive_bytes"] = _du(archive)
+    return seconds, facts
+
+
+def _phase_seconds(instance: Any) -> dict[str, float]:
+    """Seconds spent fetching, writing and refreshing the audit DB, from the runs' metadata."""
+    import dagster as dg
+
+    out = {"fetch_s": 0.0, "write_s": 0.0, "audit_refresh_s": 0.0}
+    for key, fields in (
+        ("archive_batch", {"fetch_seconds": "fetch_s", "write_seconds": "write_s"}),
+        ("audit_database", {"seconds": "audit_refresh_s"}),
+    ):
+        records = instance.fetch_materializations(dg.AssetKey(key), limit=1000).records
+        for record in records:
+            meta = record.asset_materialization.metadata
+            for name, fact in fields.items():
+                if name in meta:
+                    out[fact] += float(meta[name].value)
+    return {k: round(v, 2) for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------- floor
+
+
+def floor_once(sim: SimProcess, ids: list[str], workdir: Path) -> float:
+    """The hand-written baseline: fetch everything, dump with pyarrow."""
+    _fresh(workdir)
+    start = time.perf_counter()
+    fetched = asyncio.run(_fetch_all(sim, ids, workdir / "artifacts"))
+    _write_tables(fetched, workdir / "tables")
+    return time.perf_counter() - start
+
+
+async def _fetch_all(sim: SimProcess, ids: list[str], artifacts: Path) -> list[dict[str, Any]]:
+    artifacts.mkdir(parents=True)
+    gate = asyncio.Semaphore(64)
+    async with AsyncSpineClient(api_key=sim.api_key, base_url=sim.base_url) as client:
+
+        async def one(run_id: str) -> dict[str, Any]:
+            async with gate:
+                run = await client.get_run(run_id)
+                out: dict[str, Any] = {"run": json.loads(run.response.body)["data"]}
+                if run.canvas_id:
+                    dag = await client.get_dag(run.canvas_id)
+                    tasks = await client.get_tasks(run.canvas_id)
+                    out["dag"] = json.loads(dag.response.body)["data"]
+                    out["tasks"] = json.loads(tasks.response.body)["data"]
+                out["artifacts"] = []
+                for ref in run.artifacts:
+                    path = artifacts / "incoming"
+                    with open(path.with_name(f"{run_id}-{ref.id}"), "w+b") as fh:
+                        got = await client.download(ref.download_url or "", fh)
+                    dest = artifacts / got.sha256
+                    Path(fh.name).replace(dest)
+                    out["artifacts"].append(
+                        {"id": ref.id, "sha256": got.sha256, "bytes": got.size_bytes}
+                    )
+                return out
+
+        return list(await asyncio.gather(*(one(r) for r in ids)))
+
+
+def _write_tables(fetched: list[dict[str, Any]], out: Path) -> None:
+    out.mkdir(parents=True)
+    rows: dict[str, list[dict[str, Any]]] = {
+        t: []
+        for t in ("runs", "blocks", "block_sources", "edges", "tasks", "artifacts", "run_errors")
+    }
+    for f in fetched:
+        run = f["run"]
+        rid = run["run_id"]
+        meta = run.get("metadata") or {}
+        rows["runs"].append(
+            {
+                "run_id": rid,
+                "status": run.get("status"),
+                "canvas_id": run.get("canvas_id"),
+                "prompt": run.get("prompt"),
+                "credits": meta.get("credits_consumed"),
+                "final_output": (run.get("result") or {}).get("final_output"),
+                "raw_json": json.dumps(run),
+            }
+        )
+        for i, e in enumerate(run.get("errors") or []):
+            rows["run_errors"].append({"run_id": rid, "idx": i, "raw_json": json.dumps(e)})
+        for a in f["artifacts"]:
+            rows["artifacts"].append({"run_id": rid, **a})
+        dag = f.get("dag") or {}
+        for n in dag.get("nodes") or []:
+            content = n.get("content")
+            rows["blocks"].append(
+                {
+                    "run_id": rid,
+                    "block_id": n.get("id"),
+                    "name": n.get("name"),
+                    "type": n.get("type"),
+                    "content": content,
+                    "sources_json": json.dumps(n.get("sources")),
+                    "content_sha256": hashlib.sha256((content or "").encode()).hexdigest(),
+                }
+            )
+            for i, s in enumerate(n.get("sources") or []):
+                d = s if isinstance(s, dict) else {}
+                rows["block_sources"].append(
+                    {
+                        "run_id": rid,
+                        "block_id": n.get("id"),
+                        "idx": i,
+                        "url": d.get("url") if isinstance(d.get("url"), str) else None,
+                        "title": d.get("title") if isinstance(d.get("title"), str) else None,
+                        "raw_json": json.dumps(s),
+                    }
+                )
+        for e in dag.get("edges") or []:
+            rows["edges"].append({"run_id": rid, "raw_json": json.dumps(e)})
+        stack = [
+            t for p in ("completed", "not_completed") for t in (f.get("tasks") or {}).get(p) or []
+        ]
+        while stack:
+            t = stack.pop()
+            if isinstance(t, dict):
+                rows["tasks"].append(
+                    {
+                        "run_id": rid,
+                        "task_id": t.get("task_id"),
+                        "name": t.get("name"),
+                        "status": t.get("status"),
+                    }
+                )
+                stack.extend(t.get("children") or [])
+    for table, items in rows.items():
+        pq.write_table(pa.Table.from_pylist(items), out / f"{table}.parquet", compression="zstd")
+
+
+# ------------------------------------------------------------------------- driver
+
+
+def run(reps: int = 5, quick: bool = False) -> Result:
+    result = Result("burst")
+    n = 200 if quick else RUNS
+    workdir = BENCH_DIR / "scratch" / "burst"
+    with SimProcess(sim_config()) as sim:
+        say(f"burst: submitting {n} runs and finishing them together (setup)")
+        ids = submit(sim, n)
+        say("burst: warm-up pass (the simulator generates content and artifacts once)")
+        floor_once(sim, ids, workdir / "floor")
+        result.facts.update(_workload(workdir / "floor", n))
+        facts: list[dict[str, Any]] = []
+
+        def measured() -> float:
+            seconds, f = pipeline_once(sim, ids, workdir / "pipeline")
+            facts.append(f)
+            say(f"burst: pipeline {seconds:.1f} s ({f['dagster_runs']} Dagster runs)")
+            return seconds
+
+        def floor() -> float:
+            seconds = floor_once(sim, ids, workdir / "floor")
+            say(f"burst: floor {seconds:.1f} s")
+            return seconds
+
+        pipe, base = interleave(measured, floor, reps)
+    result.facts["dagster_runs_launched"] = facts[-1]["dagster_runs"]
+    result.facts["sensor_ticks"] = facts[-1]["ticks"]
+    result.facts["dagster_run_failures"] = max(f["dagster_run_failures"] for f in facts)
+    result.facts["archive_bytes"] = facts[-1]["archive_bytes"]
+    for key in ("fetch_s", "write_s", "audit_refresh_s"):
+        result.facts[f"median_{key}"] = round(median([f[key] for f in facts]), 1)
+    result.facts["median_dagster_and_rest_s"] = round(
+        median(pipe)
+        - sum(result.facts[f"median_{k}"] for k in ("fetch_s", "write_s", "audit_refresh_s")),
+        1,
+    )
+    result.rows.append(
+        Row(
+            "burst",
+            f"burst archive, {n:,} runs (sensor -> {facts[-1]['dagster_runs']} Dagster runs "
+            "-> audit refresh)",
+            median(pipe),
+            baseline=median(base),
+            baseline_name="floor: async fetch + pyarrow dump",
+            ratio_kind="overhead",
+            target="<= 180 s and <= 2x floor",
+            met=median(pipe) <= TARGET_SECONDS and median(pipe) <= 2 * median(base),
+            runs=reps,
+            samples=pipe,
+            baseline_samples=base,
+        )
+    )
+    return result
+
+
+def _workload(floor_dir: Path, n: int) -> dict[str, Any]:
+    tables = {
+        p.stem: pq.read_metadata(p).num_rows for p in (floor_dir / "tables").glob("*.parquet")
+    }
+    sizes = [p.stat().st_size for p in (floor_dir / "artifacts").iterdir() if p.is_file()]
+    arts = tables.get("artifacts", 0)
+    return {
+        "runs": n,
+        "blocks_per_run": round(tables.get("blocks", 0) / n, 1),
+        "artifacts_per_run": round(arts / n, 2),
+        "artifact_kb_mean": round(sum(sizes) / max(1, len(sizes)) / 1000, 1),
+        "artifact_mb_total": round(sum(sizes) / 1e6, 1),
+    }
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _fresh(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)

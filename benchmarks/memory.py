@@ -1,0 +1,112 @@
+"""Benchmark 4: peak memory of archiving one run with a 200 MB artifact and a 20 MB block.
+
+Each repetition runs in a fresh child process: it imports everything, records its resident
+set size (the process baseline), archives the run with the real `Archiver` into a fresh
+archive, and reports its peak RSS (`ru_maxrss`, the kernel's high-water mark) minus the
+baseline. The simulator (another process) streams the 200 MB PNG without holding it.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks.common import BENCH_DIR, ROOT, Result, Row, median, rss_mb, say
+from benchmarks.sim import SimProcess
+from spine_pipeline.simulator import SimulatorConfig
+
+LIMIT_MB = 100.0
+
+
+def _child(base_url: str, api_key: str, run_id: str, archive: str) -> None:
+    """Archive one run in this process; print baseline and peak RSS as JSON."""
+    from spine_pipeline.archive.archiver import Archiver
+    from spine_pipeline.archive.store import open_store
+    from spine_pipeline.spine import AsyncSpineClient
+
+    store = open_store(archive)
+    baseline = rss_mb()
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = Archiver(store, lambda: AsyncSpineClient(api_key=api_key, base_url=base_url)).archive(
+        [run_id]
+    )
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    outcome = result.outcomes[0]
+    print(
+        json.dumps(
+            {
+                "baseline_mb": baseline,
+                "peak_before_mb": peak_before,
+                "peak_mb": peak,
+                "outcome": outcome.outcome,
+                "message": outcome.message,
+                "artifacts": outcome.artifact_count,
+            }
+        )
+    )
+
+
+def run(reps: int = 5, quick: bool = False) -> Result:
+    result = Result("memory")
+    big_mb = 50.0 if quick else 200.0
+    config = SimulatorConfig(seed=5, run_seconds=(0.05, 0.05), big_artifact_mb=big_mb)
+    work = BENCH_DIR / "scratch" / "memory"
+    samples: list[float] = []
+    with SimProcess(config) as sim:
+        (run_id,) = sim.create_runs(
+            1, prompt="Memory {i} [scenario:big-artifact] [scenario:huge-content]"
+        )
+        sim.finish_all()
+        for _ in range(reps):
+            if work.exists():
+                shutil.rmtree(work)
+            work.mkdir(parents=True)
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks.memory",
+                    sim.base_url,
+                    sim.api_key,
+                    run_id,
+                    str(work / "archive"),
+                ],
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                check=True,
+            )
+            doc = json.loads(out.stdout.strip().splitlines()[-1])
+            if doc["outcome"] != "archived":
+                raise RuntimeError(f"memory run not archived: {doc}")
+            growth = doc["peak_mb"] - doc["baseline_mb"]
+            samples.append(growth)
+            result.facts["process_baseline_mb"] = round(doc["baseline_mb"], 1)
+            result.facts["artifacts"] = doc["artifacts"]
+            say(f"memory: peak {doc['peak_mb']:.0f} MB, baseline {doc['baseline_mb']:.0f} MB")
+    result.facts["big_artifact_mb"] = big_mb
+    result.facts["big_block_mib"] = 20
+    result.rows.append(
+        Row(
+            "memory",
+            f"peak RSS above baseline, archiving one run ({big_mb:.0f} MB artifact, 20 MiB block)",
+            median(samples),
+            unit="MB",
+            target=f"<= {LIMIT_MB:.0f} MB",
+            met=median(samples) <= LIMIT_MB,
+            runs=reps,
+            samples=samples,
+        )
+    )
+    return result
+
+
+if __name__ == "__main__":
+    _child(*sys.argv[1:5])
+
+
+__all__ = ["Path", "run"]
