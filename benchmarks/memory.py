@@ -2,14 +2,14 @@
 
 Each repetition runs in a fresh child process: it imports everything, records its resident
 set size (the process baseline), archives the run with the real `Archiver` into a fresh
-archive, and reports its peak RSS (`ru_maxrss`, the kernel's high-water mark) minus the
-baseline. The simulator (another process) streams the 200 MB PNG without holding it.
+archive, and reports its peak RSS (`VmHWM`, the kernel's high-water mark for this process
+image) minus the baseline. The simulator (another process) streams the 200 MB PNG
+without holding it.
 """
 
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -22,6 +22,19 @@ from spine_pipeline.simulator import SimulatorConfig
 LIMIT_MB = 100.0
 
 
+def _hwm_mb() -> float:
+    """Peak RSS of this process image (VmHWM), in MiB.
+
+    Not `ru_maxrss`: Linux carries it across fork+exec, so a child of a large parent starts
+    with the parent's peak (a 3 GB parent made a 540 MB figure read 3,139 MB).
+    """
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def _child(base_url: str, api_key: str, run_id: str, archive: str) -> None:
     """Archive one run in this process; print baseline and peak RSS as JSON."""
     from spine_pipeline.archive.archiver import Archiver
@@ -30,11 +43,11 @@ def _child(base_url: str, api_key: str, run_id: str, archive: str) -> None:
 
     store = open_store(archive)
     baseline = rss_mb()
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_before = _hwm_mb()
     result = Archiver(store, lambda: AsyncSpineClient(api_key=api_key, base_url=base_url)).archive(
         [run_id]
     )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _hwm_mb()
     outcome = result.outcomes[0]
     print(
         json.dumps(
