@@ -22,6 +22,9 @@ test: $(VENV_STAMP)  ## the whole test suite (pytest exit 5, no tests, fails too
 dev: $(VENV_STAMP)  ## simulator + dagster dev -w workspace.yaml
 	$(UV) run --frozen spine-pipeline dev
 
+soak: $(VENV_STAMP)  ## fault-injection soak: 1,000 runs on local disk, then on S3 (SeaweedFS)
+	$(UV) run --frozen python -m spine_pipeline.soak run --backend both --runs $(or $(SOAK_RUNS),1000)
+
 bench: $(VENV_STAMP)  ## benchmarks; writes docs/benchmarks.md
 	$(UV) run --frozen python -m benchmarks
 

