@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from spine_pipeline.demo import prepare_dagster_home
+from spine_pipeline.demo import evaluate_poll_sensor, prepare_dagster_home
 
 
 @contextlib.contextmanager
@@ -52,12 +52,4 @@ def evaluate_sensor(
     defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
 ) -> dg.SensorResult:
     """One tick of `spine_poll_sensor`, evaluated the way the daemon evaluates it."""
-    sensor = defs.resolve_sensor_def("spine_poll_sensor")
-    with dg.build_sensor_context(
-        instance=instance,
-        cursor=cursor,
-        definitions=defs,
-        sensor_name=sensor.name,
-        resources=defs.resources,
-    ) as context:
-        return sensor.evaluate_tick(context)
+    return evaluate_poll_sensor(defs, instance, cursor)

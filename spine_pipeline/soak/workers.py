@@ -118,14 +118,9 @@ def _submit(instance: Any, catalog: str) -> dict[str, Any]:
 def _tick(dg: Any, defs: Any, sensor: Any, instance: Any, cursor: str | None) -> dict[str, Any]:
     started = time.monotonic()
     try:
-        with dg.build_sensor_context(
-            instance=instance,
-            cursor=cursor,
-            definitions=defs,
-            sensor_name=sensor.name,
-            resources=defs.resources,
-        ) as context:
-            tick = sensor.evaluate_tick(context)
+        from spine_pipeline.demo import evaluate_poll_sensor
+
+        tick = evaluate_poll_sensor(defs, instance, cursor)
     except Exception as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500], "seconds": 0.0}
     return {

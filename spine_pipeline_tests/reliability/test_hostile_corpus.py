@@ -26,6 +26,7 @@ from spine_pipeline.archive.read import read_committed
 from spine_pipeline.archive.store import open_store
 from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline.audit import connect_readonly
+from spine_pipeline.demo import evaluate_poll_sensor
 from spine_pipeline.simulator import SimulatorConfig, SimulatorServer
 from spine_pipeline.simulator.content import (
     BAD_UTF8_BYTES,
@@ -97,19 +98,11 @@ class Corpus:
 
 def _drive(defs: dg.Definitions, instance: dg.DagsterInstance, store: Any, ids: set[str]):
     """The daemon's loop: evaluate the sensor, execute the archive runs it asks for."""
-    sensor = defs.resolve_sensor_def("spine_poll_sensor")
     job = defs.resolve_job_def("archive_spine_runs")
     cursor, ticks, runs = None, 0, []
     deadline = time.monotonic() + 300
     while True:
-        with dg.build_sensor_context(
-            instance=instance,
-            cursor=cursor,
-            definitions=defs,
-            sensor_name=sensor.name,
-            resources=defs.resources,
-        ) as context:
-            tick = sensor.evaluate_tick(context)  # raises if the sensor crashes
+        tick = evaluate_poll_sensor(defs, instance, cursor)  # raises if the sensor crashes
         ticks += 1
         cursor = tick.cursor
         for request in tick.dynamic_partitions_requests or []:
