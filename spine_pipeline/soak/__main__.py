@@ -19,6 +19,18 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--workers", type=int, default=2)
     run.add_argument("--batch-size", type=int, default=25)
     run.add_argument("--wave-size", type=int, default=50)
+    run.add_argument(
+        "--tick-every",
+        type=float,
+        default=15.0,
+        help="seconds between sensor ticks (the daemon's interval in production)",
+    )
+    run.add_argument(
+        "--rerequest-after",
+        type=float,
+        default=120.0,
+        help="SPINE_POLL_REREQUEST_SECONDS: must exceed the slowest archive run",
+    )
     run.add_argument("--timeout", type=float, default=10800.0, help="seconds per backend")
     run.add_argument("--workdir", type=Path, default=None, help="keep everything here")
     run.add_argument("--output", type=Path, default=None, help="also write the report here")
@@ -45,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
             batch_size=args.batch_size,
             wave_size=args.wave_size,
+            tick_every=args.tick_every,
+            rerequest_after=args.rerequest_after,
             timeout=args.timeout,
             workdir=workdir,
             keep_workdir=workdir is not None,

@@ -166,6 +166,21 @@ def phases_table(report: SoakReport) -> list[str]:
     return lines
 
 
+def s3_requests_table(report: SoakReport, top: int = 10) -> list[str]:
+    """The S3 requests the pipeline made (through the proxy), by method and archive area."""
+    kinds = {
+        k.split(":", 1)[1]: v for k, v in report.storage_faults.items() if k.startswith("by_kind:")
+    }
+    if not kinds:
+        return []
+    total = sum(kinds.values())
+    lines = [_row("S3 request (pipeline traffic)", "count", "share"), _row("---", "---", "---")]
+    for kind, count in sorted(kinds.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(_row(f"`{kind}`", count, f"{count / total:.0%}"))
+    lines.append(_row("all", total, "100%"))
+    return lines
+
+
 def notes(report: SoakReport) -> list[str]:
     """The first few errors the pipeline reported and survived (for the reader's judgement)."""
     f = report.figures
@@ -200,6 +215,8 @@ def render(report: SoakReport) -> str:
     parts = [title, "", *fault_table(report), "", *figures_table(report), ""]
     if phases := phases_table(report):
         parts += [*phases, ""]
+    if requests := s3_requests_table(report):
+        parts += [*requests, ""]
     parts += [*checks_table(report), ""]
     if extra := notes(report):
         parts += [*extra, ""]
