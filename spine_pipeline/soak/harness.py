@@ -352,7 +352,11 @@ class Soak:
         subs = self.report.submissions
         subs["accepted"] += len(message["accepted"])
         for text in message["failures"]:
-            if "outcome unknown" in text and "could not record" not in text:
+            if "archive ledger" in text:  # SubmissionNotRecorded: counted with the others
+                subs["failed_other"] += 1
+                self.named_in_failures.update(_UUID.findall(text))
+                self.report.figures.setdefault("submit_other_errors", []).append(text[:300])
+            elif "outcome unknown" in text:
                 subs["unknown"] += 1
             elif "rejected the submit" in text:
                 subs["rejected"] += 1
