@@ -3,6 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 VENV_STAMP := .venv/.synced
 PYTEST_ARGS ?=
+PY_DIRS := spine_pipeline spine_pipeline_tests benchmarks
 
 .PHONY: demo test dev bench lint fmt soak clean
 
@@ -29,12 +30,12 @@ bench: $(VENV_STAMP)  ## benchmarks; writes docs/benchmarks.md
 	$(UV) run --frozen python -m benchmarks
 
 lint: $(VENV_STAMP)
-	$(UV) run --frozen ruff check .
-	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen ruff check $(PY_DIRS)
+	$(UV) run --frozen ruff format --check $(PY_DIRS)
 
 fmt: $(VENV_STAMP)
-	$(UV) run --frozen ruff check --fix .
-	$(UV) run --frozen ruff format .
+	$(UV) run --frozen ruff check --fix $(PY_DIRS)
+	$(UV) run --frozen ruff format $(PY_DIRS)
 
 clean:
 	rm -rf .venv .pytest_cache .ruff_cache data/archive data/audit.duckdb data/dagster_home
