@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--rerequest-after",
         type=float,
-        default=120.0,
-        help="SPINE_POLL_REREQUEST_SECONDS: must exceed the slowest archive run",
+        default=600.0,
+        help="SPINE_POLL_REREQUEST_SECONDS (production default 600): shorter than the time a "
+        "batch waits and runs, it re-requests batches still queued (docs/reliability.md §8)",
     )
     run.add_argument("--timeout", type=float, default=10800.0, help="seconds per backend")
     run.add_argument("--workdir", type=Path, default=None, help="keep everything here")
