@@ -141,6 +141,7 @@ class Soak:
         self.tick_windows: list[tuple[float, float]] = []  # (start, end) of each ok tick
         self.outages: list[tuple[float, float]] = []  # S3 down: stop until ready again
         self.last_progress = time.monotonic()
+        self._log: Any = None  # the harness's incremental view of the manifest log
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -320,7 +321,7 @@ class Soak:
     def _all_committed(self) -> bool:
         from spine_pipeline.archive.manifest import ManifestLog
 
-        if not hasattr(self, "_log"):
+        if self._log is None:
             self._log = ManifestLog(self.observer)
         try:
             self._log.refresh()

@@ -16,7 +16,7 @@ import socket
 import socketserver
 import threading
 from collections import Counter
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 _MAX_HEAD = 64 * 1024
 _CHUNK = 64 * 1024
@@ -185,8 +185,6 @@ class SlowDownProxy:
 
 def _kind(request_line: bytes) -> str:
     """`METHOD area` of an S3 request, e.g. `GET ledger/tracked` or `LIST manifests`."""
-    from urllib.parse import parse_qs, unquote, urlsplit
-
     parts = request_line.decode("latin-1").split(" ")
     method, target = parts[0], parts[1] if len(parts) > 1 else "/"
     url = urlsplit(target)
