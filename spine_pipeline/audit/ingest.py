@@ -31,7 +31,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spine_pipeline.archive.ledger import SUBMISSIONS, Ledger, parse_ts
+from spine_pipeline.archive.ledger import SUBMISSIONS, TRACKED, Ledger, parse_ts
 from spine_pipeline.archive.manifest import (
     Manifest,
     ManifestError,
@@ -66,6 +66,7 @@ class IngestReport:
     rows: Counter[str] = field(default_factory=Counter)
     submissions: int = 0
     inflight: int = 0
+    tracked_read: int = 0  # tracking records fetched (only those no earlier refresh read)
     last_seq: int = 0
     snapshot: str = ""  # new | reused | copied
     seconds: float = 0.0
@@ -388,41 +389,140 @@ def _ingest_submissions(
     report.submissions += len(rows)
 
 
+def _tracked_keys(store: ObjectStore, since: date) -> list[str]:
+    """Tracking-record keys of the days from `since` to tomorrow, one per run, oldest first.
+
+    The same listing and the same first-record-wins rule as `Ledger.tracked(since=...)`
+    (which GETs every record it lists; here only the listing is repeated every refresh).
+    """
+    today = datetime.now(UTC).date()
+    days = [since + timedelta(days=i) for i in range((today - since).days + 2)]
+    first: dict[str, str] = {}
+    for day in days:
+        for info in store.list(f"{TRACKED}dt={day:%Y-%m-%d}/"):
+            first.setdefault(info.key.rsplit("/", 1)[-1].removesuffix(".json"), info.key)
+    return list(first.values())
+
+
+def _tracked_row(key: str, raw: bytes) -> tuple[Any, ...]:
+    """One `ledger_tracked` row; a record the ledger cannot parse is kept as not valid."""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or "tracked_at" not in doc or not _opt_str(doc.get("run_id")):
+        return (key, None, None, None, None, None, False, text)
+    return (
+        key,
+        doc["run_id"],
+        _opt_str(doc.get("request_name")),
+        parse_ts(doc.get("submitted_at")),
+        parse_ts(doc.get("tracked_at")),
+        _opt_str(doc.get("source")),
+        True,
+        text,
+    )
+
+
 def _refresh_inflight(
     con: duckdb.DuckDBPyConnection, store: ObjectStore, report: IngestReport
 ) -> None:
-    """Replace the in-flight snapshot: recently tracked runs not archived nor abandoned."""
-    ledger = Ledger(store)
+    """Replace the in-flight snapshot: recently tracked runs not archived nor abandoned.
+
+    Tracking records are write-once, so only keys missing from `ledger_tracked` are fetched:
+    the S3 requests of a refresh grow with new records, not with the lookback window.
+    """
     since = datetime.now(UTC).date() - timedelta(days=INFLIGHT_LOOKBACK_DAYS)
-    tracked = list(ledger.tracked(since=since))
-    abandoned = ledger.abandoned() if tracked else set()
-    ids = [t.run_id for t in tracked]
-    archived = (
+    keys = _tracked_keys(store, since)
+    known = (
         {
             r[0]
             for r in con.execute(
-                "SELECT run_id FROM runs WHERE run_id IN (SELECT unnest(?))", [ids]
+                "SELECT ledger_key FROM ledger_tracked WHERE ledger_key IN (SELECT unnest(?))",
+                [keys],
             ).fetchall()
         }
-        if ids
+        if keys
         else set()
     )
+    fresh = [_tracked_row(k, store.get_bytes(k)) for k in keys if k not in known]
+    abandoned = sorted(Ledger(store).abandoned()) if keys else []
     now = datetime.now(UTC)
-    rows = [
-        (t.run_id, t.request_name, t.submitted_time, t.tracked_time, now)
-        for t in tracked
-        if t.run_id not in archived and t.run_id not in abandoned
-    ]
     con.execute("BEGIN TRANSACTION")
     try:
+        if fresh:
+            con.executemany("INSERT INTO ledger_tracked VALUES (?, ?, ?, ?, ?, ?, ?, ?)", fresh)
         con.execute("DELETE FROM inflight_runs")
-        if rows:
-            con.executemany("INSERT OR REPLACE INTO inflight_runs VALUES (?, ?, ?, ?, ?)", rows)
+        if keys:
+            con.execute(
+                # Two records naming one run in their bodies: the later key wins (as the
+                # ledger's listing order with INSERT OR REPLACE did).
+                """INSERT INTO inflight_runs
+SELECT run_id, request_name, submitted_at, tracked_at, $now FROM ledger_tracked
+WHERE ledger_key IN (SELECT unnest($keys)) AND valid
+  AND run_id NOT IN (SELECT run_id FROM runs)
+  AND run_id NOT IN (SELECT unnest($abandoned::VARCHAR[]))
+QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY ledger_key DESC) = 1""",
+                {"now": now, "keys": keys, "abandoned": abandoned},
+            )
+        (report.inflight,) = con.execute("SELECT count(*) FROM inflight_runs").fetchone() or (0,)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
-    report.inflight = len(rows)
+    report.tracked_read += len(fresh)
+
+
+def _adopt_ledger_records(con: duckdb.DuckDBPyConnection, published: Path, uri: str) -> None:
+    """Copy into a reused spare the ledger records the published snapshot already read.
+
+    The spare is one refresh behind; without this it would GET again every submission and
+    tracking record the previous refresh read (they are write-once, so the copy is exact).
+    A published snapshot of another archive or without the tables is ignored.
+    """
+    try:
+        con.execute(f"ATTACH {sql_str(str(published))} AS _published (READ_ONLY)")
+    except duckdb.Error as exc:
+        log.warning("not adopting ledger records from %s: %s", published, exc)
+        return
+    try:
+        row = con.execute(
+            "SELECT value FROM _published.audit_state WHERE key = 'archive_uri'"
+        ).fetchone()
+        if not row or row[0] != uri:
+            return
+        have = {
+            r[0]: set(r[1])
+            for r in con.execute(
+                "SELECT table_name, list(column_name) FROM duckdb_columns() "
+                "WHERE database_name = '_published' GROUP BY table_name"
+            ).fetchall()
+        }
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for table in ("submissions", "ledger_tracked"):
+                if table not in have:
+                    continue
+                cols = ", ".join(
+                    f'"{c}"'
+                    for (c,) in con.execute(
+                        "SELECT column_name FROM duckdb_columns() WHERE table_name = ? "
+                        "AND database_name = current_database() ORDER BY column_index",
+                        [table],
+                    ).fetchall()
+                    if c in have[table]
+                )
+                con.execute(
+                    f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _published.{table} "
+                    f"WHERE ledger_key NOT IN (SELECT ledger_key FROM {table})"
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    finally:
+        con.execute("DETACH _published")
 
 
 # ----------------------------------------------------------------------------- entry points
@@ -434,11 +534,13 @@ def ingest_into(
     archive_uri: str,
     report: IngestReport,
     published_seq: int = 0,
+    published: Path | None = None,
 ) -> None:
     """Bring an open read-write audit database up to date with the archive.
 
     Manifests up to `published_seq` are already visible to readers (a reused spare catches
-    up on them); only later ones count as new in the report.
+    up on them); only later ones count as new in the report. `published` (the snapshot a
+    reused spare lags behind) lends its ledger records, so none is fetched twice.
     """
     load_extension(con, "fts")
     ensure_schema(con)
@@ -457,6 +559,8 @@ def ingest_into(
     finally:
         fetcher.close()
     report.last_seq = _anchor(con)[0]
+    if published is not None:
+        _adopt_ledger_records(con, published, uri)
     _ingest_submissions(con, store, report)
     _refresh_inflight(con, store, report)
 
@@ -525,7 +629,14 @@ def _run(
             # every commit also checkpointed (half of a rebuild's time). The explicit
             # CHECKPOINT below still runs before the snapshot is published.
             con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
-            ingest_into(con, store, archive_uri, report, published_seq)
+            ingest_into(
+                con,
+                store,
+                archive_uri,
+                report,
+                published_seq,
+                published=paths.published if how == "reused" else None,
+            )
             if how == "new":
                 cluster_search_index(con)
             con.execute("CHECKPOINT")

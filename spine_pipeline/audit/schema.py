@@ -86,6 +86,20 @@ _FIXED_TABLES = [
   tracked_at TIMESTAMPTZ,
   observed_at TIMESTAMPTZ NOT NULL
 )""",
+    # Tracking records read from `ledger/tracked/`, one row per object key. The objects are
+    # write-once, so each key is fetched once (by any snapshot) and `inflight_runs` is built
+    # from here: a refresh GETs only records it has not seen, not the whole lookback window.
+    # `valid` is false for a record the ledger would skip (not a JSON object with a run id).
+    """CREATE TABLE IF NOT EXISTS ledger_tracked (
+  ledger_key VARCHAR PRIMARY KEY,
+  run_id VARCHAR,
+  request_name VARCHAR,
+  submitted_at TIMESTAMPTZ,
+  tracked_at TIMESTAMPTZ,
+  source VARCHAR,
+  valid BOOLEAN NOT NULL,
+  raw_json VARCHAR NOT NULL
+)""",
     # Ingest bookkeeping: one row per key.
     """CREATE TABLE IF NOT EXISTS audit_state (
   key VARCHAR PRIMARY KEY,
