@@ -11,6 +11,7 @@ from spine_pipeline.defs.archive import archive_batch, recheck_job, spine_run, s
 from spine_pipeline.defs.audit import (
     archive_job,
     audit_database,
+    audit_job,
     credit_report,
     credit_report_schedule,
     no_overdue_runs,
@@ -25,7 +26,7 @@ def build_definitions() -> dg.Definitions:
     core = dg.Definitions(
         assets=[spine_run, archive_batch, audit_database, credit_report],
         asset_checks=[spine_run_check, no_overdue_runs],
-        jobs=[archive_job, recheck_job],
+        jobs=[archive_job, audit_job, recheck_job],
         sensors=[spine_poll_sensor],
         schedules=[credit_report_schedule],
         resources=build_resources(),

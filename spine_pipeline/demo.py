@@ -2,9 +2,10 @@
 
 It is what `dagster dev` plus the daemon would do, driven step by step so that it finishes
 on its own: materialise the submit assets, evaluate the poll sensor on its interval, execute
-the archive runs it requests (which refresh the audit database), until every run submitted
-by this demo is archived. State persists under `data/` (archive, audit DB, DAGSTER_HOME), so
-a second demo adds new runs and never duplicates old ones.
+the runs it requests (archive batches, then audit refreshes), until every run submitted by
+this demo is archived and the audit database has caught up. State persists under `data/`
+(archive, audit DB, DAGSTER_HOME), so a second demo adds new runs and never duplicates old
+ones.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class DemoReport:
     archived: list[str] = field(default_factory=list)
     ticks: int = 0
     archive_runs: int = 0
+    audit_refreshes: int = 0
     seconds: float = 0.0
     verify_ok: bool = False
     verify_summary: str = ""
@@ -75,13 +77,29 @@ def evaluate_poll_sensor(
         return sensor.evaluate_tick(context)
 
 
+ARCHIVE_JOB = "archive_spine_runs"
+
+
 @dataclass
 class Tick:
-    """One sensor evaluation and the archive runs it led to."""
+    """One sensor evaluation and the runs it led to."""
 
-    requested: list[list[str]]
+    requested: list[list[str]]  # the Spine run ids of each archive batch
     cursor: str | None
     skip_reason: str | None
+    refreshes: int = 0  # audit refresh runs
+    failed: int = 0  # requested runs that did not succeed
+
+    @property
+    def idle(self) -> bool:
+        return not self.requested and not self.refreshes
+
+
+def archive_batch_ids(request: dg.RunRequest) -> list[str]:
+    """The Spine run ids of an archive request (empty for other jobs)."""
+    if (request.job_name or ARCHIVE_JOB) != ARCHIVE_JOB:
+        return []
+    return list(request.run_config["ops"]["archive_batch"]["config"]["run_ids"])
 
 
 def tick_and_archive(
@@ -91,22 +109,27 @@ def tick_and_archive(
     say: Callable[[str], None] = print,
 ) -> Tick:
     """Evaluate the poll sensor as the daemon would, then execute the runs it requests."""
-    job = defs.resolve_job_def("archive_spine_runs")
     tick = evaluate_poll_sensor(defs, instance, cursor)
     for request in tick.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-    batches = []
+    out = Tick(requested=[], cursor=tick.cursor, skip_reason=tick.skip_message)
     for request in tick.run_requests or []:
-        ids = request.run_config["ops"]["archive_batch"]["config"]["run_ids"]
-        batches.append(list(ids))
-        say(f"  archiving a batch of {len(ids)} terminal run(s)")
-        job.execute_in_process(
+        name = request.job_name or ARCHIVE_JOB
+        if name == ARCHIVE_JOB:
+            ids = archive_batch_ids(request)
+            out.requested.append(ids)
+            say(f"  archiving a batch of {len(ids)} terminal run(s)")
+        else:
+            out.refreshes += 1
+            say(f"  refreshing the audit database ({name})")
+        result = defs.resolve_job_def(name).execute_in_process(
             run_config={**request.run_config, **QUIET},
             instance=instance,
             tags={**request.tags, "dagster/sensor_name": POLL_SENSOR},
             raise_on_error=False,
         )
-    return Tick(requested=batches, cursor=tick.cursor, skip_reason=tick.skip_message)
+        out.failed += not result.success
+    return out
 
 
 def submit_catalog(
@@ -141,26 +164,35 @@ def archive_until_done(
     tick_every: float,
     say: Callable[[str], None],
 ) -> None:
-    """Tick the sensor on its interval until every submitted run is committed (or timeout)."""
+    """Tick the sensor until every submitted run is committed and the audit DB caught up.
+
+    The sensor asks for an audit refresh when committed manifests wait; once every run is
+    archived, ticks follow each other without waiting until one asks for nothing.
+    """
     started = time.monotonic()
     store = open_store(archive_uri)
+    log = ManifestLog(store)
     cursor: str | None = None
     pending = set(report.submitted)
-    while pending and time.monotonic() - started < timeout:
+    while time.monotonic() - started < timeout:
         tick_started = time.monotonic()
         tick = tick_and_archive(defs, instance, cursor, say=say)
         report.ticks += 1
         report.archive_runs += len(tick.requested)
+        report.audit_refreshes += tick.refreshes
         cursor = tick.cursor
-        log = ManifestLog(store)
         log.refresh()
         done = pending & set(log.committed_runs)
         if done:
             report.archived.extend(sorted(done))
             pending -= done
             say(f"tick {report.ticks}: archived {len(report.archived)}/{len(report.submitted)}")
-        else:
+        elif pending:
             say(f"tick {report.ticks}: {len(pending)} run(s) still in flight")
+        if not pending:
+            if tick.idle or tick.failed:
+                return  # nothing left to do (or a refresh failed: retried by later ticks)
+            continue
         time.sleep(max(0.0, tick_every - (time.monotonic() - tick_started)))
 
 
@@ -199,7 +231,8 @@ def summary_lines(report: DemoReport, settings: PipelineSettings) -> list[str]:
     return [
         "",
         f"this demo: {len(report.submitted)} submitted, {len(report.archived)} archived, "
-        f"{report.ticks} sensor ticks, {report.archive_runs} archive runs, {report.seconds}s",
+        f"{report.ticks} sensor ticks, {report.archive_runs} archive runs, "
+        f"{report.audit_refreshes} audit refreshes, {report.seconds}s",
         "runs by status: " + ", ".join(f"{k}={v}" for k, v in sorted(by_status.items())),
         f"credits by template (audit database {settings.audit_db}, all archived runs):",
         format_table(credits.columns, credits.rows),

@@ -177,6 +177,7 @@ class TickReport:
     cursor_recovered: bool
     seconds: float
     tracked: dict[str, TrackedRun]
+    committed_seq: int = 0  # the newest committed manifest (for the audit refresh)
 
 
 class InFlightSource:
@@ -257,4 +258,5 @@ def run_tick(
         cursor_recovered=plan.recovered,
         seconds=round(time.monotonic() - started, 3),
         tracked=tracked,
+        committed_seq=source.log.last_seq,
     )

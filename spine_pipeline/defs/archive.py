@@ -2,8 +2,14 @@
 
 A burst of terminal runs becomes a few Dagster runs (up to `batch_size` Spine runs each),
 but every Spine run stays visible on its own: `spine_run` is an asset partitioned by run
-id, and each archive batch reports one materialisation (status, credits, counts, canvas
-link) and its check results per Spine run.
+id, and each archive batch reports one materialisation per Spine run (status, credits,
+counts, canvas link and that run's check verdicts).
+
+The checks run at archive time are reported once per batch, on `archive_batch`, naming
+every failing run: a check evaluation per Spine run would cost two more event-log writes
+per run, which on Dagster's SQLite storage were most of the time of a 1,000-run burst
+(docs/benchmarks.md). Per-run check results remain available on demand
+(`recheck_spine_runs`, partitioned checks on `spine_run`).
 """
 
 import warnings
@@ -11,7 +17,7 @@ import warnings
 import dagster as dg
 
 from spine_pipeline.archive.archiver import Archiver, ArchiveRequest, RunOutcome
-from spine_pipeline.archive.checks import CHECKS, check_batch
+from spine_pipeline.archive.checks import CHECKS, CheckResults, check_batch
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
 from spine_pipeline.spine import canvas_url
 
@@ -56,13 +62,27 @@ def spine_run_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResu
             )
 
 
+BATCH_CHECKS = [
+    dg.AssetCheckSpec(name, asset="archive_batch", description=f"Every run of the batch: {doc}")
+    for name, doc in CHECKS.items()
+]
+_LISTED_FAILURES = 50
+
+
 class ArchiveBatchConfig(dg.Config):
     """The Spine runs this Dagster run archives (set by the poll sensor)."""
 
     run_ids: list[str]
 
 
-def _run_metadata(o: RunOutcome) -> dict[str, object]:
+def _verdict(result: tuple[bool, str] | None) -> str:
+    if result is None:
+        return "not evaluated"
+    passed, detail = result
+    return "pass" if passed else f"FAIL: {detail[:300]}"
+
+
+def _run_metadata(o: RunOutcome, checks: dict[str, tuple[bool, str]]) -> dict[str, object]:
     link = canvas_url(o.canvas_id)
     return {
         "status": o.status or "unknown",
@@ -75,7 +95,33 @@ def _run_metadata(o: RunOutcome) -> dict[str, object]:
         "manifest_seq": o.seq,
         "canvas": dg.MetadataValue.url(link) if link else "none",
         "fetch_errors": o.message or "none",
+        **{f"check_{name}": _verdict(checks.get(name)) for name in CHECKS},
     }
+
+
+def _batch_check(name: str, evaluations: CheckResults) -> dg.AssetCheckResult:
+    """One result for the batch: passed if every archived run passed; failures named."""
+    failures = {
+        run_id: result[name][1]
+        for run_id, result in evaluations.items()
+        if name in result and not result[name][0]
+    }
+    listed = "\n".join(
+        f"- `{run_id}`: {detail[:300]}"
+        for run_id, detail in sorted(failures.items())[:_LISTED_FAILURES]
+    )
+    more = len(failures) - _LISTED_FAILURES
+    return dg.AssetCheckResult(
+        check_name=name,
+        passed=not failures,
+        metadata={
+            "runs_checked": len(evaluations),
+            "runs_failed": len(failures),
+            "failures": dg.MetadataValue.md(
+                (listed + (f"\n- ... and {more} more" if more > 0 else "")) or "none"
+            ),
+        },
+    )
 
 
 @dg.asset(
@@ -84,6 +130,7 @@ def _run_metadata(o: RunOutcome) -> dict[str, object]:
     description="Archives a batch of terminal Spine runs: fetch, download artifacts, write "
     "Parquet, commit a manifest. Idempotent, so retries are safe.",
     retry_policy=dg.RetryPolicy(max_retries=2, delay=30),
+    check_specs=BATCH_CHECKS,
 )
 def archive_batch(
     context: dg.AssetExecutionContext,
@@ -111,19 +158,8 @@ def archive_batch(
         context.instance.add_dynamic_partitions(spine_runs.name, missing)
     evaluations = check_batch(store, result.manifest, archived) if result.manifest else {}
     for o in archived:
-        context.log_event(
-            dg.AssetMaterialization(SPINE_RUN, partition=o.run_id, metadata=_run_metadata(o))
-        )
-        for name, (passed, detail) in evaluations.get(o.run_id, {}).items():
-            context.log_event(
-                dg.AssetCheckEvaluation(
-                    asset_key=SPINE_RUN,
-                    check_name=name,
-                    passed=passed,
-                    partition=o.run_id,
-                    metadata={"detail": detail},
-                )
-            )
+        metadata = _run_metadata(o, evaluations.get(o.run_id, {}))
+        context.log_event(dg.AssetMaterialization(SPINE_RUN, partition=o.run_id, metadata=metadata))
     failed = [o for o in result.outcomes if o.outcome in ("failed", "not_terminal")]
     for o in failed:
         context.log.warning("run %s not archived (%s): %s", o.run_id, o.outcome, o.message)
@@ -141,7 +177,8 @@ def archive_batch(
             "failed": len(failed),
             "failures": {o.run_id: o.message[:300] for o in failed} or "none",
             **{k: float(v) for k, v in result.metrics.items()},
-        }
+        },
+        check_results=[_batch_check(name, evaluations) for name in CHECKS],
     )
 
 

@@ -1,10 +1,16 @@
 """Audit wiring: the DuckDB audit database refresh and the daily credit report.
 
-The refresh runs after every archive batch (it is part of `archive_spine_runs`) and is the
-only writer of the audit database: its op is in the `spine_audit_db` pool, limited to one
-at a time (see docs/operations.md). Readers never block: the library publishes snapshots.
+The refresh is its own job (`refresh_audit_db`), requested by the poll sensor when committed
+manifests are ahead of the audit database and no refresh is queued or running: a burst of
+archive batches is ingested by one or two refreshes, not one per batch (each refresh
+verifies, ingests, re-indexes and checkpoints, and only one may write at a time). Its op is
+in the `spine_audit_db` pool, limited to one (see docs/operations.md). Readers never block:
+the library publishes snapshots.
 """
 
+import os
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -101,10 +107,84 @@ def credit_report(archive: ArchiveResource, audit_db: DuckDBResource) -> dg.Mate
 
 archive_job = dg.define_asset_job(
     "archive_spine_runs",
-    selection=dg.AssetSelection.assets(archive_batch, audit_database),
-    description="Archive a batch of terminal Spine runs (requested by the poll sensor), "
-    "then refresh the audit database.",
+    selection=dg.AssetSelection.assets(archive_batch),
+    description="Archive a batch of terminal Spine runs (requested by the poll sensor).",
 )
+AUDIT_JOB = "refresh_audit_db"
+audit_job = dg.define_asset_job(
+    AUDIT_JOB,
+    selection=dg.AssetSelection.assets(audit_database),
+    description="Ingest newly committed manifests into the DuckDB audit database (requested "
+    "by the poll sensor when the archive is ahead; one at a time).",
+)
+
+ENV_AUDIT_RETRY = "SPINE_AUDIT_RETRY_SECONDS"
+AUDIT_RETRY_SECONDS = 300.0  # after a failed refresh, wait this long before the next
+AUDIT_STALE_SECONDS = 3600.0  # a refresh "running" this long has probably lost its worker
+_IN_PROGRESS = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+@dataclass(frozen=True)
+class AuditLag:
+    """Whether the sensor should request a refresh now, and why (for its log line)."""
+
+    request: bool
+    reason: str
+    ingested_seq: int
+    warning: str | None = None
+
+
+def ingested_seq(instance: dg.DagsterInstance) -> int:
+    """The last manifest the audit database ingested, from its latest materialisation."""
+    event = instance.get_latest_materialization_event(audit_database.key)
+    materialization = event.asset_materialization if event else None
+    value = materialization.metadata.get("last_seq") if materialization else None
+    try:
+        return int(value.value) if value is not None else 0  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0
+
+
+def audit_lag(instance: dg.DagsterInstance, committed_seq: int, now: float) -> AuditLag:
+    """Request a refresh when manifests wait, none is in progress and none failed just now."""
+    seq = ingested_seq(instance)
+    if committed_seq <= seq:
+        return AuditLag(False, f"audit database at manifest {seq}", seq)
+    running = instance.get_run_records(
+        dg.RunsFilter(job_name=AUDIT_JOB, statuses=_IN_PROGRESS), limit=1
+    )
+    if running:
+        record = running[0]
+        age = now - (record.start_time or record.create_timestamp.timestamp())
+        warning = (
+            f"audit refresh {record.dagster_run.run_id} has been in progress for "
+            f"{age / 60:.0f} min; if its worker died, enable run monitoring (docs/operations.md)"
+            if age > AUDIT_STALE_SECONDS
+            else None
+        )
+        return AuditLag(False, "a refresh is already in progress", seq, warning)
+    latest = instance.get_run_records(dg.RunsFilter(job_name=AUDIT_JOB), limit=1)
+    if latest and latest[0].dagster_run.status == dg.DagsterRunStatus.FAILURE:
+        retry = float(os.environ.get(ENV_AUDIT_RETRY) or AUDIT_RETRY_SECONDS)
+        ended = latest[0].end_time or now
+        if now - ended < retry:
+            return AuditLag(False, f"last refresh failed; retrying after {retry:.0f}s", seq)
+    return AuditLag(True, f"manifests {seq + 1}-{committed_seq} to ingest", seq)
+
+
+def audit_refresh_request(lag: AuditLag, committed_seq: int) -> dg.RunRequest:
+    return dg.RunRequest(
+        job_name=AUDIT_JOB,
+        run_key=f"audit-{committed_seq}-{int(time.time() * 1000)}",
+        tags={"spine/manifests": f"{lag.ingested_seq + 1}-{committed_seq}"},
+    )
+
+
 credit_report_schedule = dg.ScheduleDefinition(
     name="daily_credit_report",
     target=dg.AssetSelection.assets(credit_report),

@@ -1,7 +1,8 @@
 """The poll sensor: a thin shell around `spine_pipeline.polling.run_tick`.
 
 Each tick polls due in-flight runs (bounded concurrency, 40 s budget), hands terminal runs
-to `archive_spine_runs` in batches, and stores the poll schedule as its cursor. It never
+to `archive_spine_runs` in batches, asks for one `refresh_audit_db` run when committed
+manifests wait for the audit database, and stores the poll schedule as its cursor. It never
 fails a tick because of Spine: errors are logged and the runs are polled again later.
 """
 
@@ -11,7 +12,7 @@ import time
 import dagster as dg
 
 from spine_pipeline.defs.archive import spine_runs
-from spine_pipeline.defs.audit import archive_job
+from spine_pipeline.defs.audit import archive_job, audit_job, audit_lag, audit_refresh_request
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
 from spine_pipeline.polling import run_tick
 
@@ -24,7 +25,7 @@ def _batches(items: list[str], size: int) -> list[list[str]]:
 
 @dg.sensor(
     name="spine_poll_sensor",
-    job=archive_job,
+    jobs=[archive_job, audit_job],
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Polls in-flight Spine runs and requests batched archive runs for terminal ones.",
@@ -49,18 +50,26 @@ def spine_poll_sensor(
     stamp = int(time.time() * 1000)
     requests = [
         dg.RunRequest(
+            job_name=archive_job.name,
             run_key=f"archive-{stamp}-{i}",
             run_config=dg.RunConfig(ops={"archive_batch": {"config": {"run_ids": batch}}}),
             tags={"spine/run_count": str(len(batch))},
         )
         for i, batch in enumerate(_batches(report.to_archive, archive.batch_size))
     ]
+    archive_requests = len(requests)
+    lag = audit_lag(context.instance, report.committed_seq, time.time())
+    if lag.warning:
+        context.log.warning(lag.warning)
+    if lag.request:
+        requests.append(audit_refresh_request(lag, report.committed_seq))
     context.log.info(
-        "tick: %d in flight, %d polled, %d to archive in %d batch(es), %.2fs",
+        "tick: %d in flight, %d polled, %d to archive in %d batch(es), audit: %s, %.2fs",
         report.in_flight,
         report.polled,
         len(report.to_archive),
-        len(requests),
+        archive_requests,
+        lag.reason,
         report.seconds,
     )
     partitions = [spine_runs.build_add_request(report.to_archive)] if report.to_archive else []

@@ -71,6 +71,8 @@ class SoakConfig:
     poll_max_interval: float = 2.0
     rerequest_after: float = 40.0
     tick_budget: float = 10.0
+    #: SPINE_AUDIT_RETRY_SECONDS: how soon a failed audit refresh is requested again.
+    audit_retry: float = 10.0
     #: At least this many of each process/storage fault, whatever the 5 % draws give.
     min_worker_kills: int = 2
     min_sensor_restarts: int = 3

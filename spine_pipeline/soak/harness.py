@@ -4,9 +4,9 @@ What runs, exactly as in production (only faster clocks):
 - submit: the `submit_catalog` job materialises one submit asset per request (waves of
   catalog entries with unique prompts);
 - poll: `spine_poll_sensor` evaluated as the daemon would, every `tick_every` seconds;
-- archive: each run request becomes an `archive_spine_runs` run (archive batch + audit
-  refresh) executed by a separate worker process against the shared DAGSTER_HOME;
-- audit: the DuckDB audit database those runs refresh, and the daily credit report.
+- archive: each run request (`archive_spine_runs` batches, `refresh_audit_db` refreshes) is
+  executed by a separate worker process against the shared DAGSTER_HOME;
+- audit: the DuckDB audit database those refreshes write, and the daily credit report.
 
 What goes wrong on purpose, each at `fault_rate` (default 5 %):
 - the Spine API and downloads (simulator rules: 429, 5xx, latency, dropped connections,
@@ -48,7 +48,7 @@ from spine_pipeline.soak.check import Check, check_against_ground_truth
 from spine_pipeline.soak.config import SoakConfig, prompt_for
 from spine_pipeline.soak.s3 import S3ServerLike, start_seaweedfs
 from spine_pipeline.soak.slowdown import SlowDownProxy
-from spine_pipeline.soak.workers import QUIET, Job, Worker, WorkerPool
+from spine_pipeline.soak.workers import ARCHIVE_JOB, AUDIT_JOB, QUIET, Job, Worker, WorkerPool
 
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _LOST = "LOST: created, in neither the ledger nor a Dagster failure"
@@ -81,6 +81,7 @@ class SoakReport:
     submissions: Counter[str] = field(default_factory=Counter)
     reconciled: Counter[str] = field(default_factory=Counter)
     archive_jobs: Counter[str] = field(default_factory=Counter)
+    audit_jobs: Counter[str] = field(default_factory=Counter)
     figures: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
@@ -199,6 +200,7 @@ class Soak:
             "SPINE_POLL_MAX_INTERVAL_SECONDS": str(cfg.poll_max_interval),
             "SPINE_POLL_REREQUEST_SECONDS": str(cfg.rerequest_after),
             "SPINE_POLL_BUDGET_SECONDS": str(cfg.tick_budget),
+            "SPINE_AUDIT_RETRY_SECONDS": str(cfg.audit_retry),
             **cfg.extra_env,
         }
         self.proxy: SlowDownProxy | None = None
@@ -456,7 +458,7 @@ class Soak:
                 request.partitions_def_name, list(request.partition_keys)
             )
         for request in tick.run_requests or []:
-            self._enqueue(dict(request.run_config), dict(request.tags))
+            self._enqueue(dict(request.run_config), dict(request.tags), request.job_name)
 
     def _tick_done(self, started: float) -> None:
         self.report.tick_seconds.append(round(time.monotonic() - started, 3))
@@ -488,7 +490,7 @@ class Soak:
         for part in reply["partitions"]:
             self.instance.add_dynamic_partitions(part["name"], part["keys"])
         for request in reply["requests"]:
-            self._enqueue(request["run_config"], request["tags"])
+            self._enqueue(request["run_config"], request["tags"], request.get("job"))
         record["requests"] = len(reply["requests"])
 
     def _wait_for(self, worker: Worker, event: str, timeout: float) -> dict[str, Any]:
@@ -505,7 +507,18 @@ class Soak:
 
     # -- archive workers --------------------------------------------------------------------
 
-    def _enqueue(self, run_config: dict[str, Any], tags: dict[str, str]) -> None:
+    def _enqueue(
+        self, run_config: dict[str, Any], tags: dict[str, str], job_name: str | None = None
+    ) -> None:
+        name = job_name or ARCHIVE_JOB
+        if name == AUDIT_JOB:
+            # The daemon would have created a QUEUED run, which the sensor sees and does not
+            # request again; this queue is not in Dagster, so keep one refresh pending at most.
+            if any(j.job_name == AUDIT_JOB for j in self.queue):
+                self.report.events["audit refresh already queued"] += 1
+                return
+            self.queue.append(Job(str(uuid.uuid4()), [], run_config, tags, AUDIT_JOB))
+            return
         ids = list(run_config["ops"]["archive_batch"]["config"]["run_ids"])
         self.queue.append(Job(str(uuid.uuid4()), ids, run_config, tags))
 
@@ -523,27 +536,32 @@ class Soak:
                 len(self.report.kills) < self.cfg.min_worker_kills
                 and self.dispatches in _FORCED_KILL_DISPATCHES
             )
-            if (
-                not self.calm
-                and job.run_ids
-                and (forced or self.rng.random() < self.cfg.fault_rate)
-            ):
-                job.kill_trigger = ("delay", "first-data-file")[self.dispatches % 2]
+            if not self.calm and (forced or self.rng.random() < self.cfg.fault_rate):
+                # An audit refresh writes no archive files: it is killed after a delay.
+                triggers = ("delay", "first-data-file") if job.run_ids else ("delay", "delay")
+                job.kill_trigger = triggers[self.dispatches % 2]
             job.started = time.monotonic()
             with self.lock:
                 worker.job = job
             worker.send(
                 op="archive",
+                job=job.job_name,
                 dagster_run_id=job.dagster_run_id,
                 run_config=job.run_config,
                 tags={**job.tags, "spine/soak": "archive"},
             )
-            self.report.archive_jobs["dispatched"] += 1
+            self._jobs(job)["dispatched"] += 1
             if job.kill_trigger:
                 threading.Thread(
                     target=self._kill_when_due, args=(worker, job), daemon=True
                 ).start()
             self._maybe_restart_s3()
+
+    def _jobs(self, job: Job | None) -> Counter[str]:
+        """The counters of the job's kind (archive batches or audit refreshes)."""
+        if job is not None and job.job_name == AUDIT_JOB:
+            return self.report.audit_jobs
+        return self.report.archive_jobs
 
     def _kill_when_due(self, worker: Worker, job: Job) -> None:
         if job.kill_trigger == "delay":
@@ -565,6 +583,7 @@ class Soak:
                     "after_seconds": round(time.monotonic() - job.started, 2),
                     "pid": worker.pid,
                     "runs": len(job.run_ids),
+                    "job": job.job_name,
                     "dagster_run_id": job.dagster_run_id,
                 }
             )
@@ -597,7 +616,7 @@ class Soak:
             with self.lock:
                 job, worker.job = worker.job, None
             outcome = "succeeded" if message.get("ok") else "failed"
-            self.report.archive_jobs[outcome] += 1
+            self._jobs(job)[outcome] += 1
             if message.get("error"):
                 self.report.figures.setdefault("worker_errors", []).append(message["error"])
             if job is not None:
@@ -615,11 +634,11 @@ class Soak:
         if worker.exiting and not worker.killed:
             return
         if worker.killed:
-            self.report.archive_jobs["killed"] += 1
+            self._jobs(job)["killed"] += 1
             if job is not None:
                 self._after_kill(job)
         else:
-            self.report.archive_jobs["crashed"] += 1
+            self._jobs(job)["crashed"] += 1
             self.report.figures.setdefault("crashes", []).append(
                 f"{worker.name} rc={message.get('rc')}"
             )
@@ -651,7 +670,11 @@ class Soak:
             self.instance.report_run_failed(run, "run worker killed (SIGKILL) by the soak")
         freed = self.instance.event_log_storage.free_concurrency_slots_for_run(job.dagster_run_id)
         record["freed_slots"] = freed or 0
-        record["phase"] = self._kill_phase(record.get("pid"), job)
+        record["phase"] = (
+            "during an audit refresh"
+            if job.job_name == AUDIT_JOB
+            else self._kill_phase(record.get("pid"), job)
+        )
 
     def _kill_phase(self, pid: int | None, job: Job) -> str:
         """Where the killed batch was, from what the archive holds after the kill."""
@@ -724,9 +747,8 @@ class Soak:
             if time.monotonic() > deadline:
                 raise SoakError("archive workers did not finish their last batches")
             self._drain_events(0.2)
-        # One last archive run with nothing to archive: its audit refresh catches up on
-        # manifests committed by runs that were killed before refreshing.
-        self._enqueue({"ops": {"archive_batch": {"config": {"run_ids": []}}}}, {})
+        # One last audit refresh catches up on manifests committed since the last one.
+        self._enqueue({}, {}, AUDIT_JOB)
         self._dispatch()
         while any(w.job for w in self.pool.workers):
             if time.monotonic() > deadline:

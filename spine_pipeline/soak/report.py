@@ -124,7 +124,12 @@ def figures_table(report: SoakReport) -> list[str]:
             f"{jobs['dispatched']} / {jobs['succeeded']} / {jobs['failed']} / {jobs['killed']}",
         ),
         (
-            "archive run seconds: median / max",
+            "audit refresh runs: dispatched / succeeded / failed / killed",
+            f"{report.audit_jobs['dispatched']} / {report.audit_jobs['succeeded']} / "
+            f"{report.audit_jobs['failed']} / {report.audit_jobs['killed']}",
+        ),
+        (
+            "archive and refresh run seconds: median / max",
             f"{statistics.median(job_seconds):.1f} / {max(job_seconds):.1f}"
             if job_seconds
             else "-",

@@ -1,4 +1,4 @@
-"""Run workers: separate processes that execute `archive_spine_runs` or one sensor tick.
+"""Run workers: processes that execute the runs the sensor requests, or one sensor tick.
 
 Why processes: the soak must SIGKILL an archive run mid-batch and evaluate the sensor in a
 fresh process, as a crashed run worker or a restarted daemon would. Each worker builds the
@@ -27,6 +27,8 @@ from typing import IO, Any
 #: Dagster's console logger off (CRITICAL): the soak prints its own summary; events still
 #: go to the instance event log.
 QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+ARCHIVE_JOB = "archive_spine_runs"
+AUDIT_JOB = "refresh_audit_db"
 
 
 # -- inside the worker process ------------------------------------------------------------
@@ -53,7 +55,6 @@ def worker_main() -> int:
     from spine_pipeline.definitions import build_definitions
 
     defs = build_definitions()
-    job = defs.resolve_job_def("archive_spine_runs")
     sensor = defs.resolve_sensor_def("spine_poll_sensor")
     with dg.DagsterInstance.get() as instance:
         send(event="ready", pid=os.getpid())
@@ -66,6 +67,7 @@ def worker_main() -> int:
             if op == "archive":
                 ok, error = False, None
                 try:
+                    job = defs.resolve_job_def(message.get("job") or ARCHIVE_JOB)
                     result = job.execute_in_process(
                         run_config={**message["run_config"], **QUIET},
                         instance=instance,
@@ -127,7 +129,7 @@ def _tick(dg: Any, defs: Any, sensor: Any, instance: Any, cursor: str | None) ->
         "ok": True,
         "cursor": tick.cursor,
         "requests": [
-            {"run_config": dict(r.run_config), "tags": dict(r.tags)}
+            {"run_config": dict(r.run_config), "tags": dict(r.tags), "job": r.job_name}
             for r in tick.run_requests or []
         ],
         "partitions": [
@@ -143,12 +145,13 @@ def _tick(dg: Any, defs: Any, sensor: Any, instance: Any, cursor: str | None) ->
 
 @dataclass
 class Job:
-    """One archive request handed to a worker."""
+    """One run request handed to a worker (an archive batch or an audit refresh)."""
 
     dagster_run_id: str
     run_ids: list[str]
     run_config: dict[str, Any]
     tags: dict[str, str]
+    job_name: str = ARCHIVE_JOB
     started: float = 0.0
     kill_trigger: str | None = None  # "delay" | "first-data-file", armed at dispatch
 

@@ -18,10 +18,15 @@ def test_definitions_load_with_everything_wired(pipeline):
     assert defs.resolve_sensor_def("spine_poll_sensor").minimum_interval_seconds == 15
     schedules = {s.name for s in defs.schedules}
     assert {"weekly_ai_infra_report_schedule", "daily_credit_report"} <= schedules
-    job = defs.resolve_job_def("archive_spine_runs")
-    assert {n.name for n in job.nodes} >= {"archive_batch", "audit_database"}
-    checks = {k.name for k in defs.resolve_asset_graph().asset_check_keys}
-    assert {"counts_match_api", "artifacts_downloaded"} <= checks
+    assert {n.name for n in defs.resolve_job_def("archive_spine_runs").nodes} == {"archive_batch"}
+    audit_nodes = {n.name for n in defs.resolve_job_def("refresh_audit_db").nodes}
+    assert audit_nodes == {"audit_database", "audit_database_no_overdue_runs"}
+    sensor = defs.resolve_sensor_def("spine_poll_sensor")
+    assert {j.name for j in sensor.jobs} == {"archive_spine_runs", "refresh_audit_db"}
+    checks = {k.to_user_string() for k in defs.resolve_asset_graph().asset_check_keys}
+    for check in ("counts_match_api", "artifacts_downloaded"):
+        assert {f"archive_batch:{check}", f"spine_run:{check}"} <= checks  # batch / on demand
+    assert "audit_database:no_overdue_runs" in checks
     audit = defs.resolve_assets_def(dg.AssetKey("audit_database"))
     assert audit.op.pool == "spine_audit_db"
     repo = defs.get_repository_def()

@@ -3,11 +3,22 @@
 import json
 import time
 
+import dagster as dg
 import pytest
+
+from spine_pipeline.archive.service import archive_now
+from spine_pipeline.definitions import build_definitions
+from spine_pipeline.defs.audit import AUDIT_JOB
+from spine_pipeline.demo import ARCHIVE_JOB, archive_batch_ids
+from spine_pipeline.spine import AsyncSpineClient
 
 
 def _requested(result):
-    return [r.run_config["ops"]["archive_batch"]["config"]["run_ids"] for r in result.run_requests]
+    return [archive_batch_ids(r) for r in result.run_requests if r.job_name == ARCHIVE_JOB]
+
+
+def _refreshes(result):
+    return [r for r in result.run_requests if r.job_name == AUDIT_JOB]
 
 
 def _time_passes(cursor):
@@ -28,16 +39,16 @@ def test_cursor_progresses_and_terminal_runs_are_batched(pipeline, monkeypatch):
     assert all(entry[0] > time.time() + 20 for entry in plan["runs"].values())  # 30 s backoff
     # Immediately again: nothing is due, nothing polled, cursor unchanged.
     second = pipeline.tick(first.cursor)
-    assert not second.run_requests and second.cursor == first.cursor
+    assert not _requested(second) and second.cursor == first.cursor
     pipeline.wait_terminal(ids)
     cursor, batches = second.cursor, _requested(first)  # a fast run may end before tick 1
-    keys = {r.run_key for r in first.run_requests}
+    keys = {r.run_key for r in first.run_requests if r.job_name == ARCHIVE_JOB}
     added = [k for req in first.dynamic_partitions_requests for k in req.partition_keys]
     for _ in range(3):  # a poll may be cut short by a slow machine; the next tick resumes
         result = pipeline.tick(_time_passes(cursor))
         cursor = result.cursor
         batches += _requested(result)
-        keys |= {r.run_key for r in result.run_requests}
+        keys |= {r.run_key for r in result.run_requests if r.job_name == ARCHIVE_JOB}
         added += [k for req in result.dynamic_partitions_requests for k in req.partition_keys]
         if sorted(r for b in batches for r in b) == sorted(ids):
             break
@@ -58,21 +69,71 @@ def test_lost_or_corrupt_cursor_loses_nothing(pipeline, cursor):
     assert json.loads(result.cursor)["v"] == 1
 
 
-def test_archived_and_abandoned_runs_leave_the_schedule(pipeline):
-    ids = pipeline.submit("[scenario:completed] archive me")
-    pipeline.wait_terminal(ids)
-    from spine_pipeline.archive.service import archive_now
-
+def _archive_elsewhere(pipeline, ids):
+    """Commit the runs' manifest without Dagster (as `spine-pipeline archive` would)."""
     archive_now(
         pipeline.archive_uri,
         ids,
-        client_factory=lambda: __import__(
-            "spine_pipeline.spine", fromlist=["AsyncSpineClient"]
-        ).AsyncSpineClient(api_key=pipeline.sim.api_key, base_url=pipeline.sim.base_url),
+        client_factory=lambda: AsyncSpineClient(
+            api_key=pipeline.sim.api_key, base_url=pipeline.sim.base_url
+        ),
     )
+
+
+def test_archived_and_abandoned_runs_leave_the_schedule(pipeline):
+    ids = pipeline.submit("[scenario:completed] archive me")
+    pipeline.wait_terminal(ids)
+    _archive_elsewhere(pipeline, ids)
     result = pipeline.tick()
     assert json.loads(result.cursor)["runs"] == {}
-    assert not result.run_requests
+    assert not _requested(result)
+
+
+def _execute(pipeline, request, defs=None):
+    job = (defs or pipeline.defs).resolve_job_def(request.job_name)
+    return job.execute_in_process(
+        run_config=request.run_config, instance=pipeline.instance, raise_on_error=False
+    )
+
+
+def test_one_audit_refresh_is_requested_while_manifests_wait(pipeline):
+    ids = pipeline.submit("[scenario:completed] first", "[scenario:partial] second")
+    pipeline.wait_terminal(ids)
+    _archive_elsewhere(pipeline, ids[:1])
+    _archive_elsewhere(pipeline, ids[1:])  # two manifests wait for the audit database
+    (request,) = _refreshes(pipeline.tick())
+    assert request.tags["spine/manifests"] == "1-2"
+    # Requested (the daemon has created the run, not yet started): later ticks do not ask again.
+    queued = pipeline.instance.create_run_for_job(
+        pipeline.defs.resolve_job_def(AUDIT_JOB), status=dg.DagsterRunStatus.NOT_STARTED
+    )
+    assert _refreshes(pipeline.tick()) == []
+    pipeline.instance.delete_run(queued.run_id)
+    assert _execute(pipeline, request).success
+    assert _refreshes(pipeline.tick()) == []  # caught up: nothing to ask for
+    assert (
+        pipeline.instance.get_latest_materialization_event(dg.AssetKey("audit_database"))
+        .asset_materialization.metadata["last_seq"]
+        .value
+        == 2
+    )
+
+
+def test_a_failed_audit_refresh_is_retried_after_its_delay(pipeline, monkeypatch, tmp_path):
+    ids = pipeline.submit("[scenario:completed] refresh fails")
+    pipeline.wait_terminal(ids)
+    _archive_elsewhere(pipeline, ids)
+    (request,) = _refreshes(pipeline.tick())
+    # An audit database the refresh cannot create: a file where its directory should be.
+    (tmp_path / "blocked").write_text("not a directory")
+    monkeypatch.setenv("SPINE_AUDIT_DB", str(tmp_path / "blocked" / "audit.duckdb"))
+    assert not _execute(pipeline, request, build_definitions()).success
+    monkeypatch.setenv("SPINE_AUDIT_RETRY_SECONDS", "3600")
+    assert _refreshes(pipeline.tick()) == []  # failed just now: wait before asking again
+    monkeypatch.setenv("SPINE_AUDIT_RETRY_SECONDS", "0")
+    (again,) = _refreshes(pipeline.tick())
+    assert _execute(pipeline, again).success  # the original definitions: a working database
+    assert _refreshes(pipeline.tick()) == []
 
 
 def test_tick_stays_in_budget_when_the_api_is_slow(pipeline, monkeypatch):
@@ -84,7 +145,7 @@ def test_tick_stays_in_budget_when_the_api_is_slow(pipeline, monkeypatch):
     elapsed = time.monotonic() - started
     # Without the budget this tick would wait 20 s per poll; it must come back on its own.
     assert elapsed < 12, elapsed
-    assert not result.run_requests
+    assert not _requested(result)
     pipeline.sim.set_faults("")
     plan = json.loads(result.cursor)
     assert set(plan["runs"]) == set(ids)
@@ -95,7 +156,7 @@ def test_429_stops_the_tick_early_without_failing_it(pipeline):
     pipeline.wait_terminal(ids)
     pipeline.sim.set_faults("get:429=30")
     result = pipeline.tick()
-    assert not result.run_requests
+    assert not _requested(result)
     assert pipeline.sim.world.fault_counts.get("get:429", 0) >= 1
     pipeline.sim.set_faults("")
     time.sleep(0.7)

@@ -1,8 +1,8 @@
 """Invariant 6: the hostile payload corpus through the real Dagster path, on both backends.
 
 One simulator run per hostile case plus innocent bystanders, all submitted and tracked, then
-polled by `spine_poll_sensor` and archived by `archive_spine_runs` (archive batch + audit
-refresh), in the same batches. Each case must be archived faithfully (compared with the
+polled by `spine_poll_sensor`, archived by `archive_spine_runs` in the same batches and
+ingested by the `refresh_audit_db` runs the sensor requests. Each case must be archived faithfully (compared with the
 simulator's ground truth, in the archive and in the audit database) or refused with a clear
 error recorded on the run, and must never escape the archive root, crash the sensor, or
 harm the bystanders. Unit-level cases of the same shapes are in
@@ -97,8 +97,8 @@ class Corpus:
 
 
 def _drive(defs: dg.Definitions, instance: dg.DagsterInstance, store: Any, ids: set[str]):
-    """The daemon's loop: evaluate the sensor, execute the archive runs it asks for."""
-    job = defs.resolve_job_def("archive_spine_runs")
+    """The daemon's loop: evaluate the sensor, execute the runs it asks for, until all are
+    archived and the sensor asks for nothing more (the audit database has caught up)."""
     cursor, ticks, runs = None, 0, []
     deadline = time.monotonic() + 300
     while True:
@@ -108,13 +108,13 @@ def _drive(defs: dg.Definitions, instance: dg.DagsterInstance, store: Any, ids: 
         for request in tick.dynamic_partitions_requests or []:
             instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
         for request in tick.run_requests or []:
-            result = job.execute_in_process(
+            result = defs.resolve_job_def(request.job_name).execute_in_process(
                 run_config=request.run_config, instance=instance, raise_on_error=False
             )
             runs.append(result.success)
         log = ManifestLog(store)
         log.refresh()
-        if ids <= set(log.committed_runs):
+        if ids <= set(log.committed_runs) and not tick.run_requests:
             return ticks, runs
         assert time.monotonic() < deadline, f"not archived: {ids - set(log.committed_runs)}"
         time.sleep(0.2)
