@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -180,6 +181,10 @@ class TickReport:
     committed_seq: int = 0  # the newest committed manifest (for the audit refresh)
 
 
+class StorageTimeout(RuntimeError):
+    """The archive store did not answer within the tick's budget (the tick fails, cursor kept)."""
+
+
 class InFlightSource:
     """In-flight runs from the ledger and manifest log, cached between ticks.
 
@@ -192,8 +197,13 @@ class InFlightSource:
         self.ledger = ledger
         self.log = log
         self._abandoned: set[str] = set()
+        self._lock = threading.Lock()  # one reader of the caches at a time
 
     def load(self, now: datetime) -> dict[str, TrackedRun]:
+        with self._lock:
+            return self._load(now)
+
+    def _load(self, now: datetime) -> dict[str, TrackedRun]:
         self.log.refresh()
         self._abandoned = self.ledger.abandoned()
         since: date = (now - ABANDON_AFTER - timedelta(days=1)).date()
@@ -202,6 +212,36 @@ class InFlightSource:
             for t in self.ledger.tracked(since=since)
             if t.run_id not in self.log.committed_runs and t.run_id not in self._abandoned
         }
+
+    def load_within(self, now: datetime, seconds: float) -> dict[str, TrackedRun]:
+        """`load`, but give up after `seconds`: a store that hangs or retries must not hold
+        the tick past its budget. The read goes on in the background and fills the caches
+        for the next tick (which waits for it, within its own budget)."""
+        done: dict[str, object] = {}
+
+        def read() -> None:
+            try:
+                done["value"] = self._load(now)
+            except BaseException as exc:  # handed to the tick below
+                done["error"] = exc
+            finally:
+                self._lock.release()
+
+        if not self._lock.acquire(timeout=max(0.0, seconds)):
+            raise StorageTimeout(
+                f"archive store: the previous tick's read is still running after {seconds:.0f}s"
+            )
+        worker = threading.Thread(target=read, name="spine-inflight-read", daemon=True)
+        worker.start()
+        worker.join(max(0.0, seconds))
+        if worker.is_alive():
+            raise StorageTimeout(
+                f"archive store did not answer within {seconds:.0f}s (ledger and manifest "
+                "reads); this tick is skipped and its cursor kept"
+            )
+        if "error" in done:
+            raise done["error"]  # type: ignore[misc]
+        return done["value"]  # type: ignore[return-value]
 
 
 def run_tick(
@@ -213,11 +253,15 @@ def run_tick(
     concurrency: int = 64,
     clock: Callable[[], float] = time.time,
 ) -> TickReport:
-    """Poll what is due within the budget; return runs to archive and the next cursor."""
+    """Poll what is due within the budget; return runs to archive and the next cursor.
+
+    The budget bounds the whole tick: reading the ledger and manifests (`StorageTimeout` if
+    the store does not answer in time) and then polling, which stops at the deadline.
+    """
     started = time.monotonic()
     deadline = started + max(1.0, budget_seconds - 2.0)  # keep a margin for the caller
     now_dt = datetime.fromtimestamp(clock(), UTC)
-    tracked = source.load(now_dt)
+    tracked = source.load_within(now_dt, deadline - time.monotonic())
     plan = PollPlan.loads(cursor)
     plan.sync(set(tracked))
 

@@ -76,3 +76,52 @@ def test_cursor_round_trip_and_garbage_recovery():
         recovered = PollPlan.loads(garbage)
         assert recovered.recovered and recovered.runs == {}
     assert PollPlan.loads(None).runs == {} and not PollPlan.loads(None).recovered
+
+
+class _HangingStore:
+    """A real local store whose listings hang while `gate` is closed (a store that hangs)."""
+
+    def __init__(self, store, gate):
+        self._store = store
+        self._gate = gate
+        self.uri = store.uri
+
+    def list(self, prefix=""):
+        self._gate.wait()
+        return self._store.list(prefix)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def test_a_hanging_store_fails_the_tick_within_its_budget_and_loses_nothing(tmp_path, simulator):
+    import threading
+
+    import pytest
+
+    from spine_pipeline.archive.ledger import Ledger
+    from spine_pipeline.archive.manifest import ManifestLog
+    from spine_pipeline.archive.store import open_store
+    from spine_pipeline.polling import InFlightSource, StorageTimeout, run_tick
+    from spine_pipeline.spine import AsyncSpineClient, SpineClient
+
+    store = open_store(str(tmp_path / "archive"))
+    with SpineClient(api_key=simulator.api_key, base_url=simulator.base_url) as client:
+        run_id = client.create_run("[scenario:completed] tracked while the store hangs").run_id
+    Ledger(store).track(run_id)
+    gate = threading.Event()
+    hanging = _HangingStore(store, gate)
+    source = InFlightSource(Ledger(hanging), ManifestLog(hanging))
+
+    def factory():
+        return AsyncSpineClient(api_key=simulator.api_key, base_url=simulator.base_url)
+
+    with pytest.raises(StorageTimeout, match="did not answer within"):
+        run_tick(source, factory, None, budget_seconds=3.0)
+    # The first tick's read still hangs: the next tick gives up too instead of piling up.
+    with pytest.raises(StorageTimeout, match="previous tick's read is still running"):
+        run_tick(source, factory, None, budget_seconds=3.0)
+    gate.set()  # the store answers again: the next tick finds the run, nothing was lost
+    report = run_tick(source, factory, None, budget_seconds=30.0)
+    assert set(report.tracked) == {run_id}
+    assert report.polled == 1
