@@ -5,7 +5,11 @@ VENV_STAMP := .venv/.synced
 PYTEST_ARGS ?=
 PY_DIRS := spine_pipeline spine_pipeline_tests benchmarks
 
-.PHONY: demo test dev bench lint fmt soak clean
+.PHONY: demo test dev bench lint fmt soak clean test-deps
+
+# Debian's chromium renders the HTML credit report in the audit tests; installed on first
+# `make test` (needs root and the Debian mirror, as on these machines and in CI).
+CHROMIUM := /usr/bin/chromium
 
 $(VENV_STAMP): pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -15,7 +19,11 @@ $(VENV_STAMP): pyproject.toml uv.lock
 demo: $(VENV_STAMP)  ## the main job on the embedded simulator
 	$(UV) run --frozen spine-pipeline demo
 
-test: $(VENV_STAMP)  ## the whole test suite (pytest exit 5, no tests, fails too)
+test-deps:
+	@test -x $(CHROMIUM) || { echo "installing Debian's chromium for the report test" >&2; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+
+test: $(VENV_STAMP) test-deps  ## the whole test suite (pytest exit 5, no tests, fails too)
 	@$(UV) run --frozen pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; fi; \
 	exit $$rc

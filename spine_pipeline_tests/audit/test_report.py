@@ -95,7 +95,7 @@ def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
 
 def test_html_report_renders_in_headless_chromium(world: World, tmp_path: Path) -> None:
     assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), (
-        "chromium is missing: .ci/run installs Debian's chromium package"
+        "chromium is missing: `make test` installs Debian's chromium package"
     )
     out = tmp_path / "report.html"
     env = {"SPINE_AUDIT_DB": str(world.db), "SPINE_CREDIT_BUDGET_DAILY": "1500"}
