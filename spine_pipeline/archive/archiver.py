@@ -26,6 +26,7 @@ from spine_pipeline.archive.fetch import (
     TransientFetchError,
     fetch_canvas,
     fetch_run,
+    get_lean_run,
     raw_doc,
     terminal_time,
 )
@@ -191,7 +192,7 @@ class Archiver:
         for ref in run.artifacts:
             artifacts.append(
                 await download_artifact(
-                    client, self.store, ref, lambda: client.get_run(req.run_id), workdir
+                    client, self.store, ref, lambda: get_lean_run(client, req.run_id), workdir
                 )
             )
         return FetchedRun(

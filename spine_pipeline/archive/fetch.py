@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from spine_pipeline.archive.records import RawDoc
 from spine_pipeline.spine import (
@@ -24,9 +24,13 @@ from spine_pipeline.spine import (
     SpineAPIError,
 )
 from spine_pipeline.spine.envelope import ApiResponse
+from spine_pipeline.spine.rawjson import BigString
 
 T = TypeVar("T")
 MALFORMED_ATTEMPTS = 5
+# Members whose string values may be huge and that the archiver never reads through a typed
+# view: in `lean_run` they stay BigStrings, every other string is materialised (exact view).
+_BIG_TEXT_KEYS = frozenset({"final_output", "prompt", "agent_instructions", "error", "content"})
 
 
 class NotTerminalError(Exception):
@@ -54,11 +58,68 @@ def raw_doc(response: ApiResponse) -> RawDoc:
 
     For a valid UTF-8 body the client has already sliced the exact `data` text and parsed
     it; reusing both avoids decoding and parsing the body a second time (three more copies
-    of a 20 MiB block held at once). Invalid UTF-8 needs the original bytes: re-split.
+    of a 20 MiB block held at once). A body with big strings is taken in its lean form (the
+    big strings stay in the body). Invalid UTF-8 otherwise needs the original bytes: re-split.
     """
+    if response.bigs:
+        return RawDoc(
+            text=response.lean_text,
+            value=response.lean_data,
+            raw_bytes=response.lean_original,
+            bigs=response.bigs,
+        )
     if response.utf8_valid:
         return RawDoc(text=response.data_text, value=response.data)
     return RawDoc.from_envelope(response.body)
+
+
+def _materialised(value: Any) -> Any:
+    """A copy of a lean value with its BigStrings as str, except under `_BIG_TEXT_KEYS`."""
+    root: list[Any] = [None]
+    stack: list[tuple[Any, Any, Any]] = [(value, root, 0)]
+    while stack:  # explicit stack: payloads can be nested beyond the recursion limit
+        src, dest, key = stack.pop()
+        new: Any
+        if isinstance(src, dict):
+            new = {}
+            for k, v in src.items():
+                if isinstance(v, BigString) and k in _BIG_TEXT_KEYS:
+                    new[k] = v
+                else:
+                    new[k] = None
+                    stack.append((v, new, k))
+        elif isinstance(src, list):
+            new = [None] * len(src)
+            stack.extend((v, new, i) for i, v in enumerate(src))
+        elif isinstance(src, BigString):
+            new = src.text()
+        else:
+            new = src
+        dest[key] = new
+    return root[0]
+
+
+def lean_run(run: Run) -> Run:
+    """The run as the archiver reads it: a typed view that never materialises a big text.
+
+    `Run.data` would turn a 20 MiB `final_output` into a Python str; the archiver only reads
+    status, canvas_id, duration_ms and the artifact references, so its view is built over the
+    lean value (with every other big string materialised, so what it reads is exact).
+    """
+    response = run.response
+    if not response.bigs:
+        return run
+    return Run(response.viewing(_materialised(response.lean_data)))
+
+
+async def get_lean_run(client: AsyncSpineClient, run_id: str) -> Run:
+    """GET the run again (fresh pre-signed URLs), viewed like `fetch_run` views it."""
+    return lean_run(await client.get_run(run_id))
+
+
+def verbatim_doc(body: bytes) -> RawDoc:
+    """A response body that is not the JSON envelope, kept as Spine sent it (nothing derived)."""
+    return RawDoc.verbatim_body(body)
 
 
 def _persistent(exc: SpineAPIError) -> bool:
@@ -70,11 +131,11 @@ def _persistent(exc: SpineAPIError) -> bool:
 async def fetch_run(client: AsyncSpineClient, run_id: str) -> Run:
     """GET the run; raises NotTerminalError or TransientFetchError when it can't be archived."""
     try:
-        run = await _patiently(lambda: client.get_run(run_id))
+        run = lean_run(await _patiently(lambda: client.get_run(run_id)))
     except NotFoundError:
         raise
     except MalformedResponseError as exc:
-        raise TransientFetchError(f"run {run_id}: {exc.message}") from None
+        raise TransientFetchError(f"run {run_id}: {exc.message} (HTTP {exc.status_code})") from None
     except SpineAPIError as exc:
         if _persistent(exc):
             raise
@@ -87,7 +148,11 @@ async def fetch_run(client: AsyncSpineClient, run_id: str) -> Run:
 async def fetch_canvas(
     client: AsyncSpineClient, canvas_id: str | None
 ) -> tuple[RawDoc | None, RawDoc | None, list[str]]:
-    """DAG and task tree of a canvas, with persistent failures recorded as fetch errors."""
+    """DAG and task tree of a canvas, with persistent failures recorded as fetch errors.
+
+    A body that stays unreadable (not the JSON envelope after `MALFORMED_ATTEMPTS` reads) is
+    kept verbatim: an auditor can see exactly what Spine sent, and nothing is derived from it.
+    """
     if not canvas_id:
         return None, None, ["canvas: the run has no canvas_id"]
     errors: list[str] = []
@@ -96,6 +161,14 @@ async def fetch_canvas(
         try:
             response = await _patiently(lambda call=call: call(canvas_id))
             docs.append(raw_doc(response.response))
+        except MalformedResponseError as exc:
+            error = f"{part}: {exc.message} (HTTP {exc.status_code})"
+            if exc.raw_body is None:
+                docs.append(None)
+            else:
+                docs.append(verbatim_doc(exc.raw_body))
+                error += f"; body archived verbatim in {part}_raw_json"
+            errors.append(error)
         except SpineAPIError as exc:
             if not _persistent(exc):
                 raise TransientFetchError(f"{part} of canvas {canvas_id}: {exc}") from None

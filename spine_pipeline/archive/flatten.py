@@ -14,6 +14,12 @@ the members deliberately left out. What is left out, and why:
 Hostile input never raises: wrong types become nulls (the raw stays in `raw_json`), odd shapes
 are flattened best-effort, invalid JSON is kept verbatim and reported in `runs.fetch_errors`,
 and trees of any depth are walked with an explicit stack.
+
+Big strings (documents with `RawDoc.bigs`) never become Python strs on the way to Arrow: a
+row whose text contains one is built as UTF-8 bytes (a zero-copy view of the response body
+when nothing was cut out of it), a big `content` is decoded to bytes chunkwise and hashed from
+them, and such values go into their own zero-copy Arrow chunks. Small documents, the common
+case, take the ordinary str path (the `big` branches are never entered for them).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import struct
 from bisect import bisect_left
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -32,7 +39,7 @@ import pyarrow as pa
 
 from spine_pipeline.archive.records import BatchContext, FetchedRun, RawDoc
 from spine_pipeline.archive.schemas import TABLES
-from spine_pipeline.spine.rawjson import Span, dumps_iterative, parse_json
+from spine_pipeline.spine.rawjson import BigString, Span, dumps_iterative, parse_json
 
 __all__ = [
     "CANVAS_URL",
@@ -57,13 +64,27 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _JSON_STR = r'"(?:[^"\\]|\\.)*"'
 _BAD_DOWNLOAD_URL = re.compile(r'("download_url"\s*:\s*)' + _JSON_STR)
 _BAD_URL = re.compile(r'("url"\s*:\s*")((?:[^"\\]|\\.)*)(")')
+# A large_string/large_binary value at least this long gets its own zero-copy Arrow chunk.
+_ZERO_COPY_BYTES = 1 << 16
+Buffer = bytes | bytearray | memoryview
+_BUFFERS = (bytes, bytearray, memoryview)
 
 
 # --------------------------------------------------------------------------- small helpers
 
 
 def _str(v: Any) -> str | None:
-    return v if isinstance(v, str) else None
+    """A string value as str (a BigString is materialised: only small columns use this)."""
+    if isinstance(v, str):
+        return v
+    return v.text() if isinstance(v, BigString) else None
+
+
+def _text(v: Any) -> str | Buffer | None:
+    """A string value for a large_string column: a BigString stays bytes (its UTF-8 value)."""
+    if isinstance(v, str):
+        return v
+    return v.utf8() if isinstance(v, BigString) else None
 
 
 def _int(v: Any) -> int | None:
@@ -77,8 +98,8 @@ def _bool(v: Any) -> bool | None:
 
 def _first(*values: Any) -> str | None:
     for v in values:
-        if isinstance(v, str):
-            return v
+        if isinstance(v, str | BigString):
+            return _str(v)
     return None
 
 
@@ -138,6 +159,8 @@ def _redact_unparsed(text: str) -> str:
 
 
 def _unparsed_row(raw: RawDoc) -> tuple[str, bytes | None]:
+    if raw.bigs:  # cannot come from the API (its bodies are parsed); hand-built documents
+        raw = RawDoc.verbatim_body(raw.original_bytes())
     text = _redact_unparsed(raw.text)
     if raw.raw_bytes is None:
         return text, None
@@ -152,17 +175,21 @@ def _encode_original(s: str) -> bytes:
         return s.encode("utf-8", "surrogatepass")
 
 
+def _default(value: Any) -> Any:
+    return value.text() if isinstance(value, BigString) else str(value)
+
+
 def _dumps(value: Any) -> str:
     """Compact JSON of an already-parsed value (used only where no source text exists)."""
     try:
-        s = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+        s = json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_default)
     except RecursionError:
         s = dumps_iterative(value)
     except ValueError:  # circular structure: not JSON-derived, keep a readable trace
         s = json.dumps(repr(value), ensure_ascii=False)
     if _SURROGATE.search(s):  # lone surrogates: escape them so the text stays exact
         try:
-            s = json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=str)
+            s = json.dumps(value, ensure_ascii=True, separators=(",", ":"), default=_default)
         except (RecursionError, ValueError):
             s = _clean(s)
     return s
@@ -210,10 +237,12 @@ class _Doc:
     def __init__(self, raw: RawDoc) -> None:
         self.raw = raw
         self.text = raw.text
-        self.value, self.span = parse_json(raw.text)
+        self.value, self.span = parse_json(raw.text, bigs=raw.big_map if raw.bigs else None)
         self._removed: dict[int, tuple[Span, set[int]]] = {}
         self._starts: list[int] = []
         self._dels: list[tuple[int, int]] = []
+        self._big_at = [pos for pos, _ in raw.bigs]
+        self._bigs = [big for _, big in raw.bigs]
 
     def remove(self, obj: Span, index: int) -> None:
         """Leave member `index` of object `obj` out of every row text that contains it."""
@@ -239,11 +268,12 @@ class _Doc:
         self._dels = dels
         self._starts = [a for a, _ in dels]
 
-    def extract(self, start: int, end: int) -> tuple[str, bytes | None]:
+    def extract(self, start: int, end: int) -> tuple[str | Buffer, bytes | None]:
         """Text of [start, end) minus deletions inside it, and the original bytes if they differ.
 
         Deletions nest (a removed array contains removed members); after applying one, the
-        search jumps past its end, so each row costs only its own size.
+        search jumps past its end, so each row costs only its own size. A range holding a big
+        string comes back as UTF-8 bytes (see `_extract_big`).
         """
         pieces: list[tuple[int, int]] = []
         cur = start
@@ -256,6 +286,10 @@ class _Doc:
             cur = b
             i = bisect_left(self._starts, b, i)
         pieces.append((cur, end))
+        if self._big_at:
+            j = bisect_left(self._big_at, start)
+            if j < len(self._big_at) and self._big_at[j] < end:
+                return self._extract_big(pieces, j)
         text = self.text
         out = text[start:end] if len(pieces) == 1 else "".join(text[a:b] for a, b in pieces)
         if self.raw.raw_bytes is None:
@@ -264,18 +298,62 @@ class _Doc:
         original = "".join(orig[a:b] for a, b in pieces)
         return out, None if original == out else _encode_original(original)
 
-    def extract_span(self, sp: Span | None) -> tuple[str | None, bytes | None]:
+    def _extract_big(self, pieces: list[tuple[int, int]], j: int) -> tuple[Buffer, bytes | None]:
+        """`extract` of pieces holding big strings: UTF-8 bytes, never a str of the whole row.
+
+        Uncut text with valid UTF-8 is a zero-copy view of the response body (the lean text
+        maps onto it piece by piece); otherwise the pieces are joined once.
+        """
+        text = self.text
+        orig = self.raw.original_text if self.raw.raw_bytes is not None else None
+        out: list[Buffer] = []
+        original: list[Buffer] = []
+        lossy = False
+        first: BigString | None = None
+        at, bigs = self._big_at, self._bigs
+
+        def segment(a: int, b: int) -> None:
+            nonlocal lossy
+            piece = text[a:b]
+            encoded = piece.encode("utf-8")
+            out.append(encoded)
+            if orig is not None and orig[a:b] != piece:
+                lossy = True
+                original.append(_encode_original(orig[a:b]))
+            else:
+                original.append(encoded)
+
+        for a, b in pieces:
+            cur = a
+            while j < len(at) and at[j] < b:
+                if at[j] >= a:  # placeholders inside a deleted range are skipped
+                    big = bigs[j]
+                    first = first or big
+                    segment(cur, at[j])
+                    out.append(big.lossy_literal())
+                    original.append(big.literal)
+                    lossy = lossy or not big.utf8_valid
+                    cur = at[j] + 2
+                j += 1
+            segment(cur, b)
+        if first is not None and len(pieces) == 1 and not lossy:
+            size = sum(len(p) for p in out)
+            offset = first.start - len(out[0])
+            return memoryview(first.source)[offset : offset + size], None
+        return b"".join(out), b"".join(original) if lossy else None
+
+    def extract_span(self, sp: Span | None) -> tuple[str | Buffer | None, bytes | None]:
         if sp is None:
             return None, None
         return self.extract(sp.start, sp.end)
 
-    def extract_all(self) -> tuple[str, bytes | None]:
+    def extract_all(self) -> tuple[str | Buffer, bytes | None]:
         """The whole text (surrounding whitespace included) minus deletions."""
         return self.extract(0, len(self.text))
 
 
 def _load(raw: RawDoc | None, label: str, errors: list[str]) -> _Doc | None:
-    if raw is None:
+    if raw is None or raw.verbatim:  # a verbatim body: its fetch error already says so
         return None
     try:
         return _Doc(raw)
@@ -304,11 +382,12 @@ class _Cols:
             values.append(row.get(name))
         self.n += 1
 
-    def build(self, const: dict[str, Any]) -> pa.Table:
-        arrays = []
+    def build(self, const: dict[str, Any], big: bool = False) -> pa.Table:
+        """The Arrow table; `big` when a document had big strings (bytes values to expect)."""
+        arrays: list[pa.Array | pa.ChunkedArray] = []
         for f in self.schema:
             values = [const[f.name]] * self.n if f.name in const else self.cols[f.name]
-            arrays.append(_array(values, f.type))
+            arrays.append(_big_array(values, f.type) if big else _array(values, f.type))
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
 
@@ -326,19 +405,57 @@ def _array(values: list[Any], type_: pa.DataType) -> pa.Array:
         return pa.array(values, type=type_)
 
 
+def _one_value(value: Buffer, type_: pa.DataType) -> pa.Array:
+    """A one-value array over `value`'s memory (no copy); string values are UTF-8-checked."""
+    offsets = pa.py_buffer(struct.pack("<2q", 0, memoryview(value).nbytes))
+    array = pa.Array.from_buffers(type_, 1, [None, offsets, pa.py_buffer(value)])
+    if pa.types.is_large_string(type_):
+        array.validate(full=True)
+    return array
+
+
+def _big_array(values: list[Any], type_: pa.DataType) -> pa.Array | pa.ChunkedArray:
+    """`_array` for columns that may hold bytes values: big ones become zero-copy chunks."""
+    if not (pa.types.is_large_string(type_) or pa.types.is_large_binary(type_)):
+        return _array(values, type_)
+    chunks: list[pa.Array] = []
+    run: list[Any] = []
+    for v in values:
+        if isinstance(v, _BUFFERS) and memoryview(v).nbytes >= _ZERO_COPY_BYTES:
+            if run:
+                chunks.append(_array(run, type_))
+                run = []
+            chunks.append(_one_value(v, type_))
+        else:
+            run.append(bytes(v) if isinstance(v, bytearray | memoryview) else v)
+    if not chunks:
+        return _array(run, type_)
+    if run:
+        chunks.append(_array(run, type_))
+    return pa.chunked_array(chunks, type=type_)
+
+
 def _source_fields(el: Any) -> tuple[str | None, str | None]:
     """Best-effort (url, title) of one `sources` element."""
     if isinstance(el, dict):
         url = _first(*(el.get(k) for k in SOURCE_URL_KEYS))
         title = _first(*(el.get(k) for k in SOURCE_TITLE_KEYS))
         return url, title
-    if isinstance(el, str) and _URLISH.fullmatch(el):
-        return el, None
+    if isinstance(el, str | BigString):
+        text = _str(el)
+        if text is not None and _URLISH.fullmatch(text):
+            return text, None
     return None, None
 
 
-def _content_fields(content: Any) -> tuple[str | None, int | None, str | None]:
-    """(content, UTF-8 length, sha256 hex) of a string content; nulls otherwise."""
+def _content_fields(content: Any) -> tuple[str | Buffer | None, int | None, str | None]:
+    """(content, UTF-8 length, sha256 hex) of a string content; nulls otherwise.
+
+    A big content stays UTF-8 bytes: decoded once, hashed and stored from the same buffer.
+    """
+    if isinstance(content, BigString):
+        data = content.utf8()
+        return data, memoryview(data).nbytes, hashlib.sha256(data).hexdigest()
     if not isinstance(content, str):
         return None, None, None
     try:
@@ -357,7 +474,7 @@ def _artifact_ids(run_value: dict[str, Any], run: FetchedRun) -> set[str]:
         arts = holder.get("artifacts")
         if isinstance(arts, list):
             ids.update(
-                a["id"] for a in arts if isinstance(a, dict) and isinstance(a.get("id"), str)
+                i for i in (_str(a.get("id")) for a in arts if isinstance(a, dict)) if i is not None
             )
     return ids
 
@@ -506,7 +623,7 @@ def _flatten_errors(doc: _Doc, errors: _Cols) -> None:
         text, raw = doc.extract(esp.start, esp.end)
         errors.add(
             idx=idx,
-            error=el if isinstance(el, str) else _str(e.get("error")),
+            error=_text(el) if isinstance(el, str | BigString) else _text(e.get("error")),
             block_id=_str(e.get("block_id")),
             block_type=_str(e.get("block_type")),
             recoverable=_bool(e.get("recoverable")),
@@ -584,13 +701,13 @@ def flatten_run(run: FetchedRun, ctx: BatchContext) -> dict[str, pa.Table]:
         canvas_name=_str(dv.get("canvas_name")),
         canvas_url=None if canvas_id is None else CANVAS_URL.format(quote(_clean(canvas_id), "")),
         status=_str(rv.get("status")),
-        prompt=_str(rv.get("prompt")),
+        prompt=_text(rv.get("prompt")),
         template=_str(rv.get("template")),
         template_used=_str(meta.get("template_used")),
         models_used=[_str(m) for m in models] if isinstance(models, list) else None,
         credits_consumed=_int(meta.get("credits_consumed")),
         duration_ms=_int(rv.get("duration_ms")),
-        final_output=_str(final_output),
+        final_output=_text(final_output),
         error_count=t["run_errors"].n,
         block_count=t["blocks"].n,
         artifact_count=t["artifacts"].n,
@@ -601,7 +718,7 @@ def flatten_run(run: FetchedRun, ctx: BatchContext) -> dict[str, pa.Table]:
         terminal_at=_utc(run.terminal_at),
         raw_json=raw_json,
         raw_bytes=raw_bytes,
-        agent_instructions=_str(rv.get("agent_instructions")),
+        agent_instructions=_text(rv.get("agent_instructions")),
         blocks_json=blocks_json,
         progress_json=progress_json,
         fetch_errors=problems,
@@ -617,8 +734,9 @@ def flatten_run(run: FetchedRun, ctx: BatchContext) -> dict[str, pa.Table]:
         "batch_id": ctx.batch_id,
         "archived_at": _utc(ctx.archived_at),
     }
+    big = any(d is not None and d.bigs for d in (run.run, run.dag, run.tasks))
     return {
-        name: cols.build({k: v for k, v in const.items() if k in cols.names})
+        name: cols.build({k: v for k, v in const.items() if k in cols.names}, big)
         for name, cols in t.items()
     }
 

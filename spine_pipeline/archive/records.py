@@ -16,6 +16,11 @@ Two hostile-input problems are solved here, once, for every consumer:
   byte with U+FFFD (one per byte, so character offsets match the original) and `RawDoc.raw_bytes`
   keeps the exact original bytes. Flattening maps row spans back onto those bytes (`raw_bytes`
   columns), so nothing is lost.
+
+A third one is size: a document with string values of `rawjson.BIG_STRING_BYTES` or more (a
+20 MiB block) is held *lean* (`RawDoc.bigs`): `text` has `""` in place of each big literal, and
+the literal stays in the response body as a `BigString`, decoded to UTF-8 bytes only when a
+column needs it. Small documents, the common case, take the ordinary path unchanged.
 """
 
 from __future__ import annotations
@@ -26,13 +31,24 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any
 
-from spine_pipeline.spine.rawjson import Span, json_error, parse_json, parse_key, skip_ws
+from spine_pipeline.spine import rawjson
+from spine_pipeline.spine.rawjson import (
+    BigString,
+    LeanText,
+    Span,
+    json_error,
+    mask_big_strings,
+    parse_json,
+    parse_key,
+    skip_ws,
+)
 from spine_pipeline.spine.rawjson import loads as _loads
 from spine_pipeline.spine.rawjson import scan_value as _scan_value
 
 __all__ = [
     "ArtifactOutcome",
     "BatchContext",
+    "BigString",
     "FetchedRun",
     "RawDoc",
     "Span",
@@ -76,6 +92,23 @@ def _normalise(data: str | bytes | bytearray | memoryview) -> tuple[str, bytes |
         return _lossy_decode(raw), raw
 
 
+def _lean(data: str | bytes | bytearray | memoryview) -> LeanText | None:
+    """The lean form of a document with big string values, or None (the common case)."""
+    limit = rawjson.BIG_STRING_BYTES
+    if isinstance(data, str):
+        if 4 * len(data) < limit:  # a character is at most 4 UTF-8 bytes
+            return None
+        try:
+            raw = data.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = _encode_original(data)
+    else:
+        if len(data) < limit:
+            return None
+        raw = data if isinstance(data, bytes) else bytes(data)
+    return mask_big_strings(raw, limit)
+
+
 @dataclass(frozen=True, repr=False)
 class RawDoc:
     """One API response's `data` value: its exact JSON text and the parsed value.
@@ -84,12 +117,18 @@ class RawDoc:
     convenience and is not part of equality or hashing. `raw_bytes` is set only when the
     response was not valid UTF-8: then `text` has U+FFFD for each invalid byte and `raw_bytes`
     holds the exact bytes (same character offsets after a surrogateescape decode).
-    Build instances with `parse` or `from_envelope` rather than by hand.
+    `bigs` is set for a lean document: each entry is the offset in `text` of a `""` that
+    stands for a big string literal, and the BigString (`value` holds the BigStrings too).
+    `verbatim` marks a whole response body that was not the JSON envelope (`verbatim_body`):
+    it is archived as text and nothing is derived from it.
+    Build instances with `parse`, `from_envelope` or `verbatim_body` rather than by hand.
     """
 
     text: str
     value: Any = field(compare=False)
     raw_bytes: bytes | None = None
+    bigs: tuple[tuple[int, BigString], ...] = ()
+    verbatim: bool = False
 
     def __post_init__(self) -> None:
         # Safety net for hand-built instances: Arrow cannot hold lone surrogates.
@@ -100,10 +139,14 @@ class RawDoc:
                 object.__setattr__(self, "raw_bytes", raw)
         elif len(self.raw_bytes.decode("utf-8", "surrogateescape")) != len(self.text):
             raise ValueError("RawDoc.raw_bytes does not correspond to RawDoc.text")
+        for pos, _ in self.bigs:
+            if self.text[pos : pos + 2] != '""':
+                raise ValueError("RawDoc.bigs do not correspond to RawDoc.text")
 
     def __repr__(self) -> str:
-        lossy = ", lossy" if self.raw_bytes is not None else ""
-        return f"RawDoc(<{len(self.text)} chars{lossy}>)"
+        lossy = ", lossy" if self.lossy else ""
+        big = f", {len(self.bigs)} big strings" if self.bigs else ""
+        return f"RawDoc(<{len(self.text)} chars{lossy}{big}>)"
 
     @classmethod
     def parse(cls, data: str | bytes | bytearray | memoryview) -> RawDoc:
@@ -112,8 +155,18 @@ class RawDoc:
         Raises `json.JSONDecodeError` (a `ValueError`) if it is not JSON; callers record that
         as a fetch error.
         """
+        lean = _lean(data)
+        if lean is not None:
+            value, _ = parse_json(lean.text, bigs=lean.big_map())
+            return cls(text=lean.text, value=value, raw_bytes=lean.original, bigs=lean.bigs)
         text, raw = _normalise(data)
         return cls(text=text, value=_loads(text), raw_bytes=raw)
+
+    @classmethod
+    def verbatim_body(cls, body: str | bytes | bytearray | memoryview) -> RawDoc:
+        """A response body kept as received because it is not a JSON envelope with `data`."""
+        text, raw = _normalise(body)
+        return cls(text=text, value=None, raw_bytes=raw, verbatim=True)
 
     @classmethod
     def from_envelope(cls, body: str | bytes | bytearray | memoryview) -> RawDoc:
@@ -130,14 +183,37 @@ class RawDoc:
             return self.text
         return self.raw_bytes.decode("utf-8", "surrogateescape")
 
+    @cached_property
+    def big_map(self) -> dict[int, BigString]:
+        """Placeholder offset -> BigString (empty for an ordinary document)."""
+        return dict(self.bigs)
+
     @property
     def lossy(self) -> bool:
         """True when `text` differs from the bytes received (invalid UTF-8 was replaced)."""
-        return self.raw_bytes is not None
+        return self.raw_bytes is not None or any(not b.utf8_valid for _, b in self.bigs)
 
     def original_bytes(self) -> bytes:
-        """The exact bytes received."""
-        return self.raw_bytes if self.raw_bytes is not None else self.text.encode("utf-8")
+        """The exact bytes received (big string literals put back)."""
+        if not self.bigs:
+            return self.raw_bytes if self.raw_bytes is not None else self.text.encode("utf-8")
+        return self._expand(self.original_text, lambda b: b.literal, "surrogateescape")
+
+    def expanded_text(self) -> str:
+        """The whole text with big strings put back as text: materialises them (odd cases)."""
+        if not self.bigs:
+            return self.text
+        return self._expand(self.text, lambda b: b.lossy_literal(), "strict").decode("utf-8")
+
+    def _expand(self, text: str, literal: Any, errors: str) -> bytes:
+        parts: list[Any] = []
+        prev = 0
+        for pos, big in self.bigs:
+            parts.append(text[prev:pos].encode("utf-8", errors))
+            parts.append(literal(big))
+            prev = pos + 2
+        parts.append(text[prev:].encode("utf-8", errors))
+        return b"".join(parts)
 
 
 def split_envelope(
@@ -148,6 +224,9 @@ def split_envelope(
     The data text and bytes are sliced from the body, never re-serialised. Raises `ValueError`
     if the body is not a JSON object.
     """
+    lean = _lean(body)
+    if lean is not None:
+        return _split_lean(lean)
     text, raw = _normalise(body)
     pos = skip_ws(text, 0)
     if pos >= len(text) or text[pos] != "{":
@@ -185,6 +264,21 @@ def split_envelope(
         if original != text[a:b]:
             data_raw = _encode_original(original)
     return out, RawDoc(text=text[a:b], value=data_value, raw_bytes=data_raw)
+
+
+def _split_lean(lean: LeanText) -> tuple[dict[str, Any], RawDoc | None]:
+    """`split_envelope` for a body with big strings: the envelope and the lean `data` RawDoc."""
+    value, span = parse_json(lean.text, bigs=lean.big_map())
+    if not isinstance(value, dict):
+        raise ValueError("Malformed response: expected a JSON object")
+    out = {k: v for k, v in value.items() if k != "data"}
+    data = span.last_member("data")
+    if data is None:
+        return out, None
+    piece = lean.slice(data.start, data.end)
+    return out, RawDoc(
+        text=piece.text, value=value["data"], raw_bytes=piece.original, bigs=piece.bigs
+    )
 
 
 @dataclass(frozen=True)

@@ -189,7 +189,9 @@ def _interpret(kind: RequestKind, request: httpx.Request, response: httpx.Respon
     except MalformedResponseError as exc:
         if kind is RequestKind.CREATE:
             raise SubmitOutcomeUnknownError(
-                f"submit outcome unknown: {exc.message}", cause=exc.message, request_id=request_id
+                f"submit outcome unknown: {exc.message} (HTTP {exc.status_code})",
+                cause=exc.message,
+                request_id=request_id,
             ) from None
         raise
     if kind is RequestKind.CREATE and not (

@@ -71,7 +71,25 @@ class ServerError(SpineAPIError):
 
 
 class MalformedResponseError(SpineAPIError):
-    """A 2xx whose body is not the documented envelope (not JSON, not an object)."""
+    """A 2xx whose body is not the documented envelope (not JSON, not an object).
+
+    `raw_body` is the exact body received, so an archive can keep what Spine sent; it is
+    never part of the message (which is redacted and short, like every message).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        request_id: str | None = None,
+        response_body: str | None = None,
+        raw_body: bytes | None = None,
+    ) -> None:
+        super().__init__(
+            message, status_code=status_code, request_id=request_id, response_body=response_body
+        )
+        self.raw_body = raw_body
 
 
 class SubmitOutcomeUnknownError(SpineError):
