@@ -64,12 +64,13 @@ def encode_table(name: str, table: pa.Table) -> EncodedFile:
 def _big_columns(table: pa.Table) -> set[str]:
     """Names of the large_string/large_binary columns holding a value of BIG_STRING_BYTES+."""
     limit = rawjson.BIG_STRING_BYTES
-    if table.nbytes < limit:
-        return set()
     out = set()
     for field, column in zip(table.schema, table.columns, strict=True):
         if not (pa.types.is_large_string(field.type) or pa.types.is_large_binary(field.type)):
             continue
-        if column.nbytes >= limit and (pc.max(pc.binary_length(column)).as_py() or 0) >= limit:
+        # Buffer sizes first (cheap; `Table.nbytes` took milliseconds on a 100-chunk table).
+        if column.get_total_buffer_size() < limit:
+            continue
+        if (pc.max(pc.binary_length(column)).as_py() or 0) >= limit:
             out.add(field.name)
     return out

@@ -4,10 +4,16 @@ import collections
 import hashlib
 import json
 
+import pyarrow as pa
 import pytest
 
+from spine_pipeline.archive.flatten import _redact_unparsed
 from spine_pipeline.archive.manifest import ManifestLog
+from spine_pipeline.archive.schemas import TABLES
 from spine_pipeline.archive.verify import verify_archive
+from spine_pipeline_tests.archive.conftest import ArchiveKit
+
+_EMPTY: pa.Table = TABLES["blocks"].empty_table()
 
 
 def _rows(table, **where):
@@ -210,6 +216,66 @@ def test_persistently_odd_runs_are_archived_with_their_errors(kit, scenario):
         arts = _rows(kit.tables()["artifacts"], run_id=run_id)
         assert any("size mismatch" in (a["download_error"] or "") for a in arts)
     assert verify_archive(kit.store).ok
+
+
+def test_a_dag_body_that_is_not_json_is_kept_verbatim_with_one_clear_error(kit):
+    # docs/archive-format.md: kept verbatim (redacted) in dag_raw_json; nothing derived.
+    run_id = kit.submit("[scenario:invalid-json] [scenario:completed] broken DAG")[0]
+    assert kit.archiver().archive([run_id]).outcomes[0].outcome == "archived"
+    tables = kit.tables()
+    run_row = _rows(tables["runs"], run_id=run_id)[0]
+    assert run_row["fetch_errors"] == [
+        "dag: Malformed response: expected a JSON object (HTTP 200); "
+        "body archived verbatim in dag_raw_json"
+    ]
+    truth = kit.sim.world.ground_truth(run_id)
+    body = truth.dag_body.decode("utf-8")
+    assert run_row["dag_raw_json"] == _redact_unparsed(body)
+    assert run_row["dag_raw_json"].endswith("<!-- upstream timeout -->")
+    assert "sig=" not in run_row["dag_raw_json"]  # signed node urls lost their query string
+    assert run_row["dag_raw_bytes"] is None  # the body was valid UTF-8
+    assert run_row["block_count"] == 0 and not _rows(tables.get("blocks", _EMPTY), run_id=run_id)
+    assert run_row["task_count"] == len(_rows(tables["tasks"], run_id=run_id)) > 0
+    assert run_row["final_output"] == truth.final_run["result"]["final_output"]
+    assert verify_archive(kit.store).ok
+
+
+def test_big_and_small_paths_archive_the_same_tables(simulator, tmp_path):
+    # The same simulator runs archived twice: once as usual, once with every string of 64
+    # bytes or more carried as a BigString (decoded 16 bytes at a time).
+    from spine_pipeline.spine import rawjson
+
+    prompts = [
+        "[scenario:odd-sources] [scenario:unknown-fields] [scenario:completed] shapes",
+        "[scenario:bad-utf8] [scenario:completed] bytes",
+        "[scenario:hostile-names] [scenario:partial] names",
+        "[scenario:duplicate-blocks] [scenario:completed] duplicates",
+        "[scenario:failed] failed",
+    ]
+    small = ArchiveKit(simulator, str(tmp_path / "small"))
+    ids = small.submit(*prompts)
+    assert all(o.outcome == "archived" for o in small.archiver().archive(ids).outcomes)
+    big = ArchiveKit(simulator, str(tmp_path / "big"))
+    saved = rawjson.BIG_STRING_BYTES, rawjson.CHUNK_BYTES
+    rawjson.BIG_STRING_BYTES, rawjson.CHUNK_BYTES = 64, 16
+    try:
+        assert all(o.outcome == "archived" for o in big.archiver().archive(ids).outcomes)
+    finally:
+        rawjson.BIG_STRING_BYTES, rawjson.CHUNK_BYTES = saved
+    varying = {"batch_id", "archived_at", "terminal_at", "downloaded_at"}
+
+    def stable(kit: ArchiveKit) -> dict[str, list[dict]]:
+        return {
+            name: sorted(
+                ({k: v for k, v in r.items() if k not in varying} for r in t.to_pylist()),
+                key=repr,
+            )
+            for name, t in kit.tables().items()
+        }
+
+    got, expected = stable(big), stable(small)
+    assert got == expected
+    assert any("\ufffd" in (b["content"] or "") for b in expected["blocks"])
 
 
 def test_hostile_names_never_escape_the_archive_root(kit, tmp_path_factory):

@@ -958,6 +958,30 @@ def test_invalid_json_doc_is_archived_verbatim_and_reported():
     assert r["status"] is None and t["blocks"].num_rows == 0
 
 
+def test_verbatim_body_is_archived_as_text_and_nothing_is_derived():
+    # A body that was not the envelope (fetch.verbatim_doc): even when it happens to be JSON
+    # shaped like a DAG, it is not data, so no rows come from it.
+    body = b'{"nodes": [{"id": "a", "url": "https://s/x?sig=1", "content": "caf\xe9"}]}'
+    error = "dag: Malformed response: expected a JSON object (HTTP 200); body archived verbatim"
+    fr = make_run(fetch_errors=[error])
+    fr = FetchedRun(
+        RUN_ID, fr.run, RawDoc.verbatim_body(body), fr.tasks, [], [error], None, None, T0
+    )
+    t = flatten_run(fr, CTX)
+    r = only(t, "runs")
+    assert r["fetch_errors"] == [error]
+    assert (
+        r["dag_raw_json"]
+        == '{"nodes": [{"id": "a", "url": "https://s/x", "content": "caf\ufffd"}]}'
+    )
+    assert (
+        r["dag_raw_bytes"]
+        == b'{"nodes": [{"id": "a", "url": "https://s/x", "content": "caf\xe9"}]}'
+    )
+    assert t["blocks"].num_rows == 0 and r["block_count"] == 0
+    assert t["tasks"].num_rows == 4  # the task tree was fine
+
+
 # ----------------------------------------------------------------------------- size / scale
 
 

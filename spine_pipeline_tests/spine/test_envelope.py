@@ -12,6 +12,7 @@ from spine_pipeline.spine import (
     RateLimitError,
     ServerError,
     SpineAPIError,
+    rawjson,
 )
 from spine_pipeline.spine.envelope import unwrap
 from spine_pipeline.spine.rawjson import dumps_iterative, loads
@@ -95,3 +96,38 @@ def test_server_echoing_a_key_is_redacted():
         unwrap(401, body, None)
     assert "sk_spine_live_abcdef123" not in str(info.value)
     assert "sk_spine_live_abcdef123" not in (info.value.response_body or "")
+
+
+def test_malformed_body_message_names_no_status_and_keeps_the_raw_body():
+    # The status is an attribute: callers that show it add "(HTTP 200)" once (fetch_errors
+    # used to read "... (HTTP 200) (HTTP 200)"). The text is spine-sdk's.
+    body = b'{"success":true,"data":{"nodes":[\n<!-- upstream timeout -->'
+    with pytest.raises(MalformedResponseError) as info:
+        unwrap(200, body, "rid")
+    assert info.value.message == "Malformed response: expected a JSON object"
+    assert info.value.status_code == 200
+    assert info.value.raw_body == body
+    assert str(info.value) == "Malformed response: expected a JSON object (request id rid)"
+
+
+def test_a_body_with_big_strings_is_lean_until_the_view_asks(monkeypatch):
+    monkeypatch.setattr(rawjson, "BIG_STRING_BYTES", 64)
+    monkeypatch.setattr(rawjson, "CHUNK_BYTES", 16)
+    content = 'caf\u00e9 \U0001f600 "quoted"\n' * 20
+    data_src = json.dumps({"id": "a", "content": content, "n": 1.50}, ensure_ascii=False)
+    body = ('{"success": true, "data": ' + data_src + "}").encode()
+    answer = unwrap(200, body, None)
+    assert len(answer.bigs) == 1 and answer.utf8_valid
+    assert answer.lean_text == '{"id": "a", "content": "", "n": 1.5}'
+    assert isinstance(answer.lean_data["content"], rawjson.BigString)
+    assert answer.data == json.loads(data_src) and answer.data_text == data_src
+    view = answer.viewing({"replaced": True})
+    assert view.data == {"replaced": True} and view.lean_data is answer.lean_data
+
+
+def test_big_invalid_utf8_body_is_lean_and_not_utf8_valid(monkeypatch):
+    monkeypatch.setattr(rawjson, "BIG_STRING_BYTES", 16)
+    body = b'{"success":true,"data":{"c":"' + b"x" * 40 + b'\xff end"}}'
+    answer = unwrap(200, body, None)
+    assert answer.bigs and not answer.utf8_valid
+    assert answer.data["c"] == "x" * 40 + "\ufffd end"
