@@ -4,7 +4,9 @@ Each repetition runs in a fresh child process: it imports everything, records it
 set size (the process baseline), archives the run with the real `Archiver` into a fresh
 archive, and reports its peak RSS (`VmHWM`, the kernel's high-water mark for this process
 image) minus the baseline. The simulator (another process) streams the 200 MB PNG
-without holding it.
+without holding it. One more child, not among the samples, runs under tracemalloc and
+reports the peak of Python-level allocations (`python_peak_mb`: what `str`/`bytes`/parsed
+values cost; Arrow and Parquet buffers are outside it), to tell the two kinds of memory apart.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import BENCH_DIR, ROOT, Result, Row, median, rss_mb, say
 from benchmarks.sim import SimProcess
@@ -35,8 +38,10 @@ def _hwm_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def _child(base_url: str, api_key: str, run_id: str, archive: str) -> None:
+def _child(base_url: str, api_key: str, run_id: str, archive: str, trace: str = "") -> None:
     """Archive one run in this process; print baseline and peak RSS as JSON."""
+    import tracemalloc
+
     from spine_pipeline.archive.archiver import Archiver
     from spine_pipeline.archive.store import open_store
     from spine_pipeline.spine import AsyncSpineClient
@@ -44,10 +49,13 @@ def _child(base_url: str, api_key: str, run_id: str, archive: str) -> None:
     store = open_store(archive)
     baseline = rss_mb()
     peak_before = _hwm_mb()
+    if trace:
+        tracemalloc.start()
     result = Archiver(store, lambda: AsyncSpineClient(api_key=api_key, base_url=base_url)).archive(
         [run_id]
     )
     peak = _hwm_mb()
+    python_peak = tracemalloc.get_traced_memory()[1] / (1 << 20) if trace else None
     outcome = result.outcomes[0]
     print(
         json.dumps(
@@ -55,12 +63,32 @@ def _child(base_url: str, api_key: str, run_id: str, archive: str) -> None:
                 "baseline_mb": baseline,
                 "peak_before_mb": peak_before,
                 "peak_mb": peak,
+                "python_peak_mb": python_peak,
                 "outcome": outcome.outcome,
                 "message": outcome.message,
                 "artifacts": outcome.artifact_count,
             }
         )
     )
+
+
+def _run_child(sim: SimProcess, run_id: str, work: Path, trace: bool = False) -> dict[str, Any]:
+    """One fresh child process archiving the run into a fresh archive; its JSON report."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    args = [sim.base_url, sim.api_key, run_id, str(work / "archive")] + (["trace"] if trace else [])
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.memory", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    doc: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if doc["outcome"] != "archived":
+        raise RuntimeError(f"memory run not archived: {doc}")
+    return doc
 
 
 def run(reps: int = 5, quick: bool = False) -> Result:
@@ -75,32 +103,14 @@ def run(reps: int = 5, quick: bool = False) -> Result:
         )
         sim.finish_all()
         for _ in range(reps):
-            if work.exists():
-                shutil.rmtree(work)
-            work.mkdir(parents=True)
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.memory",
-                    sim.base_url,
-                    sim.api_key,
-                    run_id,
-                    str(work / "archive"),
-                ],
-                capture_output=True,
-                text=True,
-                cwd=ROOT,
-                check=True,
-            )
-            doc = json.loads(out.stdout.strip().splitlines()[-1])
-            if doc["outcome"] != "archived":
-                raise RuntimeError(f"memory run not archived: {doc}")
+            doc = _run_child(sim, run_id, work)
             growth = doc["peak_mb"] - doc["baseline_mb"]
             samples.append(growth)
             result.facts["process_baseline_mb"] = round(doc["baseline_mb"], 1)
             result.facts["artifacts"] = doc["artifacts"]
             say(f"memory: peak {doc['peak_mb']:.0f} MB, baseline {doc['baseline_mb']:.0f} MB")
+        traced = _run_child(sim, run_id, work, trace=True)
+        result.facts["python_peak_mb"] = round(traced["python_peak_mb"], 1)
     result.facts["big_artifact_mb"] = big_mb
     result.facts["big_block_mib"] = 20
     result.rows.append(
@@ -119,7 +129,7 @@ def run(reps: int = 5, quick: bool = False) -> Result:
 
 
 if __name__ == "__main__":
-    _child(*sys.argv[1:5])
+    _child(*sys.argv[1:6])
 
 
 __all__ = ["Path", "run"]
