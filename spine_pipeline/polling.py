@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 from spine_pipeline.archive.ledger import Ledger, TrackedRun
-from spine_pipeline.archive.manifest import ManifestLog
+from spine_pipeline.archive.manifest import ManifestLog, manifest_key
 from spine_pipeline.spine import AsyncSpineClient
 from spine_pipeline.spine.poll import PollResult, poll_runs
 
@@ -204,6 +204,11 @@ class InFlightSource:
             return self._load(now)
 
     def _load(self, now: datetime) -> dict[str, TrackedRun]:
+        if self.log.last_seq and not self.log.store.exists(manifest_key(self.log.last_seq)):
+            # The archive root was replaced under this long-lived process (recreated, or
+            # restored from an older copy): the cached records describe another archive.
+            self.log = ManifestLog(self.log.store)
+            self.ledger = Ledger(self.ledger.store)
         self.log.refresh()
         self._abandoned = self.ledger.abandoned()
         since: date = (now - ABANDON_AFTER - timedelta(days=1)).date()

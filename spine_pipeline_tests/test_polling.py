@@ -125,3 +125,28 @@ def test_a_hanging_store_fails_the_tick_within_its_budget_and_loses_nothing(tmp_
     report = run_tick(source, factory, None, budget_seconds=30.0)
     assert set(report.tracked) == {run_id}
     assert report.polled == 1
+
+
+def test_a_replaced_archive_root_is_read_afresh(tmp_path):
+    """A long-lived code server whose archive root is recreated must not trust its caches."""
+    import shutil
+    from datetime import UTC, datetime
+
+    from spine_pipeline.archive.ledger import Ledger
+    from spine_pipeline.archive.manifest import Manifest, ManifestLog, RunEntry
+    from spine_pipeline.archive.store import open_store
+    from spine_pipeline.polling import InFlightSource
+
+    root = tmp_path / "archive"
+    store = open_store(str(root))
+    Ledger(store).track("run-a")
+    run = RunEntry("run-a", "completed", "2026-12-01", "2026-12-01T00:00:00Z")
+    draft = Manifest(0, "b1", "", None, "1", (run,), (), ())
+    assert ManifestLog(store).commit(draft) is not None
+    source = InFlightSource(Ledger(store), ManifestLog(store))
+
+    assert source.load(datetime.now(UTC)) == {}  # archived: not in flight
+    shutil.rmtree(root)
+    fresh = open_store(str(root))
+    Ledger(fresh).track("run-a")  # the same run, tracked again in the new, empty archive
+    assert set(source.load(datetime.now(UTC))) == {"run-a"}

@@ -71,7 +71,9 @@ class ArchiveResource(dg.ConfigurableResource):
 
     def in_flight_source(self) -> InFlightSource:
         """A cached reader of in-flight runs (ledger and manifest records are immutable)."""
-        return _SOURCES.setdefault(self.uri, _new_source(self.store()))
+        if self.uri not in _SOURCES:
+            _SOURCES[self.uri] = _new_source(self.store())
+        return _SOURCES[self.uri]
 
 
 _SOURCES: dict[str, InFlightSource] = {}
