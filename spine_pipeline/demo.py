@@ -49,9 +49,15 @@ class DemoReport:
 
 
 def prepare_dagster_home() -> Path:
-    """Use $DAGSTER_HOME, or a persistent `data/dagster_home` created on first use."""
+    """Use $DAGSTER_HOME, or a persistent `data/dagster_home` created on first use.
+
+    A directory created here is private (0700): Dagster's SQLite files inside take the
+    process umask, and run storage holds run configs (Spine run ids, request names).
+    """
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
-    home.mkdir(parents=True, exist_ok=True)
+    if not home.exists():
+        home.mkdir(parents=True, mode=0o700)
+        home.chmod(0o700)  # mkdir's mode is masked by the umask
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text(_INSTANCE_YAML)

@@ -320,3 +320,17 @@ def test_the_s3_resource_holds_no_secret(monkeypatch):
     resources = build_resources()
     assert resources["s3"].aws_secret_access_key is None
     assert "aws-canary-secret-for-resource-fields" not in repr(resources)
+
+
+def test_a_new_dagster_home_is_private_whatever_the_umask(tmp_path, monkeypatch):
+    from spine_pipeline.demo import prepare_dagster_home
+
+    home = tmp_path / "dagster_home"
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    old = os.umask(0)
+    try:
+        assert prepare_dagster_home() == home
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    assert (home / "dagster.yaml").exists()
