@@ -88,9 +88,13 @@ def configure_s3(con: duckdb.DuckDBPyConnection) -> None:
 
 @dataclass
 class _Snapshot:
-    """One published database file opened read-only, shared by this process's readers."""
+    """One published database file opened read-only, shared by this process's readers.
 
-    key: tuple[int, int]
+    Keyed by (st_dev, st_ino, stemmer): a snapshot opened with the fts extension (for
+    `audit_term` in ad-hoc SQL) and one without it are separate instances of the same file.
+    """
+
+    key: tuple[int, int, bool]
     base: duckdb.DuckDBPyConnection
     refs: int = 0
 
@@ -105,14 +109,17 @@ class _Registry:
 
     # Re-entrant: a finalizer (release) may run from garbage collection while it is held.
     lock: threading.RLock = field(default_factory=threading.RLock)
-    open: dict[tuple[int, int], _Snapshot] = field(default_factory=dict)
+    open: dict[tuple[int, int, bool], _Snapshot] = field(default_factory=dict)
 
     def in_use(self, key: tuple[int, int]) -> bool:
+        """Whether any reader of this process has the file (st_dev, st_ino) open."""
         with self.lock:
-            snap = self.open.get(key)
-            return snap is not None and snap.refs > 0
+            return any(
+                (snap := self.open.get((*key, stemmer))) is not None and snap.refs > 0
+                for stemmer in (False, True)
+            )
 
-    def release(self, key: tuple[int, int]) -> None:
+    def release(self, key: tuple[int, int, bool]) -> None:
         with self.lock:
             snap = self.open.get(key)
             if snap is None:
@@ -132,11 +139,12 @@ def file_key(path: str | os.PathLike[str]) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-def _open_snapshot(path: Path) -> _Snapshot:
+def _open_snapshot(path: Path, stemmer: bool) -> _Snapshot:
     base = duckdb.connect(":memory:")
     try:
         base.execute("SET TimeZone = 'UTC'")
-        load_extension(base, "fts")  # the search macros use its stemmer
+        if stemmer:  # `audit_term` uses its stemmer; loading it costs ~20 ms per open
+            load_extension(base, "fts")
         base.execute(f"ATTACH {sql_str(str(path))} AS {ATTACH_NAME} (READ_ONLY)")
         base.execute(f"USE {ATTACH_NAME}")
         base.execute("SET enable_external_access = false")
@@ -144,7 +152,7 @@ def _open_snapshot(path: Path) -> _Snapshot:
     except BaseException:
         base.close()
         raise
-    return _Snapshot(key=(0, 0), base=base)
+    return _Snapshot(key=(0, 0, stemmer), base=base)
 
 
 def _is_lock_error(exc: duckdb.Error) -> bool:
@@ -153,20 +161,25 @@ def _is_lock_error(exc: duckdb.Error) -> bool:
 
 
 def connect_readonly(
-    db_path: str | os.PathLike[str], *, wait_seconds: float = LOCK_RETRY_SECONDS
+    db_path: str | os.PathLike[str],
+    *,
+    wait_seconds: float = LOCK_RETRY_SECONDS,
+    stemmer: bool = True,
 ) -> duckdb.DuckDBPyConnection:
     """A sandboxed read-only connection to the latest published audit snapshot.
 
     It never writes, cannot read files or URLs, and cannot change its own settings. A
     refresh publishing meanwhile does not disturb it: it keeps reading the snapshot it
     opened. A lock conflict (only possible in a microsecond race with a publish) is retried
-    for `wait_seconds` against the newly published file.
+    for `wait_seconds` against the newly published file. `stemmer=False` skips loading the
+    fts extension (the `audit_term` macro then fails): the library's reports and search do
+    not need it in the reader, and it is most of the cost of opening a snapshot.
     """
     path = Path(db_path).absolute()
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
-            key = file_key(path)
+            key = (*file_key(path), stemmer)
         except FileNotFoundError:
             raise AuditError(
                 f"audit database {path} does not exist yet; run `spine-pipeline audit rebuild`"
@@ -177,14 +190,14 @@ def connect_readonly(
                 snap.refs += 1
                 return _cursor(snap)
         try:
-            fresh = _open_snapshot(path)
+            fresh = _open_snapshot(path, stemmer)
         except duckdb.Error as exc:
             if _is_lock_error(exc) and time.monotonic() < deadline:
                 time.sleep(0.05)
                 continue
             raise
         try:
-            same = file_key(path) == key
+            same = (*file_key(path), stemmer) == key
         except FileNotFoundError:
             same = False
         if not same:  # a publish happened between stat and attach: attach the new file
@@ -216,9 +229,11 @@ def _cursor(snap: _Snapshot) -> duckdb.DuckDBPyConnection:
 
 
 @contextmanager
-def reading(db_path: str | os.PathLike[str]) -> Iterator[duckdb.DuckDBPyConnection]:
+def reading(
+    db_path: str | os.PathLike[str], *, stemmer: bool = True
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """`with reading(db) as con:` closes the connection (and maybe the snapshot) after use."""
-    con = connect_readonly(db_path)
+    con = connect_readonly(db_path, stemmer=stemmer)
     try:
         yield con
     finally:

@@ -41,7 +41,12 @@ from spine_pipeline.archive.manifest import (
 )
 from spine_pipeline.archive.store import ObjectStore, open_store
 from spine_pipeline.audit.duck import AuditError, configure_s3, load_extension, sql_str
-from spine_pipeline.audit.schema import DATA_TABLES, data_columns, ensure_schema
+from spine_pipeline.audit.schema import (
+    DATA_TABLES,
+    data_columns,
+    ensure_schema,
+    run_facts_select,
+)
 from spine_pipeline.audit.snapshot import paths_for, prepare_spare, publish, writer_lock
 from spine_pipeline.config import PipelineSettings
 
@@ -243,6 +248,10 @@ def _ingest_manifest(
                 manifest.schema_version,
             ],
         )
+        con.execute(
+            f"INSERT INTO run_facts_stored {run_facts_select('WHERE r.manifest_seq = $seq')}",
+            {"seq": manifest.seq},
+        )
         rows["search_docs"] += _index_manifest(con, manifest.seq)
         _set_state(con, "last_seq", str(manifest.seq))
         con.execute("COMMIT")
@@ -263,45 +272,96 @@ def _ingest_manifest(
         report.rows.update(rows)
 
 
+def _row_shift(con: duckdb.DuckDBPyConnection, table: str, seq: int) -> int | None:
+    """What turns the row ids of the manifest's rows in `table` into their committed ones.
+
+    Inside the ingest transaction DuckDB numbers new rows from a large offset; at commit they
+    are appended in order after the rows already there (the tables are append-only), so the
+    committed row id is the count of the other rows plus the offset within this manifest.
+    """
+    row = con.execute(
+        f"SELECT (SELECT count(*) FROM {table} WHERE manifest_seq IS DISTINCT FROM $seq) "
+        f"- (SELECT min(rowid) FROM {table} WHERE manifest_seq = $seq)",
+        {"seq": seq},
+    ).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
 def _index_manifest(con: duckdb.DuckDBPyConnection, seq: int) -> int:
     """Add the manifest's block contents, final outputs and source titles to the index.
 
     DuckDB's `PRAGMA create_fts_index` rebuilds from scratch (about 20 s per 200,000
     documents here), so the index is kept incrementally in tables of the same shape, with the
-    fts extension's Porter stemmer; see docs/decisions.md.
+    fts extension's Porter stemmer; see docs/decisions.md. Each document keeps a pointer to
+    the row of its text, and the per-term document frequencies and corpus statistics BM25
+    needs are updated here, in the manifest's transaction.
     """
+    shift = {t: _row_shift(con, t, seq) for t in ("blocks", "runs", "block_sources")}
     con.execute(
         """CREATE OR REPLACE TEMP TABLE _new_docs AS
 SELECT (SELECT coalesce(max(doc_id), 0) FROM search_docs) + row_number() OVER () AS doc_id, *
 FROM (
   SELECT 'block' AS kind, run_id, block_id, ordinal AS block_ordinal, NULL::BIGINT AS source_idx,
-    type AS block_type, dt, audit_words(content) AS words
+    type AS block_type, dt, audit_words(content) AS words, rowid + $bs AS text_row,
+    rowid + $bs AS block_row
   FROM blocks WHERE manifest_seq = $seq AND content IS NOT NULL
   UNION ALL
-  SELECT 'final_output', run_id, NULL, NULL, NULL, NULL, dt, audit_words(final_output)
+  SELECT 'final_output', run_id, NULL, NULL, NULL, NULL, dt, audit_words(final_output),
+    rowid + $rs, NULL
   FROM runs WHERE manifest_seq = $seq AND final_output IS NOT NULL
   UNION ALL
   SELECT 'source_title', s.run_id, s.block_id, s.block_ordinal, s.idx, b.type, s.dt,
-    audit_words(s.title)
+    audit_words(s.title), s.rowid + $ss, b.rowid + $bs
   FROM block_sources s LEFT JOIN blocks b
     ON b.run_id = s.run_id AND b.ordinal = s.block_ordinal AND b.manifest_seq = $seq
   WHERE s.manifest_seq = $seq AND s.title IS NOT NULL
 )""",
-        {"seq": seq},
+        {
+            "seq": seq,
+            "bs": shift["blocks"],
+            "rs": shift["runs"],
+            "ss": shift["block_sources"],
+        },
     )
     con.execute(
-        "INSERT INTO search_docs SELECT doc_id, kind, run_id, block_id, block_ordinal, "
-        "source_idx, block_type, dt, len(words) FROM _new_docs"
+        "INSERT INTO search_docs (doc_id, kind, run_id, block_id, block_ordinal, source_idx, "
+        "block_type, dt, len, text_row, block_row) "
+        "SELECT doc_id, kind, run_id, block_id, block_ordinal, source_idx, block_type, dt, "
+        "len(words), text_row, block_row FROM _new_docs"
     )
     con.execute(
-        """INSERT INTO search_postings
+        """CREATE OR REPLACE TEMP TABLE _new_postings AS
 WITH tok AS (SELECT doc_id, unnest(words) AS word FROM _new_docs),
 stems AS (SELECT word, audit_term(word) AS term FROM (SELECT DISTINCT word FROM tok))
-SELECT term, doc_id, count(*) FROM tok JOIN stems USING (word) GROUP BY term, doc_id"""
+SELECT term, doc_id, count(*) AS tf FROM tok JOIN stems USING (word) GROUP BY term, doc_id"""
+    )
+    con.execute("INSERT INTO search_postings SELECT term, doc_id, tf FROM _new_postings")
+    con.execute(
+        "INSERT INTO search_terms SELECT term, count(*) FROM _new_postings GROUP BY term "
+        "ON CONFLICT (term) DO UPDATE SET df = df + excluded.df"
+    )
+    con.execute(
+        "UPDATE search_stats SET docs = docs + n, total_len = total_len + l "
+        "FROM (SELECT count(*) AS n, coalesce(sum(len(words)), 0) AS l FROM _new_docs)"
     )
     (count,) = con.execute("SELECT count(*) FROM _new_docs").fetchone() or (0,)
     con.execute("DROP TABLE _new_docs")
+    con.execute("DROP TABLE _new_postings")
     return int(count)
+
+
+def _sync_run_facts(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> None:
+    """Re-derive the ledger fallbacks of `run_facts_stored` for runs with new submissions."""
+    if not run_ids:
+        return
+    where = "AND run_id IN (SELECT unnest($ids::VARCHAR[]))"
+    con.execute(
+        f"""UPDATE run_facts_stored SET request_name = f.request_name, template = f.template,
+  submitted_at = f.submitted_at
+FROM ({run_facts_select("WHERE r.run_id IN (SELECT unnest($ids::VARCHAR[]))", where)}) f
+WHERE run_facts_stored.run_id = f.run_id""",
+        {"ids": sorted(set(run_ids))},
+    )
 
 
 # ----------------------------------------------------------------------------- ledger
@@ -379,6 +439,7 @@ def _ingest_submissions(
             con.executemany(
                 "INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
             )
+            _sync_run_facts(con, [r[2] for r in rows if r[2] is not None])
         if days:
             latest = max(days + ([since] if since else []))
             _set_state(con, "submissions_day", latest)
@@ -513,10 +574,13 @@ def _adopt_ledger_records(con: duckdb.DuckDBPyConnection, published: Path, uri: 
                     ).fetchall()
                     if c in have[table]
                 )
-                con.execute(
+                added = con.execute(
                     f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _published.{table} "
-                    f"WHERE ledger_key NOT IN (SELECT ledger_key FROM {table})"
-                )
+                    f"WHERE ledger_key NOT IN (SELECT ledger_key FROM {table}) "
+                    "RETURNING run_id"
+                ).fetchall()
+                if table == "submissions":
+                    _sync_run_facts(con, [r[0] for r in added if r[0] is not None])
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")

@@ -123,7 +123,7 @@ def credit_report(
     db_path: str | os.PathLike[str], by: str = "day", since: date | None = None
 ) -> Table:
     """Credit usage grouped by day, template, model (honest: run totals) or request."""
-    with reading(db_path) as con:
+    with reading(db_path, stemmer=False) as con:
         return credit_report_table(con, by, since)
 
 
@@ -240,7 +240,7 @@ def load_report_data(
     budgets: Budgets | None = None,
     today: date | None = None,
 ) -> ReportData:
-    with reading(db_path) as con:
+    with reading(db_path, stemmer=False) as con:
         return report_data(con, since=since, budgets=budgets, today=today)
 
 

@@ -124,7 +124,53 @@ _FIXED_TABLES = [
   doc_id BIGINT NOT NULL,
   tf BIGINT NOT NULL
 )""",
+    # BM25's corpus statistics, kept by the ingest in the manifest's transaction, so a search
+    # reads a few rows instead of counting postings: df = documents with the term (= its
+    # postings), and the document count and total length (avgdl = total_len / docs).
+    """CREATE TABLE IF NOT EXISTS search_terms (
+  term UBIGINT PRIMARY KEY,
+  df BIGINT NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS search_stats (
+  docs BIGINT NOT NULL,
+  total_len BIGINT NOT NULL
+)""",
 ]
+
+# Columns added to search_docs after its first layout (filled for old rows on open).
+# text_row: rowid of the row holding the document's text (blocks, runs or block_sources by
+# kind); block_row: rowid of the block (block and source_title documents). Row ids of these
+# append-only tables do not change; readers still check the row's key and fall back to a
+# key join if it does not match.
+SEARCH_DOC_POINTERS = (("text_row", "BIGINT"), ("block_row", "BIGINT"))
+
+# One row per run with the attributes reports group by (request name falls back to the
+# ledger's submission record when the archive did not know it). Materialised in
+# `run_facts_stored` (the `run_facts` view reads it) by the ingest, in the transaction that
+# adds the run or its submission record, so reports need no join. Several accepted
+# submissions naming one run (not expected) resolve deterministically (min), so a refresh
+# and a rebuild agree.
+RUN_FACTS_SELECT = """SELECT r.run_id, r.dt AS day, r.status,
+  coalesce(r.request_name, s.request_name) AS request_name,
+  coalesce(r.template, s.template, r.template_used) AS template,
+  r.template_used, r.models_used, coalesce(r.credits_consumed, 0) AS credits,
+  r.credits_consumed IS NULL AS credits_missing,
+  r.duration_ms, r.error_count, r.block_count, r.artifact_count,
+  coalesce(r.submitted_at, s.submitted_at) AS submitted_at, r.terminal_at, r.archived_at,
+  r.canvas_url, r.batch_id, r.manifest_seq
+FROM runs r
+LEFT JOIN (
+  SELECT run_id, min(request_name) AS request_name, min(template) AS template,
+    min(submitted_at) AS submitted_at
+  FROM submissions WHERE run_id IS NOT NULL {submissions_where} GROUP BY run_id
+) s USING (run_id)
+{runs_where}"""
+
+
+def run_facts_select(runs_where: str = "", submissions_where: str = "") -> str:
+    """RUN_FACTS_SELECT for the runs matching `runs_where` (a WHERE clause on `r`)."""
+    return RUN_FACTS_SELECT.format(runs_where=runs_where, submissions_where=submissions_where)
+
 
 # Tokenizer shared by indexing and querying: accents stripped, lower case, split on anything
 # that is not a letter or digit, English stop words dropped, Porter stem (fts extension).
@@ -134,7 +180,7 @@ STOPWORDS = [
     *("there", "these", "they", "this", "to", "was", "will", "with"),
 ]
 
-_MACROS = [
+MACROS = [
     "CREATE OR REPLACE MACRO audit_words(txt) AS "
     "list_filter(regexp_split_to_array(lower(strip_accents(coalesce(txt, ''))), "
     "'[^a-z0-9]+'), w -> w <> '' AND NOT list_contains(" + repr(STOPWORDS) + ", w))",
@@ -147,23 +193,8 @@ def _views() -> list[str]:
     h = OVERDUE_HOURS
     k = ANOMALY_FACTOR
     return [
-        # One row per run with the attributes reports group by (request name falls back to
-        # the ledger's submission record when the archive did not know it).
-        """CREATE OR REPLACE VIEW run_facts AS
-SELECT r.run_id, r.dt AS day, r.status,
-  coalesce(r.request_name, s.request_name) AS request_name,
-  coalesce(r.template, s.template, r.template_used) AS template,
-  r.template_used, r.models_used, coalesce(r.credits_consumed, 0) AS credits,
-  r.credits_consumed IS NULL AS credits_missing,
-  r.duration_ms, r.error_count, r.block_count, r.artifact_count,
-  coalesce(r.submitted_at, s.submitted_at) AS submitted_at, r.terminal_at, r.archived_at,
-  r.canvas_url, r.batch_id, r.manifest_seq
-FROM runs r
-LEFT JOIN (
-  SELECT run_id, any_value(request_name) AS request_name, any_value(template) AS template,
-    min(submitted_at) AS submitted_at
-  FROM submissions WHERE run_id IS NOT NULL GROUP BY run_id
-) s USING (run_id)""",
+        # See RUN_FACTS_SELECT; materialised by the ingest.
+        "CREATE OR REPLACE VIEW run_facts AS SELECT * FROM run_facts_stored",
         # Trailing median over the days with runs among the 7 calendar days before each day.
         f"""CREATE OR REPLACE VIEW credit_usage_daily AS
 SELECT *, coalesce(credits > {k} * trailing_7d_median AND trailing_7d_median > 0, false)
@@ -269,7 +300,9 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
                 con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {typ}')
     for ddl in _FIXED_TABLES:
         con.execute(ddl)
-    for ddl in _MACROS + _views():
+    _ensure_search_layout(con)
+    _ensure_run_facts(con)
+    for ddl in MACROS + _views():
         con.execute(ddl)
     con.execute(
         "INSERT OR REPLACE INTO audit_state VALUES ('schema_version', ?)",
@@ -280,3 +313,103 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
 def data_columns(table: str) -> list[str]:
     """Columns of a data table that come from the archive files (not dt/manifest_seq)."""
     return [f.name for f in TABLES[table]]
+
+
+def _columns_of(con: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    return [
+        r[0]
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ? "
+            "AND database_name = current_database() ORDER BY column_index",
+            [table],
+        ).fetchall()
+    ]
+
+
+def _ensure_search_layout(con: duckdb.DuckDBPyConnection) -> None:
+    """Migrate an index of an older layout: pointers, per-term df and corpus stats.
+
+    Cheap when nothing is missing (a few counts); on the first refresh after an upgrade it
+    fills what is missing from the index itself (one pass over the postings).
+    """
+    have = set(_columns_of(con, "search_docs"))
+    for name, typ in SEARCH_DOC_POINTERS:
+        if name not in have:
+            con.execute(f"ALTER TABLE search_docs ADD COLUMN {name} {typ}")
+    con.execute("BEGIN TRANSACTION")
+    try:
+        (missing,) = con.execute(
+            "SELECT count(*) FROM search_docs WHERE text_row IS NULL"
+        ).fetchone() or (0,)
+        if missing:
+            fill_search_pointers(con, "text_row IS NULL")
+        (postings,) = con.execute("SELECT count(*) FROM search_postings").fetchone() or (0,)
+        (df_total,) = con.execute("SELECT coalesce(sum(df), 0) FROM search_terms").fetchone() or (
+            0,
+        )
+        if postings != df_total:
+            con.execute("DELETE FROM search_terms")
+            con.execute(
+                "INSERT INTO search_terms SELECT term, count(*) FROM search_postings GROUP BY term"
+            )
+        docs, total = con.execute(
+            "SELECT count(*), coalesce(sum(len), 0) FROM search_docs"
+        ).fetchone() or (0, 0)
+        stats = con.execute("SELECT docs, total_len FROM search_stats").fetchall()
+        if stats != [(docs, total)]:
+            con.execute("DELETE FROM search_stats")
+            con.execute("INSERT INTO search_stats VALUES (?, ?)", [docs, total])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def fill_search_pointers(con: duckdb.DuckDBPyConnection, where: str) -> None:
+    """Set text_row/block_row of the search documents matching `where` from the row keys."""
+    con.execute(
+        f"""UPDATE search_docs SET text_row = b.rowid, block_row = b.rowid FROM blocks b
+WHERE search_docs.kind = 'block' AND b.run_id = search_docs.run_id
+  AND b.ordinal = search_docs.block_ordinal AND search_docs.{where}"""
+    )
+    con.execute(
+        f"""UPDATE search_docs SET text_row = r.rowid FROM runs r
+WHERE search_docs.kind = 'final_output' AND r.run_id = search_docs.run_id
+  AND search_docs.{where}"""
+    )
+    con.execute(
+        f"""UPDATE search_docs SET text_row = s.rowid, block_row = b.rowid
+FROM block_sources s LEFT JOIN blocks b
+  ON b.run_id = s.run_id AND b.ordinal = s.block_ordinal
+WHERE search_docs.kind = 'source_title' AND s.run_id = search_docs.run_id
+  AND s.block_ordinal = search_docs.block_ordinal AND s.idx = search_docs.source_idx
+  AND search_docs.{where}"""
+    )
+
+
+def _ensure_run_facts(con: duckdb.DuckDBPyConnection) -> None:
+    """Create `run_facts_stored`, or rebuild it if its layout or row count is off.
+
+    A database from before it existed, or one whose definition changed, gets it filled
+    from `runs` and `submissions` once (0.1 s per 100,000 runs); after that the ingest
+    keeps it exact and this is two counts.
+    """
+    con.execute("BEGIN TRANSACTION")
+    try:
+        expected = [
+            d[0]
+            for d in con.execute(f"SELECT * FROM ({run_facts_select()}) LIMIT 0").description or []
+        ]
+        current = _columns_of(con, "run_facts_stored")
+        same = current == expected
+        if same:
+            (runs,) = con.execute("SELECT count(*) FROM runs").fetchone() or (0,)
+            (facts,) = con.execute("SELECT count(*) FROM run_facts_stored").fetchone() or (0,)
+            same = runs == facts
+        if not same:
+            # The view depends on the table by name only (bound when queried).
+            con.execute(f"CREATE OR REPLACE TABLE run_facts_stored AS {run_facts_select()}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
