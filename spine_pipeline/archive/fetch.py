@@ -25,6 +25,7 @@ from spine_pipeline.spine import (
 )
 from spine_pipeline.spine.envelope import ApiResponse
 from spine_pipeline.spine.rawjson import BigString
+from spine_pipeline.spine.redact import redact
 
 T = TypeVar("T")
 MALFORMED_ATTEMPTS = 5
@@ -118,8 +119,15 @@ async def get_lean_run(client: AsyncSpineClient, run_id: str) -> Run:
 
 
 def verbatim_doc(body: bytes) -> RawDoc:
-    """A response body that is not the JSON envelope, kept as Spine sent it (nothing derived)."""
-    return RawDoc.verbatim_body(body)
+    """A response body that is not the JSON envelope, kept as Spine sent it (nothing derived).
+
+    Secrets are masked first (`redact`: registered secrets and anything shaped like a Spine
+    key): an error page from a proxy may echo request headers, and invariant 5 keeps keys out
+    of every Parquet file. Nothing else is changed.
+    """
+    text = body.decode("utf-8", "surrogateescape")
+    clean = redact(text)
+    return RawDoc.verbatim_body(body if clean == text else clean.encode("utf-8", "surrogateescape"))
 
 
 def _persistent(exc: SpineAPIError) -> bool:

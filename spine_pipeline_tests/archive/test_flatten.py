@@ -982,6 +982,16 @@ def test_verbatim_body_is_archived_as_text_and_nothing_is_derived():
     assert t["tasks"].num_rows == 4  # the task tree was fine
 
 
+def test_verbatim_body_masks_echoed_keys():
+    from spine_pipeline.archive.fetch import verbatim_doc
+
+    body = b"<html>502 from proxy; request had X-API-KEY: sk_spine_live_abc123 \xff</html>"
+    d = verbatim_doc(body)
+    assert d.verbatim and "sk_spine_live_abc123" not in d.text and "***" in d.text
+    assert d.raw_bytes == body.replace(b"sk_spine_live_abc123", b"***")
+    assert verbatim_doc(b"plain").raw_bytes is None
+
+
 # ----------------------------------------------------------------------------- size / scale
 
 
