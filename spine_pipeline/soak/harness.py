@@ -57,6 +57,7 @@ _RESTART_MODES = ("kept", "none", "garbage")
 _FORCED_KILL_DISPATCHES = (2, 5, 9, 14)
 _FORCED_RESTART_TICKS = (2, 4, 7, 10)
 _FORCED_S3_DISPATCH = 3
+_RESTART_TICKS = 4
 
 
 class SoakError(RuntimeError):
@@ -465,24 +466,43 @@ class Soak:
         self.tick_windows.append((started, time.monotonic()))
 
     def _failed_tick(self, exc: Exception, seconds: float) -> None:
-        self.report.failed_ticks.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+        self._failed_tick_reply(f"{type(exc).__name__}: {str(exc)[:200]}", seconds)
+
+    def _failed_tick_reply(self, error: str, seconds: float) -> None:
+        self.report.failed_ticks.append(error)
         self.report.figures.setdefault("failed_tick_seconds", []).append(round(seconds, 2))
 
     def _restart_tick(self, mode: str) -> None:
-        """The sensor in a fresh process (empty caches), with its cursor kept, lost or garbage."""
+        """The sensor in a fresh process (empty caches), with its cursor kept, lost or garbage.
+
+        A restarted daemon keeps ticking: with a large ledger its first ticks may stop at the
+        budget while the fresh process reads every tracking record in the background, so the
+        same process ticks again (up to `_RESTART_TICKS` times, with the cursor the failed
+        tick left in place, as Dagster does).
+        """
         spare = self.spare
         assert spare is not None
         cursor = {"kept": self.cursor, "none": None, "garbage": "{not json at all"}[mode]
-        started = time.monotonic()
-        spare.send(op="tick", cursor=cursor)
-        reply = self._wait_for(spare, "tick", timeout=120)
+        record: dict[str, Any] = {"mode": mode, "ok": False, "attempts": 0}
+        self.report.sensor_restarts.append(record)
+        reply: dict[str, Any] = {}
+        for _ in range(_RESTART_TICKS):
+            started = time.monotonic()
+            spare.send(op="tick", cursor=cursor)
+            reply = self._wait_for(spare, "tick", timeout=120)
+            record["attempts"] += 1
+            if reply.get("ok"):
+                break
+            self._failed_tick_reply(str(reply.get("error")), float(reply.get("seconds") or 0.0))
+            until = time.monotonic() + self.cfg.tick_every  # the daemon's next tick
+            while time.monotonic() < until:
+                self._drain_events(0.1)
+                self._dispatch()
         self.spare = None
         self.pool.retire(spare)
         self.spare = self.pool.spawn("spare")
-        record = {"mode": mode, "ok": reply.get("ok", False), "seconds": reply.get("seconds")}
-        self.report.sensor_restarts.append(record)
+        record |= {"ok": reply.get("ok", False), "seconds": reply.get("seconds")}
         if not reply.get("ok"):
-            self.report.failed_ticks.append(str(reply.get("error")))
             return
         self.report.tick_seconds.append(reply["seconds"])
         self.tick_windows.append((started, time.monotonic()))

@@ -86,12 +86,16 @@ def fault_table(report: SoakReport) -> list[str]:
         )
     )
     modes = Counter(r["mode"] for r in report.sensor_restarts)
+    retried = sum(1 for r in report.sensor_restarts if r.get("attempts", 1) > 1)
+    recovered = sum(1 for r in report.sensor_restarts if r.get("ok"))
     lines.append(
         _row(
             "process",
             "sensor process restarted",
             "tick in a fresh process; cursor kept / None / garbage",
-            f"{len(report.sensor_restarts)} ({', '.join(f'{m} {n}' for m, n in modes.items())})",
+            f"{len(report.sensor_restarts)} ({', '.join(f'{m} {n}' for m, n in modes.items())}); "
+            f"{recovered} ticked ok in the fresh process, {retried} after a first tick stopped "
+            "at its budget",
             "in-flight runs rebuilt from the ledger",
             survived,
         )

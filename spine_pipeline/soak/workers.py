@@ -124,7 +124,8 @@ def _tick(dg: Any, defs: Any, sensor: Any, instance: Any, cursor: str | None) ->
 
         tick = evaluate_poll_sensor(defs, instance, cursor)
     except Exception as exc:
-        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500], "seconds": 0.0}
+        seconds = round(time.monotonic() - started, 3)
+        return {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500], "seconds": seconds}
     return {
         "ok": True,
         "cursor": tick.cursor,
