@@ -25,6 +25,13 @@ import duckdb
 
 ATTACH_NAME = "audit"
 LOCK_RETRY_SECONDS = 5.0
+# A snapshot nobody reads stays open this long, so that calls in a row (a report, then its
+# headline; a notebook's queries) do not each pay DuckDB's instance start and the attach
+# of the catalog (together about 20 ms). Kept short: an idle snapshot still holds its read
+# lock, and the writer can only reuse a file nobody holds (it closes this process's idle
+# ones itself; another process's keep the lock this long at most, after which the writer
+# copies instead of reusing, which is slower but correct).
+KEEP_IDLE_SECONDS = 2.0
 
 _EXT_LOCK = threading.Lock()
 
@@ -96,7 +103,9 @@ class _Snapshot:
 
     key: tuple[int, int, bool]
     base: duckdb.DuckDBPyConnection
+    path: Path
     refs: int = 0
+    idle_since: float | None = None  # monotonic time the last reader let go
 
 
 @dataclass
@@ -119,16 +128,61 @@ class _Registry:
                 for stemmer in (False, True)
             )
 
+    reaper: threading.Thread | None = None
+
     def release(self, key: tuple[int, int, bool]) -> None:
         with self.lock:
             snap = self.open.get(key)
             if snap is None:
                 return
             snap.refs -= 1
-            if snap.refs <= 0:
-                del self.open[key]
-                with contextlib.suppress(duckdb.Error):
-                    snap.base.close()
+            if snap.refs > 0:
+                return
+            if KEEP_IDLE_SECONDS <= 0:
+                self._close(snap)
+                return
+            snap.idle_since = time.monotonic()
+            if self.reaper is None or not self.reaper.is_alive():
+                self.reaper = threading.Thread(
+                    target=self._reap, name="audit-snapshot-reaper", daemon=True
+                )
+                self.reaper.start()
+
+    def _close(self, snap: _Snapshot) -> None:
+        """Forget and close a snapshot nobody reads (lock held)."""
+        self.open.pop(snap.key, None)
+        with contextlib.suppress(duckdb.Error):
+            snap.base.close()
+
+    def close_idle(
+        self,
+        key: tuple[int, int] | None = None,
+        *,
+        path: Path | None = None,
+        except_key: tuple[int, int] | None = None,
+        idle_for: float = 0.0,
+    ) -> None:
+        """Close idle snapshots: of file `key`, or of `path` but not of file `except_key`."""
+        now = time.monotonic()
+        with self.lock:
+            for snap in list(self.open.values()):
+                if snap.refs > 0 or snap.idle_since is None or now - snap.idle_since < idle_for:
+                    continue
+                if key is not None and snap.key[:2] != key:
+                    continue
+                if path is not None and (snap.path != path or snap.key[:2] == except_key):
+                    continue
+                self._close(snap)
+
+    def _reap(self) -> None:
+        """Close snapshots idle for KEEP_IDLE_SECONDS; stop when none is left idle."""
+        while True:
+            time.sleep(max(KEEP_IDLE_SECONDS / 2, 0.05))
+            self.close_idle(idle_for=KEEP_IDLE_SECONDS)
+            with self.lock:
+                if not any(s.refs <= 0 for s in self.open.values()):
+                    self.reaper = None
+                    return
 
 
 REGISTRY = _Registry()
@@ -152,7 +206,7 @@ def _open_snapshot(path: Path, stemmer: bool) -> _Snapshot:
     except BaseException:
         base.close()
         raise
-    return _Snapshot(key=(0, 0, stemmer), base=base)
+    return _Snapshot(key=(0, 0, stemmer), base=base, path=path)
 
 
 def _is_lock_error(exc: duckdb.Error) -> bool:
@@ -184,10 +238,13 @@ def connect_readonly(
             raise AuditError(
                 f"audit database {path} does not exist yet; run `spine-pipeline audit rebuild`"
             ) from None
+        # An idle snapshot of a file that is no longer the published one only holds a lock.
+        REGISTRY.close_idle(path=path, except_key=key[:2])
         with REGISTRY.lock:
             snap = REGISTRY.open.get(key)
             if snap is not None:
                 snap.refs += 1
+                snap.idle_since = None
                 return _cursor(snap)
         try:
             fresh = _open_snapshot(path, stemmer)
@@ -212,11 +269,13 @@ def connect_readonly(
             else:
                 REGISTRY.open[key] = fresh
             fresh.refs += 1
+            fresh.idle_since = None
             return _cursor(fresh)
 
 
 def _cursor(snap: _Snapshot) -> duckdb.DuckDBPyConnection:
-    """A connection on the shared snapshot; the snapshot closes when the last one is gone."""
+    """A connection on the shared snapshot; when the last one is gone the snapshot stays
+    open for KEEP_IDLE_SECONDS, then closes."""
     try:
         cur = snap.base.cursor()
         cur.execute(f"USE {ATTACH_NAME}")

@@ -99,6 +99,7 @@ def nobody_reads(path: Path) -> bool:
         key = file_key(path)
     except FileNotFoundError:
         return False
+    REGISTRY.close_idle(key)  # this process's idle snapshots would hold the lock
     if REGISTRY.in_use(key):
         return False
     setlk = getattr(fcntl, "F_OFD_SETLK", None)

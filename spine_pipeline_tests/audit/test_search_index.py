@@ -26,7 +26,7 @@ from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.records import FetchedRun, RawDoc
 from spine_pipeline.archive.store import open_store
 from spine_pipeline.audit import AuditError, rebuild_audit_db, refresh_audit_db, search
-from spine_pipeline.audit.duck import load_extension, reading
+from spine_pipeline.audit.duck import REGISTRY, load_extension, reading
 from spine_pipeline.audit.schema import run_facts_select
 from spine_pipeline_tests.audit.conftest import World
 
@@ -418,6 +418,7 @@ def test_submission_after_archive_updates_run_facts(tmp_path: Path) -> None:
 
 def _downgrade(db: Path) -> None:
     """Turn a database into the layout before search_terms/stats/pointers/run_facts_stored."""
+    REGISTRY.close_idle()  # DuckDB refuses a read-write open of a file this process attached
     con = duckdb.connect(str(db))
     try:
         load_extension(con, "fts")
