@@ -279,9 +279,11 @@ def _row_shift(con: duckdb.DuckDBPyConnection, table: str, seq: int) -> int | No
     are appended in order after the rows already there (the tables are append-only), so the
     committed row id is the count of the other rows plus the offset within this manifest.
     """
+    # count(*) of a table is known without a scan; the filter on manifest_seq is pruned to
+    # the last row group (the column grows with insertion order).
     row = con.execute(
-        f"SELECT (SELECT count(*) FROM {table} WHERE manifest_seq IS DISTINCT FROM $seq) "
-        f"- (SELECT min(rowid) FROM {table} WHERE manifest_seq = $seq)",
+        f"SELECT (SELECT count(*) FROM {table}) - count(*) - min(rowid) FROM {table} "
+        "WHERE manifest_seq = $seq",
         {"seq": seq},
     ).fetchone()
     return int(row[0]) if row and row[0] is not None else None
