@@ -45,6 +45,8 @@ from spine_pipeline.audit.schema import (
     DATA_TABLES,
     data_columns,
     ensure_schema,
+    recount_search_stats,
+    refill_run_facts,
     run_facts_select,
 )
 from spine_pipeline.audit.snapshot import paths_for, prepare_spare, publish, writer_lock
@@ -206,6 +208,7 @@ def _ingest_manifest(
     manifest: Manifest,
     report: IngestReport,
     published_seq: int,
+    bulk: bool = False,
 ) -> None:
     run_ids = set(manifest.run_ids)
     seen_runs: set[str] = set()
@@ -248,11 +251,12 @@ def _ingest_manifest(
                 manifest.schema_version,
             ],
         )
-        con.execute(
-            f"INSERT INTO run_facts_stored {run_facts_select('WHERE r.manifest_seq = $seq')}",
-            {"seq": manifest.seq},
-        )
-        rows["search_docs"] += _index_manifest(con, manifest.seq)
+        if not bulk:
+            con.execute(
+                f"INSERT INTO run_facts_stored {run_facts_select('WHERE r.manifest_seq = $seq')}",
+                {"seq": manifest.seq},
+            )
+        rows["search_docs"] += _index_manifest(con, manifest.seq, bulk)
         _set_state(con, "last_seq", str(manifest.seq))
         con.execute("COMMIT")
     except duckdb.ConstraintException as exc:
@@ -289,14 +293,15 @@ def _row_shift(con: duckdb.DuckDBPyConnection, table: str, seq: int) -> int | No
     return int(row[0]) if row and row[0] is not None else None
 
 
-def _index_manifest(con: duckdb.DuckDBPyConnection, seq: int) -> int:
+def _index_manifest(con: duckdb.DuckDBPyConnection, seq: int, bulk: bool = False) -> int:
     """Add the manifest's block contents, final outputs and source titles to the index.
 
     DuckDB's `PRAGMA create_fts_index` rebuilds from scratch (about 20 s per 200,000
     documents here), so the index is kept incrementally in tables of the same shape, with the
     fts extension's Porter stemmer; see docs/decisions.md. Each document keeps a pointer to
     the row of its text, and the per-term document frequencies and corpus statistics BM25
-    needs are updated here, in the manifest's transaction.
+    needs are updated here, in the manifest's transaction (`bulk`, a rebuild nobody reads
+    until it is published, leaves them to one recount at the end).
     """
     shift = {t: _row_shift(con, t, seq) for t in ("blocks", "runs", "block_sources")}
     con.execute(
@@ -331,24 +336,35 @@ FROM (
         "SELECT doc_id, kind, run_id, block_id, block_ordinal, source_idx, block_type, dt, "
         "len(words), text_row, block_row FROM _new_docs"
     )
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE _new_postings AS
+    postings = """
 WITH tok AS (SELECT doc_id, unnest(words) AS word FROM _new_docs),
 stems AS (SELECT word, audit_term(word) AS term FROM (SELECT DISTINCT word FROM tok))
 SELECT term, doc_id, count(*) AS tf FROM tok JOIN stems USING (word) GROUP BY term, doc_id"""
-    )
-    con.execute("INSERT INTO search_postings SELECT term, doc_id, tf FROM _new_postings")
-    con.execute(
-        "INSERT INTO search_terms SELECT term, count(*) FROM _new_postings GROUP BY term "
-        "ON CONFLICT (term) DO UPDATE SET df = df + excluded.df"
-    )
-    con.execute(
-        "UPDATE search_stats SET docs = docs + n, total_len = total_len + l "
-        "FROM (SELECT count(*) AS n, coalesce(sum(len(words)), 0) AS l FROM _new_docs)"
-    )
+    if bulk:
+        con.execute(f"INSERT INTO search_postings {postings}")
+    else:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _new_postings AS {postings}")
+        con.execute("INSERT INTO search_postings SELECT term, doc_id, tf FROM _new_postings")
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE _new_df AS
+SELECT term, count(*) AS df FROM _new_postings GROUP BY term"""
+        )
+        con.execute(
+            "UPDATE search_terms SET df = search_terms.df + n.df FROM _new_df n "
+            "WHERE search_terms.term = n.term"
+        )
+        con.execute(
+            "INSERT INTO search_terms SELECT term, df FROM _new_df "
+            "WHERE term NOT IN (SELECT term FROM search_terms)"
+        )
+        con.execute(
+            "UPDATE search_stats SET docs = docs + n, total_len = total_len + l "
+            "FROM (SELECT count(*) AS n, coalesce(sum(len(words)), 0) AS l FROM _new_docs)"
+        )
+        con.execute("DROP TABLE _new_postings")
+        con.execute("DROP TABLE _new_df")
     (count,) = con.execute("SELECT count(*) FROM _new_docs").fetchone() or (0,)
     con.execute("DROP TABLE _new_docs")
-    con.execute("DROP TABLE _new_postings")
     return int(count)
 
 
@@ -380,7 +396,7 @@ def _opt_str(value: Any) -> str | None:
 
 
 def _ingest_submissions(
-    con: duckdb.DuckDBPyConnection, store: ObjectStore, report: IngestReport
+    con: duckdb.DuckDBPyConnection, store: ObjectStore, report: IngestReport, bulk: bool = False
 ) -> None:
     """New `ledger/submissions/` records, by object key (each key is ingested once)."""
     since = _state(con, "submissions_day")
@@ -441,7 +457,8 @@ def _ingest_submissions(
             con.executemany(
                 "INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
             )
-            _sync_run_facts(con, [r[2] for r in rows if r[2] is not None])
+            if not bulk:
+                _sync_run_facts(con, [r[2] for r in rows if r[2] is not None])
         if days:
             latest = max(days + ([since] if since else []))
             _set_state(con, "submissions_day", latest)
@@ -601,12 +618,15 @@ def ingest_into(
     report: IngestReport,
     published_seq: int = 0,
     published: Path | None = None,
+    bulk: bool = False,
 ) -> None:
     """Bring an open read-write audit database up to date with the archive.
 
     Manifests up to `published_seq` are already visible to readers (a reused spare catches
     up on them); only later ones count as new in the report. `published` (the snapshot a
-    reused spare lags behind) lends its ledger records, so none is fetched twice.
+    reused spare lags behind) lends its ledger records, so none is fetched twice. `bulk`
+    (a new file, unseen until published) derives the search statistics and run facts once
+    at the end instead of per manifest.
     """
     load_extension(con, "fts")
     ensure_schema(con)
@@ -621,14 +641,23 @@ def ingest_into(
     fetcher = _Fetcher(store)
     try:
         for manifest in _new_manifests(con, store):
-            _ingest_manifest(con, fetcher, manifest, report, published_seq)
+            _ingest_manifest(con, fetcher, manifest, report, published_seq, bulk)
     finally:
         fetcher.close()
     report.last_seq = _anchor(con)[0]
     if published is not None:
         _adopt_ledger_records(con, published, uri)
-    _ingest_submissions(con, store, report)
+    _ingest_submissions(con, store, report, bulk)
     _refresh_inflight(con, store, report)
+    if bulk:
+        con.execute("BEGIN TRANSACTION")
+        try:
+            recount_search_stats(con)
+            refill_run_facts(con)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
 
 def cluster_search_index(con: duckdb.DuckDBPyConnection) -> None:
@@ -702,6 +731,7 @@ def _run(
                 report,
                 published_seq,
                 published=paths.published if how == "reused" else None,
+                bulk=how == "new",
             )
             if how == "new":
                 cluster_search_index(con)

@@ -128,7 +128,7 @@ _FIXED_TABLES = [
     # reads a few rows instead of counting postings: df = documents with the term (= its
     # postings), and the document count and total length (avgdl = total_len / docs).
     """CREATE TABLE IF NOT EXISTS search_terms (
-  term UBIGINT PRIMARY KEY,
+  term UBIGINT NOT NULL,
   df BIGINT NOT NULL
 )""",
     """CREATE TABLE IF NOT EXISTS search_stats (
@@ -347,22 +347,30 @@ def _ensure_search_layout(con: duckdb.DuckDBPyConnection) -> None:
         (df_total,) = con.execute("SELECT coalesce(sum(df), 0) FROM search_terms").fetchone() or (
             0,
         )
-        if postings != df_total:
-            con.execute("DELETE FROM search_terms")
-            con.execute(
-                "INSERT INTO search_terms SELECT term, count(*) FROM search_postings GROUP BY term"
-            )
         docs, total = con.execute(
             "SELECT count(*), coalesce(sum(len), 0) FROM search_docs"
         ).fetchone() or (0, 0)
         stats = con.execute("SELECT docs, total_len FROM search_stats").fetchall()
-        if stats != [(docs, total)]:
-            con.execute("DELETE FROM search_stats")
-            con.execute("INSERT INTO search_stats VALUES (?, ?)", [docs, total])
+        if postings != df_total or stats != [(docs, total)]:
+            recount_search_stats(con)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def recount_search_stats(con: duckdb.DuckDBPyConnection) -> None:
+    """Recompute `search_terms` and `search_stats` from the index (one pass, in the caller's
+    transaction): after a migration, and once at the end of a rebuild."""
+    con.execute("DELETE FROM search_terms")
+    con.execute("INSERT INTO search_terms SELECT term, count(*) FROM search_postings GROUP BY term")
+    con.execute("DELETE FROM search_stats")
+    con.execute("INSERT INTO search_stats SELECT count(*), coalesce(sum(len), 0) FROM search_docs")
+
+
+def refill_run_facts(con: duckdb.DuckDBPyConnection) -> None:
+    """Recreate `run_facts_stored` from `runs` and `submissions` (the view reads it by name)."""
+    con.execute(f"CREATE OR REPLACE TABLE run_facts_stored AS {run_facts_select()}")
 
 
 def fill_search_pointers(con: duckdb.DuckDBPyConnection, where: str) -> None:
@@ -407,8 +415,7 @@ def _ensure_run_facts(con: duckdb.DuckDBPyConnection) -> None:
             (facts,) = con.execute("SELECT count(*) FROM run_facts_stored").fetchone() or (0,)
             same = runs == facts
         if not same:
-            # The view depends on the table by name only (bound when queried).
-            con.execute(f"CREATE OR REPLACE TABLE run_facts_stored AS {run_facts_select()}")
+            refill_run_facts(con)
         con.execute("COMMIT")
     except BaseException:
         con.execute("ROLLBACK")
