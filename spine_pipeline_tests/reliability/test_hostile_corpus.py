@@ -331,12 +331,15 @@ def test_invalid_utf8_is_replaced_in_columns_and_kept_exactly_in_raw_bytes(corpu
 
 
 def test_invalid_json_is_a_clear_error_and_the_rest_of_the_run_is_kept(corpus):
-    # Refused with a clear error: the client rejects a body that is not the JSON envelope
-    # (after the archiver's re-reads), so the DAG is absent rather than kept verbatim.
+    # A clear error, and the evidence kept: the body that is not the JSON envelope (after
+    # the archiver's re-reads) is archived verbatim in dag_raw_json; no block is derived.
     run = corpus.run("invalid-json")
-    errors = " | ".join(run["fetch_errors"])
-    assert errors.startswith("dag: Malformed response") and "tasks" not in errors
-    assert run["dag_raw_json"] is None and run["block_count"] == 0
+    assert run["fetch_errors"] == [
+        "dag: Malformed response: expected a JSON object (HTTP 200); "
+        "body archived verbatim in dag_raw_json"
+    ]
+    assert run["dag_raw_json"].endswith("<!-- upstream timeout -->")
+    assert run["block_count"] == 0
     assert corpus.rows("blocks", "invalid-json") == []
     assert corpus.rows("tasks", "invalid-json")  # the task tree was fine and is archived
     assert run["final_output"] == corpus.truth("invalid-json").final_run["result"]["final_output"]
