@@ -65,8 +65,8 @@ def paths_for(db_path: str | os.PathLike[str]) -> Paths:
 @contextlib.contextmanager
 def writer_lock(paths: Paths, wait_seconds: float = WRITER_WAIT_SECONDS) -> Iterator[None]:
     """Serialise writers (CLI, Dagster asset, tests) across processes: one refresh at a time."""
-    paths.published.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.writer_lock, os.O_RDWR | os.O_CREAT, 0o644)
+    _private_parents(paths.published.parent)
+    fd = os.open(paths.writer_lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         deadline = time.monotonic() + wait_seconds
         while True:
@@ -85,6 +85,18 @@ def writer_lock(paths: Paths, wait_seconds: float = WRITER_WAIT_SECONDS) -> Iter
         yield
     finally:
         os.close(fd)  # releases the flock
+
+
+def _private_parents(directory: Path) -> None:
+    """Create missing directories owner-only (0700, whatever the umask); leave existing ones."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir(mode=0o700)
+            d.chmod(0o700)
 
 
 def _remove(path: Path) -> None:
@@ -155,6 +167,7 @@ def publish(paths: Paths) -> None:
     spare = paths.spare
     if Path(f"{spare}.wal").exists():
         raise AuditError(f"{spare}.wal exists: the new snapshot was not checkpointed")
+    os.chmod(spare, 0o600)  # a full copy of the archived content: owner only, any umask
     if paths.published.exists():
         _remove(paths.previous_link)
         os.link(paths.published, paths.previous_link)

@@ -334,3 +334,35 @@ def test_a_new_dagster_home_is_private_whatever_the_umask(tmp_path, monkeypatch)
         os.umask(old)
     assert stat.S_IMODE(home.stat().st_mode) == 0o700
     assert (home / "dagster.yaml").exists()
+
+
+def test_the_audit_database_is_private_whatever_the_umask(simulator, tmp_path):
+    """A full copy of the archived content: files 0600, directories it creates 0700."""
+    from spine_pipeline.audit import refresh_audit_db
+
+    root = tmp_path / "archive"
+    store = open_store(str(root))
+    with SpineClient(api_key=simulator.api_key, base_url=simulator.base_url, retry=FAST) as c:
+        run_id = submit_and_record(
+            c, Ledger(store), SubmitSpec("[scenario:completed] private audit"), source="test"
+        ).created.run_id
+    simulator.world.finish_all()
+
+    def client():
+        return AsyncSpineClient(api_key=simulator.api_key, base_url=simulator.base_url, retry=FAST)
+
+    assert Archiver(store, client).archive([run_id]).ok
+    db = tmp_path / "private" / "audit" / "audit.duckdb"
+    old = os.umask(0)
+    try:
+        refresh_audit_db(str(root), str(db))
+        refresh_audit_db(str(root), str(db))  # the second publish turns the first into the spare
+    finally:
+        os.umask(old)
+    files = [p for p in db.parent.iterdir() if p.is_file()]
+    assert {db.name, f"{db.name}.spare"} <= {p.name for p in files}
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {
+        p.name: "0o600" for p in files
+    }
+    for d in (tmp_path / "private", db.parent):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700
