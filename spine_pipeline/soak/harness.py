@@ -54,6 +54,8 @@ _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 _LOST = "LOST: created, in neither the ledger nor a Dagster failure"
 _INSTANCE_YAML = "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n"
 _RESTART_MODES = ("kept", "none", "garbage")
+#: Dispatch numbers from which the n-th forced kill is armed; a forced kill whose batch
+#: finishes before it fires is armed again on the next dispatch, until the minimum is met.
 _FORCED_KILL_DISPATCHES = (2, 5, 9, 14)
 _FORCED_RESTART_TICKS = (2, 4, 7, 10)
 _FORCED_S3_DISPATCH = 3
@@ -127,6 +129,7 @@ class Soak:
         self.queue: deque[Job] = deque()
         self.cursor: str | None = None
         self.dispatches = 0
+        self.kills_armed = 0  # kill threads not yet fired or given up
         self.ticks = 0
         self.next_index = 0
         self.waves = 0
@@ -306,7 +309,10 @@ class Soak:
                 self.say(self._progress())
             if self.reconciled and time.monotonic() - last_done_check > 0.5:
                 last_done_check = time.monotonic()
-                if self._all_committed():
+                # Every run committed, and the sensor restarted at least the minimum number of
+                # times (a restart waits for the warm spare; a short soak can finish first).
+                restarts = len(self.report.sensor_restarts)
+                if restarts >= self.cfg.min_sensor_restarts and self._all_committed():
                     return
 
     def _progress(self) -> str:
@@ -552,9 +558,11 @@ class Soak:
                 continue
             job = self.queue.popleft()
             self.dispatches += 1
+            done = len(self.report.kills)
             forced = (
-                len(self.report.kills) < self.cfg.min_worker_kills
-                and self.dispatches in _FORCED_KILL_DISPATCHES
+                done < self.cfg.min_worker_kills
+                and self.kills_armed == 0
+                and self.dispatches >= _FORCED_KILL_DISPATCHES[min(done, 3)]
             )
             if not self.calm and (forced or self.rng.random() < self.cfg.fault_rate):
                 # An audit refresh writes no archive files: it is killed after a delay.
@@ -572,6 +580,8 @@ class Soak:
             )
             self._jobs(job)["dispatched"] += 1
             if job.kill_trigger:
+                with self.lock:
+                    self.kills_armed += 1
                 threading.Thread(
                     target=self._kill_when_due, args=(worker, job), daemon=True
                 ).start()
@@ -584,6 +594,13 @@ class Soak:
         return self.report.archive_jobs
 
     def _kill_when_due(self, worker: Worker, job: Job) -> None:
+        try:
+            self._kill_if_running(worker, job)
+        finally:
+            with self.lock:
+                self.kills_armed -= 1
+
+    def _kill_if_running(self, worker: Worker, job: Job) -> None:
         if job.kill_trigger == "delay":
             time.sleep(self.rng.uniform(0.3, 2.5))
         else:
@@ -638,7 +655,9 @@ class Soak:
             outcome = "succeeded" if message.get("ok") else "failed"
             self._jobs(job)[outcome] += 1
             if message.get("error"):
-                self.report.figures.setdefault("worker_errors", []).append(message["error"])
+                name = job.job_name if job is not None else "?"
+                errors = self.report.figures.setdefault("worker_errors", [])
+                errors.append(f"{name}: {message['error']}")
             if job is not None:
                 self.report.figures.setdefault("job_seconds", []).append(message.get("seconds"))
         elif event == "submitted":

@@ -196,7 +196,7 @@ def notes(report: SoakReport) -> list[str]:
     items = [
         ("failed submit (not an API answer)", f.get("submit_other_errors", [])),
         ("failed sensor tick", report.failed_ticks),
-        ("archive worker error", f.get("worker_errors", [])),
+        ("failed archive or audit refresh run", f.get("worker_errors", [])),
         ("worker crash", f.get("crashes", [])),
     ]
     lines = []

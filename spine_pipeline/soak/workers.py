@@ -76,6 +76,8 @@ def worker_main() -> int:
                         raise_on_error=False,
                     )
                     ok = result.success
+                    if not ok:
+                        error = "; ".join(_step_failures(result))[:500] or "run failed"
                 except Exception as exc:  # reported, and the worker keeps serving
                     error = f"{type(exc).__name__}: {exc}"[:500]
                 send(
@@ -101,12 +103,7 @@ def _submit(instance: Any, catalog: str) -> dict[str, Any]:
     os.environ["SPINE_CATALOG"] = catalog
     job = build_definitions().resolve_job_def(SUBMIT_ALL_JOB)
     result = job.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False)
-    failures = []
-    for event in result.all_events:
-        if event.is_step_failure:
-            data = event.event_specific_data
-            described = data.user_failure_data.description if data.user_failure_data else None
-            failures.append(described or data.error.message)
+    failures = _step_failures(result)
     return {
         "accepted": [
             str(e.materialization.metadata["run_id"].value)
@@ -115,6 +112,17 @@ def _submit(instance: Any, catalog: str) -> dict[str, Any]:
         "failures": failures,
         "seconds": round(time.monotonic() - started, 3),
     }
+
+
+def _step_failures(result: Any) -> list[str]:
+    """Each failed step's message, as the Dagster UI shows it."""
+    failures = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.event_specific_data
+            described = data.user_failure_data.description if data.user_failure_data else None
+            failures.append(described or (data.error.message if data.error else event.message))
+    return failures
 
 
 def _tick(dg: Any, defs: Any, sensor: Any, instance: Any, cursor: str | None) -> dict[str, Any]:
