@@ -9,6 +9,7 @@ awaitable I/O, so the two can never disagree about when a submit is safe to repe
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import importlib.util
 import json
@@ -446,6 +447,16 @@ class SpineClient(_Base):
                 sink.reset()
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """One TLS context per process, shared by every async client and its pools.
+
+    httpx builds a new one for every client created without one (20-40 ms: certifi's CA
+    bundle), and each sensor tick creates a client. A context is safe to share.
+    """
+    return httpx.create_ssl_context()
+
+
 class _PooledAsyncClient:
     """Several small `httpx.AsyncClient`s, each request sent through the least busy one.
 
@@ -485,9 +496,7 @@ class AsyncSpineClient(_Base):
         limits = httpx.Limits(
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
-        # One TLS context for all pools: httpx builds a new one (~20 ms, certifi's CA bundle)
-        # for every client it creates without one, and sensor ticks create a client each.
-        tls = httpx.create_ssl_context()
+        tls = _tls_context()
         self._http = _PooledAsyncClient(max_connections, self.settings.timeout, tls)
         self._submit_http = httpx.AsyncClient(
             timeout=self.settings.timeout,
