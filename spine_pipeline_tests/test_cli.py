@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -142,5 +143,12 @@ def test_simulator_command_serves_on_loopback():
         assert "sk_spine_simulator" in line
     finally:
         proc.terminate()
-        proc.wait(timeout=10)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            wchan = Path(f"/proc/{proc.pid}/wchan").read_text()
+            proc.kill()
+            signals = [ln for ln in status.splitlines() if ln.startswith(("State", "Sig"))]
+            raise AssertionError(f"ignored SIGTERM: {signals}, wchan {wchan}") from None
     time.sleep(0.1)

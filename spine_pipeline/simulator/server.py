@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
 import threading
 import time
@@ -143,9 +144,21 @@ class SimulatorServer:
         return f"<SimulatorServer {where} seed={self.config.seed}>"
 
 
+def _stoppable() -> None:
+    """Let SIGTERM and SIGINT stop this process even if its parent ignored or blocked them.
+
+    Both an ignored disposition and a blocked mask survive exec, and uvicorn only installs
+    its handlers once it runs: until then a `terminate()` could be lost.
+    """
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def serve_forever(config: SimulatorConfig | None = None, port: int = 8765) -> None:
     """Serve in the foreground until Ctrl+C (what ``spine-pipeline simulator`` calls)."""
     config = config or SimulatorConfig()
+    _stoppable()
     world = World(config)
     app = build_app(world)
     sock = _bind(port)
