@@ -38,7 +38,7 @@ def test_an_s3_archive_gets_its_client_when_it_opens_the_store(monkeypatch):
     archive = ArchiveResource(uri="s3://bucket/prefix", s3=s3)
     with dg.build_resources({"s3": s3, "archive": archive}) as resources:
         assert built == []  # initialising the resources built nothing
-        assert resources.s3 is not None
+        assert isinstance(resources.s3, LazyS3Resource)  # the resource, not a client
         store = resources.archive.store()
     assert [k["endpoint_url"] for k in built] == ["http://127.0.0.1:1"]
     assert store.endpoint == "http://127.0.0.1:1"
