@@ -4,8 +4,8 @@ Per new manifest, in one transaction: the chain link is checked (`ManifestLog`),
 listed file is fetched once, its size and sha256 compared with the manifest, and only then
 parsed and inserted; the manifest row and the search postings of its runs go in with it.
 A manifest is therefore ingested wholly or not at all, and never twice (the `manifests`
-and `runs` primary keys refuse a repeat). Only the keys a manifest lists are read, never a
-glob, so files of uncommitted batches stay invisible.
+primary key and an explicit check of the run ids refuse a repeat). Only the keys a
+manifest lists are read, never a glob, so files of uncommitted batches stay invisible.
 
 Bytes are fetched once and the very bytes that were hashed are parsed (no hash-then-read
 race): locally from the file, on S3 by DuckDB's httpfs (`read_blob`) with a secret built
@@ -237,6 +237,7 @@ def _ingest_manifest(
             raise IngestError(
                 f"manifest {manifest.seq}: no runs row for run(s) {', '.join(missing)}"
             )
+        _refuse_repeated_runs(con, manifest.seq, run_ids)
         con.execute(
             "INSERT INTO manifests VALUES (?, ?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, now())",
             [
@@ -274,6 +275,26 @@ def _ingest_manifest(
     else:
         report.manifests.append(manifest.seq)
         report.rows.update(rows)
+
+
+def _refuse_repeated_runs(con: duckdb.DuckDBPyConnection, seq: int, run_ids: set[str]) -> None:
+    """Refuse a manifest whose runs are already ingested, or listed twice in its runs file.
+
+    `runs` has no primary key (schema.UNKEYED_TABLES), so this is the check that keeps each
+    run exactly once: a semi-join of the manifest's ids against the run_id column.
+    """
+    if not run_ids:
+        return
+    repeated = con.execute(
+        "SELECT run_id FROM runs WHERE run_id IN (SELECT unnest($ids::VARCHAR[])) "
+        "GROUP BY run_id HAVING count(*) > 1 ORDER BY run_id LIMIT 3",
+        {"ids": sorted(run_ids)},
+    ).fetchall()
+    if repeated:
+        raise IngestError(
+            f"manifest {seq}: would duplicate rows already ingested (run "
+            f"{', '.join(r[0] for r in repeated)}); refusing to ingest"
+        )
 
 
 def _row_shift(con: duckdb.DuckDBPyConnection, table: str, seq: int) -> int | None:

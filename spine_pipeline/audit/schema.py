@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from spine_pipeline.archive.schemas import TABLES
 
-AUDIT_SCHEMA_VERSION = 1
+AUDIT_SCHEMA_VERSION = 2  # 2: no primary key on the tables that grow (UNKEYED_TABLES)
 DATA_TABLES = tuple(TABLES)  # runs, blocks, block_sources, edges, tasks, artifacts, run_errors
 OVERDUE_HOURS = 3
 ANOMALY_FACTOR = 3
@@ -43,10 +43,17 @@ def _columns(table: str) -> list[tuple[str, str]]:
     return [*cols, ("dt", "DATE"), ("manifest_seq", "BIGINT")]
 
 
-def _create_data_table(table: str) -> str:
-    cols = ",\n  ".join(f'"{name}" {typ}' for name, typ in _columns(table))
-    key = ",\n  PRIMARY KEY (run_id)" if table == "runs" else ""
-    return f"CREATE TABLE IF NOT EXISTS {table} (\n  {cols}{key}\n)"
+def _create_data_table(table: str, name: str | None = None) -> str:
+    cols = ",\n  ".join(f'"{col}" {typ}' for col, typ in _columns(table))
+    return f"CREATE TABLE IF NOT EXISTS {name or table} (\n  {cols}\n)"
+
+
+# No primary key on the tables that grow with the archive (runs, submissions,
+# ledger_tracked): DuckDB rewrites a table's whole ART index at every checkpoint, 1.3 s per
+# refresh for the 100,000 run ids of `runs` alone (docs/benchmarks.md). Their keys are kept
+# unique by the ingest instead: a manifest repeating a run is refused, and ledger records
+# are inserted only under keys not yet present.
+UNKEYED_TABLES = ("runs", "submissions", "ledger_tracked")
 
 
 _FIXED_TABLES = [
@@ -63,7 +70,7 @@ _FIXED_TABLES = [
   ingested_at TIMESTAMPTZ NOT NULL
 )""",
     """CREATE TABLE IF NOT EXISTS submissions (
-  ledger_key VARCHAR PRIMARY KEY,
+  ledger_key VARCHAR NOT NULL,
   request_name VARCHAR,
   run_id VARCHAR,
   submitted_at TIMESTAMPTZ,
@@ -91,7 +98,7 @@ _FIXED_TABLES = [
     # from here: a refresh GETs only records it has not seen, not the whole lookback window.
     # `valid` is false for a record the ledger would skip (not a JSON object with a run id).
     """CREATE TABLE IF NOT EXISTS ledger_tracked (
-  ledger_key VARCHAR PRIMARY KEY,
+  ledger_key VARCHAR NOT NULL,
   run_id VARCHAR,
   request_name VARCHAR,
   submitted_at TIMESTAMPTZ,
@@ -300,6 +307,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
                 con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {typ}')
     for ddl in _FIXED_TABLES:
         con.execute(ddl)
+    _drop_growing_keys(con)
     _ensure_search_layout(con)
     _ensure_run_facts(con)
     for ddl in MACROS + _views():
@@ -308,6 +316,45 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         "INSERT OR REPLACE INTO audit_state VALUES ('schema_version', ?)",
         [str(AUDIT_SCHEMA_VERSION)],
     )
+
+
+def _table_ddl(table: str, name: str) -> str:
+    if table in DATA_TABLES:
+        return _create_data_table(table, name)
+    prefix = f"CREATE TABLE IF NOT EXISTS {table} ("
+    (ddl,) = (d for d in _FIXED_TABLES if d.startswith(prefix))
+    return ddl.replace(prefix, f"CREATE TABLE {name} (", 1)
+
+
+def _drop_growing_keys(con: duckdb.DuckDBPyConnection) -> None:
+    """Migrate a database of an older layout: recreate UNKEYED_TABLES without their key.
+
+    DuckDB cannot drop a constraint, so the rows are copied (in order: the search index
+    points at row ids) into a new table of the current layout; once per file, 2 s per
+    100,000 runs here.
+    """
+    keyed = [
+        r[0]
+        for r in con.execute(
+            "SELECT DISTINCT table_name FROM duckdb_constraints() "
+            "WHERE database_name = current_database() AND constraint_type = 'PRIMARY KEY' "
+            "AND list_contains(?, table_name)",
+            [list(UNKEYED_TABLES)],
+        ).fetchall()
+    ]
+    if not keyed:
+        return
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for table in keyed:
+            con.execute(_table_ddl(table, "_audit_migrating"))
+            con.execute(f"INSERT INTO _audit_migrating BY NAME SELECT * FROM {table}")
+            con.execute(f"DROP TABLE {table}")
+            con.execute(f"ALTER TABLE _audit_migrating RENAME TO {table}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
 
 
 def data_columns(table: str) -> list[str]:

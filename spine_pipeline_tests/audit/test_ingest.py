@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from spine_pipeline.archive.ledger import Ledger, Submission
-from spine_pipeline.archive.manifest import Manifest, ManifestLog, manifest_key
+from spine_pipeline.archive.manifest import Manifest, ManifestLog, manifest_key, sha256_hex
 from spine_pipeline.archive.store import open_store
 from spine_pipeline.audit import (
     IngestError,
@@ -162,6 +166,30 @@ def test_duplicate_run_in_a_later_manifest_is_refused(world: World, archive_copy
     draft = Manifest(0, "duplicate", "", None, first.schema_version, first.runs, tuple(files), ())
     assert log.commit(draft) is not None
     with pytest.raises(IngestError, match=r"manifest 3: would duplicate rows"):
+        refresh_audit_db(uri, db)
+    assert counts(db)[0] == len(world.runs)
+
+
+def test_run_listed_twice_in_one_runs_file_is_refused(world: World, archive_copy) -> None:
+    uri, db = archive_copy()
+    refresh_audit_db(uri, db)
+    store = open_store(uri)
+    log = ManifestLog(store)
+    log.refresh()
+    first = log.manifests[0]
+    entry = next(f for f in first.files if f.table == "runs")
+    row = pq.read_table(io.BytesIO(store.get_bytes(entry.key))).slice(0, 1)
+    row = row.set_column(row.schema.get_field_index("run_id"), "run_id", pa.array(["run-twice"]))
+    buf = io.BytesIO()
+    pq.write_table(pa.concat_tables([row, row]), buf)
+    data = buf.getvalue()
+    key = entry.key.rsplit("/", 1)[0] + "/20990101T000000Z-twice.parquet"
+    store.put_bytes(key, data)
+    runs = (replace(first.runs[0], run_id="run-twice"),)
+    files = (type(entry)(key, "runs", 2, len(data), sha256_hex(data)),)
+    draft = Manifest(0, "twice", "", None, first.schema_version, runs, files, ())
+    assert log.commit(draft) is not None
+    with pytest.raises(IngestError, match=r"manifest 3: would duplicate rows .*run-twice"):
         refresh_audit_db(uri, db)
     assert counts(db)[0] == len(world.runs)
 
