@@ -168,6 +168,9 @@ def test_duplicate_run_in_a_later_manifest_is_refused(world: World, archive_copy
     with pytest.raises(IngestError, match=r"manifest 3: would duplicate rows"):
         refresh_audit_db(uri, db)
     assert counts(db)[0] == len(world.runs)
+    with pytest.raises(IngestError, match=r"manifest 3: would duplicate rows"):
+        rebuild_audit_db(uri, db)  # checked once at the end of a rebuild
+    assert counts(db)[0] == len(world.runs)
 
 
 def test_run_listed_twice_in_one_runs_file_is_refused(world: World, archive_copy) -> None:
@@ -189,9 +192,10 @@ def test_run_listed_twice_in_one_runs_file_is_refused(world: World, archive_copy
     files = (type(entry)(key, "runs", 2, len(data), sha256_hex(data)),)
     draft = Manifest(0, "twice", "", None, first.schema_version, runs, files, ())
     assert log.commit(draft) is not None
-    with pytest.raises(IngestError, match=r"manifest 3: would duplicate rows .*run-twice"):
-        refresh_audit_db(uri, db)
-    assert counts(db)[0] == len(world.runs)
+    for build in (refresh_audit_db, rebuild_audit_db):
+        with pytest.raises(IngestError, match=r"manifest 3: would duplicate rows .*run-twice"):
+            build(uri, db)
+        assert counts(db)[0] == len(world.runs)
 
 
 def test_other_archive_needs_rebuild(world: World, archive_copy, tmp_path: Path) -> None:
