@@ -13,7 +13,6 @@ import functools
 import hashlib
 import importlib.util
 import json
-import math
 import mimetypes
 import ssl
 import sys
@@ -25,6 +24,7 @@ from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from spine_pipeline.spine.envelope import ApiResponse, unwrap
 from spine_pipeline.spine.errors import (
@@ -50,12 +50,6 @@ from spine_pipeline.spine.settings import SpineSettings
 
 USER_AGENT = "spine-pipeline/0.1 (+httpx)"
 _CHUNK = 1 << 20
-# httpcore's async pool keeps its bookkeeping in lists scanned on every request and every
-# release, with a nested scan of all connections per idle one: O(connections^2) per request.
-# At 64 connections that was ~5 ms of CPU per GET (1,000 polls: 5.4 s, client CPU-bound).
-# Spreading connections over small pools keeps the scans short (measured: 0.46 s).
-_CONNECTIONS_PER_POOL = 4
-
 # httpcore asks `import sniffio` on every lock/event it sets up (several per request); when
 # sniffio is not installed, each failed import walks sys.path (~80 us). A None entry in
 # sys.modules makes the same import fail at once, exactly as it would anyway.
@@ -457,35 +451,18 @@ def _tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-class _PooledAsyncClient:
-    """Several small `httpx.AsyncClient`s, each request sent through the least busy one.
+def _read_transport(max_connections: int, tls: ssl.SSLContext) -> httpx.AsyncBaseTransport:
+    """aiohttp's HTTP/1.1 (C parser) under httpx for the API's GETs: half the CPU per request.
 
-    Same total connection limit as one client, but each pool holds at most
-    `_CONNECTIONS_PER_POOL` connections, so httpcore's per-request scans stay short.
+    httpcore spent ~0.9 ms of CPU per GET here, so a 1,000-run poll tick was bound by the
+    client; through aiohttp it is ~0.4 ms (docs/benchmarks.md). Only idempotent reads go
+    this way: httpx-aiohttp maps a connection dropped after the request was sent to
+    `httpx.ConnectTimeout`, which for a submit would read as "never sent" and be repeated.
     """
-
-    def __init__(
-        self, max_connections: int, timeout: httpx.Timeout, verify: ssl.SSLContext
-    ) -> None:
-        count = max(1, math.ceil(max_connections / _CONNECTIONS_PER_POOL))
-        per_pool = max(1, math.ceil(max_connections / count))
-        limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
-        self._clients = [
-            httpx.AsyncClient(timeout=timeout, limits=limits, verify=verify) for _ in range(count)
-        ]
-        self._busy = [0] * count
-
-    async def send(self, request: httpx.Request) -> httpx.Response:
-        i = self._busy.index(min(self._busy))
-        self._busy[i] += 1
-        try:
-            return await self._clients[i].send(request)
-        finally:
-            self._busy[i] -= 1
-
-    async def aclose(self) -> None:
-        for client in self._clients:
-            await client.aclose()
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    return AiohttpTransport(verify=tls, limits=limits)
 
 
 class AsyncSpineClient(_Base):
@@ -497,7 +474,9 @@ class AsyncSpineClient(_Base):
             max_connections=max_connections, max_keepalive_connections=max_connections
         )
         tls = _tls_context()
-        self._http = _PooledAsyncClient(max_connections, self.settings.timeout, tls)
+        self._http = httpx.AsyncClient(
+            timeout=self.settings.timeout, transport=_read_transport(max_connections, tls)
+        )
         self._submit_http = httpx.AsyncClient(
             timeout=self.settings.timeout,
             limits=httpx.Limits(max_keepalive_connections=0),
@@ -518,7 +497,7 @@ class AsyncSpineClient(_Base):
         await self._submit_http.aclose()
         await self._download_http.aclose()
 
-    async def _drive(self, flow: Flow[T], http: httpx.AsyncClient | _PooledAsyncClient) -> T:
+    async def _drive(self, flow: Flow[T], http: httpx.AsyncClient) -> T:
         step = next(flow)
         while True:
             reply: _Reply = None

@@ -25,6 +25,11 @@ from spine_pipeline.spine.errors import (
 from spine_pipeline.spine.models import Run
 
 _BACK_OFF = (RateLimitError, ServerError, SpineTimeoutError, SpineConnectionError)
+_DEADLINE_SLACK = 0.1  # seconds: a timeout this close to the deadline was the deadline's
+
+
+def _at(deadline: float) -> bool:
+    return deadline - time.monotonic() <= _DEADLINE_SLACK
 
 
 @dataclass(frozen=True)
@@ -79,13 +84,22 @@ async def poll_runs(
             except NotFoundError as exc:
                 results[run_id] = PollResult(run_id, error=str(exc), not_found=True)
             except _BACK_OFF as exc:
-                stop.append(f"{type(exc).__name__}: {exc}")
-                results[run_id] = PollResult(run_id, error=str(exc))
+                if isinstance(exc, SpineTimeoutError) and _at(deadline):
+                    # Cut short by the pass's deadline (every timeout is capped to it), not
+                    # by Spine: not polled, due again next time, like a poll still waiting.
+                    stop.append("deadline reached")
+                    results[run_id] = PollResult(run_id, polled=False)
+                else:
+                    stop.append(f"{type(exc).__name__}: {exc}")
+                    results[run_id] = PollResult(run_id, error=str(exc))
             except SpineError as exc:
                 results[run_id] = PollResult(run_id, error=str(exc))
 
     tasks = [asyncio.ensure_future(one(r)) for r in run_ids]
-    remaining = deadline - time.monotonic()
+    # A little past the deadline: requests in flight then end by their own timeouts (capped
+    # to the deadline) and are counted as not polled above; only what is still pending after
+    # that (a retry's sleep, a stuck connect) is cancelled here.
+    remaining = deadline - time.monotonic() + _DEADLINE_SLACK
     if tasks:
         _, pending = await asyncio.wait(tasks, timeout=max(0.0, remaining))
         for task in pending:
