@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import quote
 
+import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
@@ -131,9 +132,24 @@ def _transport_failure(kind: RequestKind, request: httpx.Request, exc: Exception
             f"({_describe(exc)}); not retried to avoid a duplicate billable run",
             cause=_describe(exc),
         )
-    if isinstance(exc, httpx.TimeoutException):
+    dropped = _dropped(exc)
+    if dropped is None and isinstance(exc, httpx.TimeoutException):
         return SpineTimeoutError(f"{what} timed out ({_describe(exc)})")
-    return SpineConnectionError(f"{what} failed: cannot reach Spine ({_describe(exc)})")
+    return SpineConnectionError(f"{what} failed: cannot reach Spine ({_describe(dropped or exc)})")
+
+
+def _dropped(exc: Exception) -> aiohttp.ClientConnectionError | None:
+    """The connection the server closed or reset, which httpx-aiohttp reports as a timeout.
+
+    Its exception map turns every `aiohttp.ClientConnectionError` (server disconnected,
+    connection reset) into `httpx.ConnectTimeout`; the aiohttp error is kept as the cause.
+    """
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+        cause, aiohttp.ServerTimeoutError
+    ):
+        return cause
+    return None
 
 
 def api_flow(

@@ -145,6 +145,28 @@ def test_get_retries_dropped_connections(simulator):
         assert simulator.world.fault_counts.get("get:drop") == 2
 
 
+def test_async_get_of_a_dropped_connection_is_a_connection_error(simulator):
+    # The async GETs go through aiohttp, whose httpx adapter reports a dropped connection
+    # as ConnectTimeout: the client must still call it a connection failure.
+    with client_for(simulator) as client:
+        run_id = client.create_run("dropped for good").run_id
+    simulator.set_faults("get:drop")
+
+    async def get():
+        async with AsyncSpineClient(
+            api_key=simulator.api_key, base_url=simulator.base_url, retry=FAST
+        ) as client:
+            await client.get_run(run_id)
+
+    with pytest.raises(SpineConnectionError, match="cannot reach Spine") as info:
+        asyncio.run(get())
+    assert not isinstance(info.value, SpineTimeoutError)
+    assert "ServerDisconnected" in str(info.value)
+    # Every attempt of the retry policy was made (aiohttp itself also repeats an idempotent
+    # request once when its connection is dropped, so there may be twice as many).
+    assert simulator.world.fault_counts.get("get:drop", 0) >= 1 + FAST.max_retries
+
+
 def test_get_gives_up_with_a_typed_error(simulator):
     with client_for(simulator) as client:
         run_id = client.create_run("always failing").run_id
