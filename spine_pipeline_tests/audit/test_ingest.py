@@ -151,51 +151,50 @@ def test_uncommitted_files_stay_invisible(world: World, archive_copy) -> None:
     assert counts(db)[:2] == counts(world.db)[:2]
 
 
-def test_duplicate_run_in_a_later_manifest_is_refused(world: World, archive_copy) -> None:
+def _ingested_copy(archive_copy) -> tuple[str, Path, ManifestLog, Manifest]:
+    """A refreshed copy of the archive, its manifest log and its first manifest."""
     uri, db = archive_copy()
     refresh_audit_db(uri, db)
-    store = open_store(uri)
-    log = ManifestLog(store)
+    log = ManifestLog(open_store(uri))
     log.refresh()
-    first = log.manifests[0]
+    return uri, db, log, log.manifests[0]
+
+
+def _refused(uri: str, db: Path, world: World, match: str) -> None:
+    """Refresh and rebuild (which checks once at the end) both refuse; nothing published."""
+    for build in (refresh_audit_db, rebuild_audit_db):
+        with pytest.raises(IngestError, match=match):
+            build(uri, db)
+        assert counts(db)[0] == len(world.runs)
+
+
+def test_duplicate_run_in_a_later_manifest_is_refused(world: World, archive_copy) -> None:
+    uri, db, log, first = _ingested_copy(archive_copy)
     files = []
     for f in first.files:  # the same rows again under a new batch's keys
         key = f.key.rsplit("/", 1)[0] + "/20990101T000000Z-duplicate.parquet"
-        store.put_bytes(key, store.get_bytes(f.key))
+        log.store.put_bytes(key, log.store.get_bytes(f.key))
         files.append(type(f)(key, f.table, f.rows, f.bytes, f.sha256))
     draft = Manifest(0, "duplicate", "", None, first.schema_version, first.runs, tuple(files), ())
     assert log.commit(draft) is not None
-    with pytest.raises(IngestError, match=r"manifest 3: would duplicate rows"):
-        refresh_audit_db(uri, db)
-    assert counts(db)[0] == len(world.runs)
-    with pytest.raises(IngestError, match=r"manifest 3: would duplicate rows"):
-        rebuild_audit_db(uri, db)  # checked once at the end of a rebuild
-    assert counts(db)[0] == len(world.runs)
+    _refused(uri, db, world, r"manifest 3: would duplicate rows")
 
 
 def test_run_listed_twice_in_one_runs_file_is_refused(world: World, archive_copy) -> None:
-    uri, db = archive_copy()
-    refresh_audit_db(uri, db)
-    store = open_store(uri)
-    log = ManifestLog(store)
-    log.refresh()
-    first = log.manifests[0]
+    uri, db, log, first = _ingested_copy(archive_copy)
     entry = next(f for f in first.files if f.table == "runs")
-    row = pq.read_table(io.BytesIO(store.get_bytes(entry.key))).slice(0, 1)
+    row = pq.read_table(io.BytesIO(log.store.get_bytes(entry.key))).slice(0, 1)
     row = row.set_column(row.schema.get_field_index("run_id"), "run_id", pa.array(["run-twice"]))
     buf = io.BytesIO()
     pq.write_table(pa.concat_tables([row, row]), buf)
     data = buf.getvalue()
     key = entry.key.rsplit("/", 1)[0] + "/20990101T000000Z-twice.parquet"
-    store.put_bytes(key, data)
+    log.store.put_bytes(key, data)
     runs = (replace(first.runs[0], run_id="run-twice"),)
     files = (type(entry)(key, "runs", 2, len(data), sha256_hex(data)),)
     draft = Manifest(0, "twice", "", None, first.schema_version, runs, files, ())
     assert log.commit(draft) is not None
-    for build in (refresh_audit_db, rebuild_audit_db):
-        with pytest.raises(IngestError, match=r"manifest 3: would duplicate rows .*run-twice"):
-            build(uri, db)
-        assert counts(db)[0] == len(world.runs)
+    _refused(uri, db, world, r"manifest 3: would duplicate rows .*run-twice")
 
 
 def test_other_archive_needs_rebuild(world: World, archive_copy, tmp_path: Path) -> None:
