@@ -10,7 +10,8 @@ What runs, exactly as in production (only faster clocks):
 
 What goes wrong on purpose, each at `fault_rate` (default 5 %):
 - the Spine API and downloads (simulator rules: 429, 5xx, latency, dropped connections,
-  malformed JSON, expired and truncated downloads), including on `POST /v1/run`;
+  malformed JSON, expired and truncated downloads), including on `POST /v1/run`, each
+  kind at least once;
 - storage (S3 backend): a loopback proxy answers 503 SlowDown, and the S3 server is stopped
   and restarted while archive runs are writing;
 - processes: an archive worker is SIGKILLed mid-batch (after a random delay, or as soon as
@@ -57,6 +58,7 @@ _RESTART_MODES = ("kept", "none", "garbage")
 #: Dispatch numbers from which the n-th forced kill is armed; a forced kill whose batch
 #: finishes before it fires is armed again on the next dispatch, until the minimum is met.
 _FORCED_KILL_DISPATCHES = (2, 5, 9, 14)
+_LAST_FORCED_KILL = len(_FORCED_KILL_DISPATCHES) - 1  # later kills arm from its dispatch
 _FORCED_RESTART_TICKS = (2, 4, 7, 10)
 _FORCED_S3_DISPATCH = 3
 _RESTART_TICKS = 4
@@ -562,7 +564,7 @@ class Soak:
             forced = (
                 done < self.cfg.min_worker_kills
                 and self.kills_armed == 0
-                and self.dispatches >= _FORCED_KILL_DISPATCHES[min(done, 3)]
+                and self.dispatches >= _FORCED_KILL_DISPATCHES[min(done, _LAST_FORCED_KILL)]
             )
             if not self.calm and (forced or self.rng.random() < self.cfg.fault_rate):
                 # An audit refresh writes no archive files: it is killed after a delay.
