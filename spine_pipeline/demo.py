@@ -26,7 +26,7 @@ from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline.audit import credit_report
 from spine_pipeline.audit.sql import format_table
 from spine_pipeline.config import PipelineSettings
-from spine_pipeline.defs.submit import SUBMIT_ALL_JOB
+from spine_pipeline.defs.names import SUBMIT_ALL_JOB
 
 DEFAULT_DAGSTER_HOME = Path("data/dagster_home")
 # Dagster's console logger at WARNING: the demo prints its own progress lines.

@@ -18,6 +18,7 @@ import dagster as dg
 
 from spine_pipeline.archive.archiver import Archiver, ArchiveRequest, RunOutcome
 from spine_pipeline.archive.checks import CHECKS, CheckResults, check_batch
+from spine_pipeline.defs.names import ARCHIVE_BATCH_OP
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
 from spine_pipeline.spine import canvas_url
 
@@ -63,7 +64,7 @@ def spine_run_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResu
 
 
 BATCH_CHECKS = [
-    dg.AssetCheckSpec(name, asset="archive_batch", description=f"Every run of the batch: {doc}")
+    dg.AssetCheckSpec(name, asset=ARCHIVE_BATCH_OP, description=f"Every run of the batch: {doc}")
     for name, doc in CHECKS.items()
 ]
 _LISTED_FAILURES = 50

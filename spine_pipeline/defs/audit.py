@@ -24,6 +24,7 @@ from spine_pipeline.audit import (
     run_sql,
 )
 from spine_pipeline.defs.archive import archive_batch
+from spine_pipeline.defs.names import ARCHIVE_JOB, AUDIT_JOB
 from spine_pipeline.defs.resources import ArchiveResource
 
 AUDIT_POOL = "spine_audit_db"
@@ -106,11 +107,10 @@ def credit_report(archive: ArchiveResource, audit_db: DuckDBResource) -> dg.Mate
 
 
 archive_job = dg.define_asset_job(
-    "archive_spine_runs",
+    ARCHIVE_JOB,
     selection=dg.AssetSelection.assets(archive_batch),
     description="Archive a batch of terminal Spine runs (requested by the poll sensor).",
 )
-AUDIT_JOB = "refresh_audit_db"
 audit_job = dg.define_asset_job(
     AUDIT_JOB,
     selection=dg.AssetSelection.assets(audit_database),

@@ -13,6 +13,7 @@ import dagster as dg
 
 from spine_pipeline.defs.archive import spine_runs
 from spine_pipeline.defs.audit import archive_job, audit_job, audit_lag, audit_refresh_request
+from spine_pipeline.defs.names import POLL_SENSOR, archive_run_config
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
 from spine_pipeline.polling import run_tick
 
@@ -24,7 +25,7 @@ def _batches(items: list[str], size: int) -> list[list[str]]:
 
 
 @dg.sensor(
-    name="spine_poll_sensor",
+    name=POLL_SENSOR,
     jobs=[archive_job, audit_job],
     minimum_interval_seconds=15,
     default_status=dg.DefaultSensorStatus.RUNNING,
@@ -52,7 +53,7 @@ def spine_poll_sensor(
         dg.RunRequest(
             job_name=archive_job.name,
             run_key=f"archive-{stamp}-{i}",
-            run_config=dg.RunConfig(ops={"archive_batch": {"config": {"run_ids": batch}}}),
+            run_config=archive_run_config(batch),
             tags={"spine/run_count": str(len(batch))},
         )
         for i, batch in enumerate(_batches(report.to_archive, archive.batch_size))

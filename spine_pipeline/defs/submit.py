@@ -5,12 +5,12 @@ from pathlib import Path
 import dagster as dg
 
 from spine_pipeline.catalog import CatalogRequest, load_catalog
+from spine_pipeline.defs.names import SUBMIT_ALL_JOB
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
 from spine_pipeline.spine import SpineError, SubmitOutcomeUnknownError, canvas_url
 from spine_pipeline.submission import SubmissionNotRecorded, SubmitSpec, submit_and_record
 
 GROUP = "spine_requests"
-SUBMIT_ALL_JOB = "submit_catalog"
 
 
 def submit_asset(request: CatalogRequest) -> dg.AssetsDefinition:

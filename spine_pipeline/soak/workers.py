@@ -97,7 +97,7 @@ def worker_main() -> int:
 def _submit(instance: Any, catalog: str) -> dict[str, Any]:
     """Materialise every submit asset of `catalog` (one `submit_catalog` run)."""
     from spine_pipeline.definitions import build_definitions
-    from spine_pipeline.defs.submit import SUBMIT_ALL_JOB
+    from spine_pipeline.defs.names import SUBMIT_ALL_JOB
 
     started = time.monotonic()
     os.environ["SPINE_CATALOG"] = catalog

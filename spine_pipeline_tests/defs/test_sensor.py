@@ -8,7 +8,7 @@ import pytest
 
 from spine_pipeline.archive.service import archive_now
 from spine_pipeline.definitions import build_definitions
-from spine_pipeline.defs.audit import AUDIT_JOB
+from spine_pipeline.defs.names import AUDIT_JOB
 from spine_pipeline.demo import ARCHIVE_JOB, archive_batch_ids
 from spine_pipeline.spine import AsyncSpineClient
 

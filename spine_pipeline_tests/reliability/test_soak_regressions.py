@@ -185,8 +185,8 @@ def test_dagster_submit_failure_names_an_unrecorded_run(simulator, tmp_path, mon
     from spine_pipeline import submission
     from spine_pipeline.archive.ledger import Ledger
     from spine_pipeline.definitions import build_definitions
+    from spine_pipeline.defs.names import SUBMIT_ALL_JOB
     from spine_pipeline.defs.resources import ArchiveResource
-    from spine_pipeline.defs.submit import SUBMIT_ALL_JOB
 
     catalog = tmp_path / "requests.yaml"
     catalog.write_text("requests:\n  - name: outage_probe\n    prompt: Submit during an outage\n")
