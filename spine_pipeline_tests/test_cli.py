@@ -82,7 +82,7 @@ def test_verify_fails_after_tampering_and_names_the_object(cli, tmp_path):
 
 
 def test_gc_removes_only_old_uncommitted_files(cli, tmp_path):
-    from spine_pipeline.archive.store import open_store
+    from spine_pipeline.archive.stores import open_store
 
     store = open_store(str(tmp_path / "archive"))
     store.put_bytes("tables/runs/dt=2020-01-01/orphan.parquet", b"uncommitted")

@@ -41,7 +41,7 @@ from spine_pipeline.archive.manifest import (
 from spine_pipeline.archive.parquet import encode_table
 from spine_pipeline.archive.records import BatchContext, FetchedRun
 from spine_pipeline.archive.schemas import SCHEMA_VERSION
-from spine_pipeline.archive.store import AlreadyExists, ObjectStore
+from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
 from spine_pipeline.spine import AsyncSpineClient, SpineError
 
 log = logging.getLogger(__name__)

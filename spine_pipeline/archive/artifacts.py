@@ -23,7 +23,7 @@ from pathlib import Path
 
 from spine_pipeline.archive.fetch import TransientFetchError
 from spine_pipeline.archive.records import ArtifactOutcome
-from spine_pipeline.archive.store import AlreadyExists, ObjectStore
+from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
 from spine_pipeline.spine import (
     ArtifactRef,
     AsyncSpineClient,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from spine_pipeline.archive.manifest import ManifestLog
-from spine_pipeline.archive.store import ObjectStore
+from spine_pipeline.archive.stores import ObjectStore
 
 DEFAULT_GRACE = timedelta(hours=6)
 TABLE_PREFIX = "tables/"

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from spine_pipeline.archive.store import AlreadyExists, ObjectStore
+from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
 
 LEDGER = "ledger/"
 SUBMISSIONS = "ledger/submissions/"

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from spine_pipeline.archive.store import AlreadyExists, ObjectStore
+from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
 
 MANIFEST_PREFIX = "manifests/"
 MANIFEST_FORMAT = "spine-pipeline-manifest/1"

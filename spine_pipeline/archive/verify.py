@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from spine_pipeline.archive.manifest import MANIFEST_PREFIX, Manifest, ManifestError, manifest_key
-from spine_pipeline.archive.store import ObjectStore
+from spine_pipeline.archive.stores import ObjectStore
 
 VERIFIED_PREFIXES = ("tables/", "artifacts/", MANIFEST_PREFIX)
 _MANIFEST_KEY = re.compile(r"^manifests/(\d{12})\.json$")

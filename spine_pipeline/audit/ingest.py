@@ -40,7 +40,7 @@ from spine_pipeline.archive.manifest import (
     manifest_key,
     sha256_hex,
 )
-from spine_pipeline.archive.store import ObjectStore, open_store
+from spine_pipeline.archive.stores import ObjectStore, open_store
 from spine_pipeline.audit.duck import AuditError, configure_s3, load_extension, sql_str
 from spine_pipeline.audit.schema import (
     DATA_TABLES,

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from spine_pipeline.archive.store import AlreadyExists
+from spine_pipeline.archive.stores import AlreadyExists
 from spine_pipeline.audit import (
     headline_markdown,
     refresh_audit_db,

@@ -350,7 +350,7 @@ def _overwrite(kit, key, data):
 KILLER = """
 import os, signal, sys
 from spine_pipeline.archive.archiver import Archiver
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.spine import AsyncSpineClient
 uri, base, key, *ids = sys.argv[1:]
 def die(files):

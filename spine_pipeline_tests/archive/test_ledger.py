@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from spine_pipeline.archive.ledger import Ledger, Submission
-from spine_pipeline.archive.store import AlreadyExists, open_store
+from spine_pipeline.archive.stores import AlreadyExists, open_store
 
 
 @pytest.fixture

@@ -20,15 +20,15 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
 
-from spine_pipeline.archive.store import (
+from spine_pipeline.archive.stores import (
     AlreadyExists,
     ObjectNotFound,
     ObjectStore,
     StoreError,
     open_store,
 )
-from spine_pipeline.archive.store_local import LocalStore
-from spine_pipeline.archive.store_s3 import S3Store
+from spine_pipeline.archive.stores.local import LocalStore
+from spine_pipeline.archive.stores.s3 import S3Store
 
 MB = 1024 * 1024
 

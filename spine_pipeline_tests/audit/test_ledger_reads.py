@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from spine_pipeline.archive.ledger import LEDGER, TRACKED, Ledger, Submission
-from spine_pipeline.archive.store import ObjectInfo, ObjectStore, open_store
+from spine_pipeline.archive.stores import ObjectInfo, ObjectStore, open_store
 from spine_pipeline.audit import connect_readonly, rebuild_audit_db, refresh_audit_db
 from spine_pipeline_tests.audit.conftest import World, rows
 

@@ -22,8 +22,8 @@ from botocore.exceptions import ClientError
 from spine_pipeline.archive.archiver import Archiver
 from spine_pipeline.archive.gc import collect_garbage
 from spine_pipeline.archive.ledger import Ledger
-from spine_pipeline.archive.store import open_store
-from spine_pipeline.archive.store_s3 import S3Store, S3WriteOptions
+from spine_pipeline.archive.stores import open_store
+from spine_pipeline.archive.stores.s3 import S3Store, S3WriteOptions
 from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline.audit import refresh_audit_db, run_sql
 from spine_pipeline.simulator import SimulatorConfig, SimulatorServer
@@ -303,7 +303,7 @@ def test_object_lock_on_a_bucket_without_it_is_a_clear_error(sse_env, monkeypatc
     monkeypatch.setenv("SPINE_S3_OBJECT_LOCK_DAYS", "1")
     store = open_store(f"s3://{bucket}/archive")
     store.put_bytes("tables/x", b"not locked, fine")
-    from spine_pipeline.archive.store import StoreError
+    from spine_pipeline.archive.stores import StoreError
 
     with pytest.raises(StoreError) as caught:
         store.put_bytes("manifests/000000000001.json", b"{}")

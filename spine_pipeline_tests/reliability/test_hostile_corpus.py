@@ -23,7 +23,7 @@ import pytest
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.read import read_committed
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline.audit import connect_readonly
 from spine_pipeline.demo import evaluate_poll_sensor

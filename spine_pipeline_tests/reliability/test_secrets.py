@@ -11,7 +11,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.config import PipelineSettings
 from spine_pipeline.demo import prepare_dagster_home, run_demo, summary_lines
 from spine_pipeline.simulator import SimulatorConfig, SimulatorServer
