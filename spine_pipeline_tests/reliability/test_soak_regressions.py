@@ -128,9 +128,10 @@ class _FlakyStore:
         self.failures = failures
 
     def put_bytes(self, key, data, *, content_type=None):
+        from spine_pipeline.archive.layout import LEDGER_PREFIX
         from spine_pipeline.archive.stores import StoreError
 
-        if key.startswith("ledger/") and self.failures > 0:
+        if key.startswith(LEDGER_PREFIX) and self.failures > 0:
             self.failures -= 1
             raise StoreError(f"S3 put s3://bucket/{key} failed: cannot reach http://127.0.0.1:9")
         return self.inner.put_bytes(key, data, content_type=content_type)
