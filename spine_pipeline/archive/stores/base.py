@@ -6,8 +6,8 @@ raises `AlreadyExists` and leaves the existing bytes untouched. Keys are validat
 for both backends, so a hostile name (`../x`, `/abs`, NUL) never reaches a filesystem or a
 bucket.
 
-Backends (`local.LocalStore`, `s3.S3Store`) import only this module; `open_store` in the
-package `__init__` picks one for a URI.
+Backends (`local.LocalStore`, `s3.S3Store`) build on this module and never import the
+factory; `open_store` in the package `__init__` imports them and picks one for a URI.
 """
 
 from __future__ import annotations
