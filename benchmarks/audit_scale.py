@@ -31,8 +31,9 @@ import duckdb
 
 from benchmarks import synth
 from benchmarks.common import BENCH_DIR, Result, Row, interleave, median, say
-from spine_pipeline.archive.manifest import MANIFEST_PREFIX, ManifestLog, manifest_key
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.layout import manifest_key
+from spine_pipeline.archive.manifest import ManifestLog
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.audit import credit_report, rebuild_audit_db, refresh_audit_db, search
 from spine_pipeline.audit.duck import REGISTRY
 
@@ -260,4 +261,4 @@ class _Queries:
             say(f"audit: {name} ({when}): {value:.3f} s vs ideal {base:.3f} s")
 
 
-__all__ = ["MANIFEST_PREFIX", "run"]
+__all__ = ["run"]

@@ -37,7 +37,7 @@ from benchmarks.dagster_env import pipeline_env
 from benchmarks.sim import SimProcess
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.manifest import ManifestLog
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.simulator import SimulatorConfig
 from spine_pipeline.spine import AsyncSpineClient
 

@@ -43,7 +43,7 @@ def _child(base_url: str, api_key: str, run_id: str, archive: str, trace: str = 
     import tracemalloc
 
     from spine_pipeline.archive.archiver import Archiver
-    from spine_pipeline.archive.store import open_store
+    from spine_pipeline.archive.stores import open_store
     from spine_pipeline.spine import AsyncSpineClient
 
     store = open_store(archive)

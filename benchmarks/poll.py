@@ -20,7 +20,7 @@ from benchmarks.common import BENCH_DIR, Result, Row, interleave, median, say
 from benchmarks.dagster_env import evaluate_sensor, pipeline_env
 from benchmarks.sim import SimProcess
 from spine_pipeline.archive.ledger import Ledger
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.simulator import SimulatorConfig
 
 LATENCY_MS = 20

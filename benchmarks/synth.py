@@ -19,7 +19,7 @@ from pathlib import Path
 from spine_pipeline.archive.archiver import Archiver
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.records import FetchedRun, RawDoc
-from spine_pipeline.archive.store import ObjectStore, open_store
+from spine_pipeline.archive.stores import ObjectStore, open_store
 
 PHRASE = "gross margin in Japan"
 TEMPLATES = ("report", "slides", "memo", "excel", "deep_research", "app", "landing_page", "auto")

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from spine_pipeline.archive.ledger import Ledger
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.cli_errors import expected_errors, fail
 from spine_pipeline.config import PipelineSettings
 from spine_pipeline.spine import SpineClient, UploadFile

@@ -15,7 +15,7 @@ import click
 import duckdb
 
 from spine_pipeline.archive.manifest import ManifestError
-from spine_pipeline.archive.store import StoreError
+from spine_pipeline.archive.stores import StoreError
 from spine_pipeline.audit import AuditError
 from spine_pipeline.audit.sql import duckdb_message
 from spine_pipeline.catalog import CatalogError

@@ -21,7 +21,7 @@ import dagster as dg
 
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.read import read_committed
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline.audit import credit_report
 from spine_pipeline.audit.sql import format_table

@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from spine_pipeline.archive.layout import manifest_key
 from spine_pipeline.archive.ledger import Ledger, TrackedRun
-from spine_pipeline.archive.manifest import ManifestLog, manifest_key
+from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.spine import AsyncSpineClient
 from spine_pipeline.spine.poll import PollResult, poll_runs
 

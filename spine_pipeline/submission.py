@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import TypeVar
 
 from spine_pipeline.archive.ledger import Ledger, Submission
-from spine_pipeline.archive.store import StoreError
+from spine_pipeline.archive.stores import StoreError
 from spine_pipeline.spine import (
     CreatedRun,
     SpineClient,

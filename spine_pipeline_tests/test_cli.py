@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from spine_pipeline.archive.layout import manifest_key, table_key
 from spine_pipeline.cli import main
 
 
@@ -73,24 +74,25 @@ def test_submit_track_archive_status_verify(cli, simulator, tmp_path):
 def test_verify_fails_after_tampering_and_names_the_object(cli, tmp_path):
     run_id = cli("submit", "--prompt", "[scenario:completed] tamper").stdout.strip()
     assert cli("archive", run_id, "--wait", "--timeout", "20").exit_code == 0
-    manifest = tmp_path / "archive" / "manifests" / "000000000001.json"
+    manifest = tmp_path / "archive" / manifest_key(1)
     manifest.chmod(0o600)
     manifest.write_bytes(manifest.read_bytes().replace(b'"seq": 1', b'"seq": 1 '))
     result = cli("verify")
     assert result.exit_code == 1
-    assert "manifests/000000000001.json" in result.stderr
+    assert manifest_key(1) in result.stderr
 
 
 def test_gc_removes_only_old_uncommitted_files(cli, tmp_path):
-    from spine_pipeline.archive.store import open_store
+    from spine_pipeline.archive.stores import open_store
 
     store = open_store(str(tmp_path / "archive"))
-    store.put_bytes("tables/runs/dt=2020-01-01/orphan.parquet", b"uncommitted")
+    orphan = table_key("runs", "2020-01-01", "orphan")
+    store.put_bytes(orphan, b"uncommitted")
     young = cli("gc", "--dry-run")
     assert "1 uncommitted object(s) younger than the grace period kept" in young.stdout
     old = cli("gc", "--grace-hours", "0")
-    assert "removed tables/runs/dt=2020-01-01/orphan.parquet" in old.stdout
-    assert not store.exists("tables/runs/dt=2020-01-01/orphan.parquet")
+    assert f"removed {orphan}" in old.stdout
+    assert not store.exists(orphan)
 
 
 @pytest.mark.parametrize(

@@ -101,7 +101,7 @@ def test_a_hanging_store_fails_the_tick_within_its_budget_and_loses_nothing(tmp_
 
     from spine_pipeline.archive.ledger import Ledger
     from spine_pipeline.archive.manifest import ManifestLog
-    from spine_pipeline.archive.store import open_store
+    from spine_pipeline.archive.stores import open_store
     from spine_pipeline.polling import InFlightSource, StorageTimeout, run_tick
     from spine_pipeline.spine import AsyncSpineClient, SpineClient
 
@@ -134,7 +134,7 @@ def test_a_replaced_archive_root_is_read_afresh(tmp_path):
 
     from spine_pipeline.archive.ledger import Ledger
     from spine_pipeline.archive.manifest import Manifest, ManifestLog, RunEntry
-    from spine_pipeline.archive.store import open_store
+    from spine_pipeline.archive.stores import open_store
     from spine_pipeline.polling import InFlightSource
 
     root = tmp_path / "archive"

@@ -31,6 +31,7 @@ from spine_pipeline.archive.fetch import (
     terminal_time,
 )
 from spine_pipeline.archive.flatten import flatten_batch_by_dt, partition_dt
+from spine_pipeline.archive.layout import table_key
 from spine_pipeline.archive.manifest import (
     ArtifactEntry,
     FileEntry,
@@ -41,7 +42,7 @@ from spine_pipeline.archive.manifest import (
 from spine_pipeline.archive.parquet import encode_table
 from spine_pipeline.archive.records import BatchContext, FetchedRun
 from spine_pipeline.archive.schemas import SCHEMA_VERSION
-from spine_pipeline.archive.store import AlreadyExists, ObjectStore
+from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
 from spine_pipeline.spine import AsyncSpineClient, SpineError
 
 log = logging.getLogger(__name__)
@@ -241,7 +242,7 @@ class Archiver:
         for dt, tables in flatten_batch_by_dt(runs, ctx).items():
             for table, arrow in tables.items():
                 encoded = encode_table(table, arrow)
-                key = f"tables/{table}/dt={dt}/{batch_id}.parquet"
+                key = table_key(table, dt, batch_id)
                 try:
                     self.store.put_bytes(
                         key, encoded.data, content_type="application/vnd.apache.parquet"

@@ -22,8 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from spine_pipeline.archive.fetch import TransientFetchError
+from spine_pipeline.archive.layout import artifact_key
 from spine_pipeline.archive.records import ArtifactOutcome
-from spine_pipeline.archive.store import AlreadyExists, ObjectStore
+from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
 from spine_pipeline.spine import (
     ArtifactRef,
     AsyncSpineClient,
@@ -33,13 +34,8 @@ from spine_pipeline.spine import (
     SpineError,
 )
 
-ARTIFACT_PREFIX = "artifacts/sha256/"
 URL_REFRESHES = 4
 TRANSIENT_ROUNDS = 3  # rounds of the client's retries for a transient failure
-
-
-def artifact_key(sha256: str) -> str:
-    return f"{ARTIFACT_PREFIX}{sha256[:2]}/{sha256}"
 
 
 async def _store_file(store: ObjectStore, path: Path, sha256: str, content_type: str | None) -> str:

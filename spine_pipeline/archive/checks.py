@@ -23,7 +23,7 @@ from spine_pipeline.archive.fetch import (
     fetch_run,
 )
 from spine_pipeline.archive.manifest import Manifest, ManifestLog
-from spine_pipeline.archive.store import ObjectStore
+from spine_pipeline.archive.stores import ObjectStore
 from spine_pipeline.spine import AsyncSpineClient, SpineError
 
 CHECKS = {

@@ -16,12 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from spine_pipeline.archive.layout import ARTIFACT_AREA, TABLE_PREFIX
 from spine_pipeline.archive.manifest import ManifestLog
-from spine_pipeline.archive.store import ObjectStore
+from spine_pipeline.archive.stores import ObjectStore
 
 DEFAULT_GRACE = timedelta(hours=6)
-TABLE_PREFIX = "tables/"
-ARTIFACT_PREFIX = "artifacts/"
 
 
 @dataclass
@@ -45,7 +44,8 @@ def collect_garbage(
     referenced = {f.key for m in log for f in m.files} | {a.key for m in log for a in m.artifacts}
     cutoff = (now or datetime.now(UTC)) - grace
     report = GcReport()
-    prefixes = (TABLE_PREFIX, ARTIFACT_PREFIX) if include_artifacts else (TABLE_PREFIX,)
+    # The areas `verify` checks (layout.CHAINED_PREFIXES) except manifests, never collected.
+    prefixes = (TABLE_PREFIX, ARTIFACT_AREA) if include_artifacts else (TABLE_PREFIX,)
     for prefix in prefixes:
         for info in store.list(prefix):
             if info.key in referenced:

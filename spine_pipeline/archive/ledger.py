@@ -24,12 +24,19 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from spine_pipeline.archive.store import AlreadyExists, ObjectStore
+from spine_pipeline.archive.layout import (
+    ABANDONED_PREFIX,
+    SUBMISSIONS_PREFIX,
+    TRACKED_PREFIX,
+    abandoned_key,
+    parse_abandoned_run_id,
+    submission_key,
+    tracked_day_prefix,
+    tracked_key,
+    tracked_run_id,
+)
+from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
 
-LEDGER = "ledger/"
-SUBMISSIONS = "ledger/submissions/"
-TRACKED = "ledger/tracked/"
-ABANDONED = "ledger/abandoned/"
 OUTCOMES = ("accepted", "rejected", "unknown")
 
 
@@ -102,7 +109,7 @@ class Ledger:
         if submission.outcome not in OUTCOMES:
             raise ValueError(f"unknown submission outcome {submission.outcome!r}")
         ts = parse_ts(submission.submitted_at) or datetime.now(UTC)
-        key = f"{SUBMISSIONS}dt={ts:%Y-%m-%d}/{ts:%Y%m%dT%H%M%S%f}Z-{uuid.uuid4().hex[:12]}.json"
+        key = submission_key(ts, uuid.uuid4().hex[:12])
         self.store.put_bytes(key, _dump(asdict(submission)), content_type="application/json")
         return key
 
@@ -129,7 +136,7 @@ class Ledger:
             submitted_at=_iso(submitted_at) if submitted_at else None,
             source=source,
         )
-        key = f"{TRACKED}dt={now:%Y-%m-%d}/{run_id}.json"
+        key = tracked_key(now, run_id)
         try:
             self.store.put_bytes(key, _dump(asdict(record)), content_type="application/json")
         except AlreadyExists:
@@ -138,7 +145,7 @@ class Ledger:
 
     def _recent_tracked(self, run_id: str, around: datetime) -> TrackedRun | None:
         for day in (around.date(), (around - timedelta(days=1)).date()):
-            key = f"{TRACKED}dt={day:%Y-%m-%d}/{run_id}.json"
+            key = tracked_key(day, run_id)
             if self.store.exists(key):
                 return _tracked(self.store.get_bytes(key))
         return None
@@ -157,13 +164,13 @@ class Ledger:
         """Tracked runs, oldest day first, each once; `since` limits the listing to recent days."""
         seen: set[str] = set()
         if since is None:
-            listing = self.store.list(TRACKED)
+            listing = self.store.list(TRACKED_PREFIX)
         else:
             today = datetime.now(UTC).date()
             days = [since + timedelta(days=i) for i in range((today - since).days + 2)]
-            listing = (i for d in days for i in self.store.list(f"{TRACKED}dt={d:%Y-%m-%d}/"))
+            listing = (i for d in days for i in self.store.list(tracked_day_prefix(d)))
         for info in listing:
-            run_id = info.key.rsplit("/", 1)[-1].removesuffix(".json")
+            run_id = tracked_run_id(info.key)
             if run_id in seen:
                 continue
             seen.add(run_id)
@@ -177,20 +184,20 @@ class Ledger:
         _safe_run_id(run_id)
         body = {"run_id": run_id, "abandoned_at": _iso(now or datetime.now(UTC)), "reason": reason}
         try:
-            self.store.put_bytes(f"{ABANDONED}{run_id}.json", _dump(body))
+            self.store.put_bytes(abandoned_key(run_id), _dump(body))
         except AlreadyExists:
             return False
         return True
 
     def abandoned(self) -> set[str]:
         return {
-            info.key[len(ABANDONED) : -len(".json")]
-            for info in self.store.list(ABANDONED)
-            if info.key.endswith(".json")
+            run_id
+            for info in self.store.list(ABANDONED_PREFIX)
+            if (run_id := parse_abandoned_run_id(info.key)) is not None
         }
 
     def submissions(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        for info in self.store.list(SUBMISSIONS):
+        for info in self.store.list(SUBMISSIONS_PREFIX):
             try:
                 yield info.key, json.loads(self.store.get_bytes(info.key))
             except ValueError:

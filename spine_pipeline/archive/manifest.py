@@ -11,25 +11,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from spine_pipeline.archive.store import AlreadyExists, ObjectStore
+from spine_pipeline.archive.layout import MANIFEST_PREFIX, manifest_key, parse_manifest_seq
+from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
 
-MANIFEST_PREFIX = "manifests/"
 MANIFEST_FORMAT = "spine-pipeline-manifest/1"
-_KEY = re.compile(r"^manifests/(\d{12})\.json$")
 
 
 class ManifestError(Exception):
     """A manifest is unreadable or the chain is broken; the message names the object."""
-
-
-def manifest_key(seq: int) -> str:
-    return f"{MANIFEST_PREFIX}{seq:012d}.json"
 
 
 def sha256_hex(data: bytes) -> str:
@@ -168,9 +162,9 @@ class ManifestLog:
         if not self.manifests:
             # First read: list once (cheap to resume from), then verify in order.
             seqs = sorted(
-                int(m.group(1))
+                seq
                 for info in self.store.list(MANIFEST_PREFIX)
-                if (m := _KEY.match(info.key))
+                if (seq := parse_manifest_seq(info.key)) is not None
             )
             for expected, seq in enumerate(seqs, start=1):
                 if seq != expected:

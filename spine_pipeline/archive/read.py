@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.schemas import TABLES
-from spine_pipeline.archive.store import ObjectStore
+from spine_pipeline.archive.stores import ObjectStore
 
 
 def read_committed(

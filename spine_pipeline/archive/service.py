@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from spine_pipeline.archive.archiver import Archiver, ArchiveRequest, RunOutcome
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.manifest import ManifestLog
-from spine_pipeline.archive.store import ObjectStore, open_store
+from spine_pipeline.archive.stores import ObjectStore, open_store
 from spine_pipeline.spine import AsyncSpineClient
 from spine_pipeline.spine.poll import poll_runs
 

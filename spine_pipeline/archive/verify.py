@@ -8,15 +8,18 @@ manifest lists, a manifest out of sequence or with a broken `prev_sha256`.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from spine_pipeline.archive.manifest import MANIFEST_PREFIX, Manifest, ManifestError, manifest_key
-from spine_pipeline.archive.store import ObjectStore
+from spine_pipeline.archive.layout import (
+    CHAINED_PREFIXES,
+    MANIFEST_PREFIX,
+    manifest_key,
+    parse_manifest_seq,
+)
+from spine_pipeline.archive.manifest import Manifest, ManifestError
+from spine_pipeline.archive.stores import ObjectStore
 
-VERIFIED_PREFIXES = ("tables/", "artifacts/", MANIFEST_PREFIX)
-_MANIFEST_KEY = re.compile(r"^manifests/(\d{12})\.json$")
 _CHUNK = 1 << 20
 
 
@@ -74,14 +77,14 @@ def _check(
 def verify_archive(store: ObjectStore) -> VerifyReport:
     """Verify everything under the archive root; `report.ok` is False on any problem."""
     report = VerifyReport()
-    existing = {info.key for prefix in VERIFIED_PREFIXES for info in store.list(prefix)}
+    existing = {info.key for prefix in CHAINED_PREFIXES for info in store.list(prefix)}
     manifest_seqs = []
     for key in sorted(k for k in existing if k.startswith(MANIFEST_PREFIX)):
-        m = _MANIFEST_KEY.match(key)
-        if m is None:
+        seq = parse_manifest_seq(key)
+        if seq is None:
             report.problems.append(Problem("unlisted", key, "not a manifest name"))
         else:
-            manifest_seqs.append(int(m.group(1)))
+            manifest_seqs.append(seq)
     listed: set[str] = set()
     prev_sha: str | None = None
     expected_seq = 1

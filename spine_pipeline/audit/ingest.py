@@ -20,7 +20,6 @@ import io
 import json
 import logging
 import os
-import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -32,15 +31,23 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spine_pipeline.archive.ledger import SUBMISSIONS, TRACKED, Ledger, parse_ts
+from spine_pipeline.archive.layout import (
+    SUBMISSIONS_PREFIX,
+    key_dt,
+    manifest_key,
+    parse_submission_day,
+    submissions_day_prefix,
+    tracked_day_prefix,
+    tracked_run_id,
+)
+from spine_pipeline.archive.ledger import Ledger, parse_ts
 from spine_pipeline.archive.manifest import (
     Manifest,
     ManifestError,
     ManifestLog,
-    manifest_key,
     sha256_hex,
 )
-from spine_pipeline.archive.store import ObjectStore, open_store
+from spine_pipeline.archive.stores import ObjectStore, open_store
 from spine_pipeline.audit.duck import AuditError, configure_s3, load_extension, sql_str
 from spine_pipeline.audit.schema import (
     DATA_TABLES,
@@ -55,8 +62,6 @@ from spine_pipeline.config import PipelineSettings
 
 log = logging.getLogger(__name__)
 
-_DT = re.compile(r"/dt=(\d{4}-\d{2}-\d{2})/")
-_SUB_DT = re.compile(r"^ledger/submissions/dt=(\d{4}-\d{2}-\d{2})/")
 INFLIGHT_LOOKBACK_DAYS = 3
 
 
@@ -230,8 +235,7 @@ def _load_manifest(
             seen_runs |= file_runs
             if not bulk:
                 _refuse_repeated_runs(con, manifest.seq, arrow)
-        m = _DT.search(entry.key)
-        _insert(con, entry.table, arrow, m.group(1) if m else None, manifest.seq)
+        _insert(con, entry.table, arrow, key_dt(entry.key), manifest.seq)
         rows[entry.table] += arrow.num_rows
     if seen_runs != run_ids:
         missing = sorted(run_ids - seen_runs)[:3]
@@ -478,14 +482,14 @@ def _ingest_submissions(
     """New `ledger/submissions/` records, by object key (each key is ingested once)."""
     since = _state(con, "submissions_day")
     if since is None:
-        listing = [i.key for i in store.list(SUBMISSIONS)]
+        listing = [i.key for i in store.list(SUBMISSIONS_PREFIX)]
     else:
         start = date.fromisoformat(since) - timedelta(days=1)
         end = datetime.now(UTC).date() + timedelta(days=1)
         listing = [
             i.key
             for n in range((end - start).days + 1)
-            for i in store.list(f"{SUBMISSIONS}dt={start + timedelta(days=n):%Y-%m-%d}/")
+            for i in store.list(submissions_day_prefix(start + timedelta(days=n)))
         ]
     keys = [k for k in listing if k.endswith(".json")]
     if not keys:
@@ -527,7 +531,7 @@ def _ingest_submissions(
                 text,
             )
         )
-    days = [m.group(1) for k in keys if (m := _SUB_DT.match(k))]
+    days = [d for k in keys if (d := parse_submission_day(k))]
     con.execute("BEGIN TRANSACTION")
     try:
         if rows:
@@ -556,8 +560,8 @@ def _tracked_keys(store: ObjectStore, since: date) -> list[str]:
     days = [since + timedelta(days=i) for i in range((today - since).days + 2)]
     first: dict[str, str] = {}
     for day in days:
-        for info in store.list(f"{TRACKED}dt={day:%Y-%m-%d}/"):
-            first.setdefault(info.key.rsplit("/", 1)[-1].removesuffix(".json"), info.key)
+        for info in store.list(tracked_day_prefix(day)):
+            first.setdefault(tracked_run_id(info.key), info.key)
     return list(first.values())
 
 

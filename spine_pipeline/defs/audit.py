@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 import dagster as dg
 from dagster_duckdb import DuckDBResource
 
-from spine_pipeline.archive.store import AlreadyExists
+from spine_pipeline.archive.layout import credit_report_key
+from spine_pipeline.archive.stores import AlreadyExists
 from spine_pipeline.audit import (
     headline_markdown,
     refresh_audit_db,
@@ -90,12 +91,12 @@ def no_overdue_runs(audit_db: DuckDBResource) -> dg.AssetCheckResult:
 def credit_report(archive: ArchiveResource, audit_db: DuckDBResource) -> dg.MaterializeResult:
     html = render_credit_report_html(audit_db.database)
     now = datetime.now(UTC)
-    key = f"reports/credits/{now:%Y-%m-%d}/credits-{now:%H%M%S}.html"
+    key = credit_report_key(now)
     store = archive.store()
     try:
         store.put_bytes(key, html.encode("utf-8"), content_type="text/html; charset=utf-8")
     except AlreadyExists:
-        key = f"reports/credits/{now:%Y-%m-%d}/credits-{now:%H%M%S%f}.html"
+        key = credit_report_key(now, microseconds=True)
         store.put_bytes(key, html.encode("utf-8"), content_type="text/html; charset=utf-8")
     return dg.MaterializeResult(
         metadata={

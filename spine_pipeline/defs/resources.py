@@ -16,7 +16,7 @@ from dagster_duckdb import DuckDBResource
 
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.manifest import ManifestLog
-from spine_pipeline.archive.store import ObjectStore, open_store
+from spine_pipeline.archive.stores import ObjectStore, open_store
 from spine_pipeline.config import DEFAULT_ARCHIVE_URI, DEFAULT_AUDIT_DB
 from spine_pipeline.polling import InFlightSource
 from spine_pipeline.spine import AsyncSpineClient, RetryPolicy, SpineClient

@@ -18,7 +18,7 @@ from typing import Any
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.read import read_committed
-from spine_pipeline.archive.store import ObjectStore
+from spine_pipeline.archive.stores import ObjectStore
 from spine_pipeline.audit import connect_readonly
 from spine_pipeline.simulator.jsonio import dumps
 from spine_pipeline.simulator.world import RunTruth, World

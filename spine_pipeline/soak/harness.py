@@ -232,7 +232,7 @@ class Soak:
         self.archive_uri = env["SPINE_ARCHIVE_URI"]
         unset = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL") if self.proxy else ()
         stack.enter_context(_environment(env, unset))
-        from spine_pipeline.archive.store import open_store
+        from spine_pipeline.archive.stores import open_store
         from spine_pipeline.definitions import build_definitions
 
         self.store = open_store(self.archive_uri)
@@ -258,7 +258,7 @@ class Soak:
         The harness lists and reads a lot (kill triggers, progress, the final checks); none of
         it is pipeline traffic, so it must neither be throttled nor counted as such.
         """
-        from spine_pipeline.archive.store import open_store
+        from spine_pipeline.archive.stores import open_store
 
         if self.s3_server is None:
             return self.store
@@ -387,7 +387,7 @@ class Soak:
     def _reconcile(self) -> None:
         """Unknown outcomes: which created a run? Track those; prove none was created twice."""
         from spine_pipeline.archive.ledger import Ledger
-        from spine_pipeline.archive.store import StoreError
+        from spine_pipeline.archive.stores import StoreError
 
         world = self.sim.world
         rec: Counter[str] = Counter()

@@ -8,7 +8,7 @@ from spine_pipeline.archive.archiver import Archiver
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.read import read_committed
 from spine_pipeline.archive.schemas import TABLES
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.spine import AsyncSpineClient, RetryPolicy, SpineClient
 
 FAST = RetryPolicy(max_retries=4, base_delay=0.01, max_delay=0.05, jitter=0.0)

@@ -8,6 +8,15 @@ import pyarrow as pa
 import pytest
 
 from spine_pipeline.archive.flatten import _redact_unparsed
+from spine_pipeline.archive.layout import (
+    CHAINED_PREFIXES,
+    TABLE_PREFIX,
+    manifest_key,
+    parse_artifact_key,
+    parse_manifest_seq,
+    parse_table_key,
+    table_key,
+)
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.schemas import TABLES
 from spine_pipeline.archive.verify import verify_archive
@@ -282,9 +291,10 @@ def test_hostile_names_never_escape_the_archive_root(kit, tmp_path_factory):
     run_id = kit.submit("[scenario:hostile-names] [scenario:completed] names", template="report")[0]
     result = kit.archiver().archive([run_id])
     assert result.outcomes[0].outcome == "archived"
-    keys = [i.key for p in ("tables/", "artifacts/", "manifests/") for i in kit.store.list(p)]
-    allowed = ("tables/", "artifacts/sha256/", "manifests/")
-    assert keys and all(k.startswith(allowed) for k in keys)
+    keys = [i.key for p in CHAINED_PREFIXES for i in kit.store.list(p)]
+    assert keys and all(
+        parse_table_key(k) or parse_artifact_key(k) or parse_manifest_seq(k) for k in keys
+    )
     assert all(".." not in k.split("/") for k in keys)
     truth = kit.sim.world.ground_truth(run_id)
     names = {a["name"] for a in kit.tables()["artifacts"].to_pylist()}
@@ -306,7 +316,7 @@ def test_tampering_is_detected_and_named(kit):
     manifest = log.manifests[0]
     parquet_key = manifest.files[0].key
     artifact_key = manifest.artifacts[0].key
-    for key in (parquet_key, artifact_key, "manifests/000000000001.json"):
+    for key in (parquet_key, artifact_key, manifest_key(1)):
         original = kit.store.get_bytes(key)
         flipped = bytearray(original)
         flipped[len(flipped) // 2] ^= 0x01
@@ -325,11 +335,12 @@ def test_verify_reports_missing_and_extra_objects(kit):
     log.refresh()
     victim = log.manifests[0].files[0].key
     kit.store.delete(victim)
-    kit.store.put_bytes("tables/runs/dt=2020-01-01/extra.parquet", b"not committed")
+    extra = table_key("runs", "2020-01-01", "extra")
+    kit.store.put_bytes(extra, b"not committed")
     report = verify_archive(kit.store)
     kinds = {(p.kind, p.key) for p in report.problems}
     assert ("missing", victim) in kinds
-    assert ("unlisted", "tables/runs/dt=2020-01-01/extra.parquet") in kinds
+    assert ("unlisted", extra) in kinds
 
 
 def _overwrite(kit, key, data):
@@ -350,7 +361,7 @@ def _overwrite(kit, key, data):
 KILLER = """
 import os, signal, sys
 from spine_pipeline.archive.archiver import Archiver
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.spine import AsyncSpineClient
 uri, base, key, *ids = sys.argv[1:]
 def die(files):
@@ -371,7 +382,7 @@ def test_sigkill_between_data_files_and_manifest(kit):
         timeout=120,
     )
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
-    assert list(kit.store.list("tables/"))  # the batch's files were written...
+    assert list(kit.store.list(TABLE_PREFIX))  # the batch's files were written...
     assert kit.tables() == {}  # ...but nothing is visible without its manifest
     result = kit.archiver().archive(ids)
     assert [o.outcome for o in result.outcomes] == ["archived", "archived"]
@@ -379,5 +390,5 @@ def test_sigkill_between_data_files_and_manifest(kit):
     from spine_pipeline.archive.gc import collect_garbage
 
     collected = collect_garbage(kit.store, grace=__import__("datetime").timedelta(0))
-    assert collected.deleted and all(k.startswith("tables/") for k in collected.deleted)
+    assert collected.deleted and all(k.startswith(TABLE_PREFIX) for k in collected.deleted)
     assert verify_archive(kit.store).ok

@@ -4,8 +4,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from spine_pipeline.archive.layout import tracked_key
 from spine_pipeline.archive.ledger import Ledger, Submission
-from spine_pipeline.archive.store import AlreadyExists, open_store
+from spine_pipeline.archive.stores import AlreadyExists, open_store
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def test_track_is_idempotent_and_write_once(ledger):
     assert not ledger.track("run-1", now=now + timedelta(hours=1))
     record = ledger.find_tracked("run-1", around=now)
     assert record.request_name == "r" and record.submitted_time == now
-    key = "ledger/tracked/dt=2026-11-28/run-1.json"
+    key = tracked_key(now, "run-1")
     with pytest.raises(AlreadyExists):
         ledger.store.put_bytes(key, b"{}")
 

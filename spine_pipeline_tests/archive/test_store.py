@@ -20,15 +20,16 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionClosedError
 
-from spine_pipeline.archive.store import (
+from spine_pipeline.archive.layout import artifact_key, manifest_key, table_key
+from spine_pipeline.archive.stores import (
     AlreadyExists,
     ObjectNotFound,
     ObjectStore,
     StoreError,
     open_store,
 )
-from spine_pipeline.archive.store_local import LocalStore
-from spine_pipeline.archive.store_s3 import S3Store
+from spine_pipeline.archive.stores.local import LocalStore
+from spine_pipeline.archive.stores.s3 import S3Store
 
 MB = 1024 * 1024
 
@@ -78,7 +79,7 @@ def _s3_client(store: S3Store):
 def test_round_trip(archive_uri: str) -> None:
     store = open_store(archive_uri)
     assert isinstance(store, ObjectStore)
-    key = "tables/runs/dt=2026-11-28/b-123.parquet"
+    key = table_key("runs", "2026-11-28", "b-123")
     data = bytes(range(256)) * 3
     assert not store.exists(key)
     store.put_bytes(key, data, content_type="application/vnd.apache.parquet")
@@ -110,7 +111,7 @@ def test_put_bytes_refuses_an_existing_key_and_keeps_the_original(
     archive_uri: str, tmp_path: Path
 ) -> None:
     store = open_store(archive_uri)
-    key = "manifests/000000000001.json"
+    key = manifest_key(1)
     store.put_bytes(key, b"original")
     with pytest.raises(AlreadyExists):
         store.put_bytes(key, b"replacement")
@@ -129,7 +130,7 @@ def test_put_file_refuses_an_existing_key_and_keeps_the_original(
     store = open_store(archive_uri)
     first = _write(tmp_path / "first", b"first artifact bytes")
     second = _write(tmp_path / "second", b"second artifact bytes")
-    key = "artifacts/sha256/ab/" + _sha(first.read_bytes())
+    key = artifact_key(_sha(first.read_bytes()))
     store.put_file(key, first, sha256_hex=_sha(first.read_bytes()), content_type="text/plain")
     with pytest.raises(AlreadyExists):
         store.put_file(key, second, sha256_hex=_sha(second.read_bytes()))
@@ -155,7 +156,7 @@ def test_concurrent_put_bytes_exactly_one_writer_wins(archive_uri: str) -> None:
     store = open_store(archive_uri)
     writers = 8
     for round_ in range(3):
-        key = f"manifests/{round_:012d}.json"
+        key = manifest_key(round_)
         barrier = threading.Barrier(writers)
 
         def write(i: int, key: str = key, barrier: threading.Barrier = barrier) -> int | None:
@@ -178,7 +179,7 @@ def test_concurrent_put_file_exactly_one_writer_wins(archive_uri: str, tmp_path:
     writers = 8
     files = [_write(tmp_path / f"f{i}", f"file {i} ".encode() * 5000) for i in range(writers)]
     for round_ in range(3):
-        key = f"tables/runs/dt=2026-11-28/batch-{round_}.parquet"
+        key = table_key("runs", "2026-11-28", f"batch-{round_}")
         barrier = threading.Barrier(writers)
 
         def write(i: int, key: str = key, barrier: threading.Barrier = barrier) -> int | None:
@@ -199,7 +200,7 @@ def test_large_file_round_trips_with_its_sha256(archive_uri: str, tmp_path: Path
     store = open_store(archive_uri)
     path = tmp_path / "big.bin"
     sha = _big_file(path, 80 * MB)
-    key = f"artifacts/sha256/{sha[:2]}/{sha}"
+    key = artifact_key(sha)
     store.put_file(key, path, sha256_hex=sha, content_type="application/octet-stream")
     assert _hash_stream(store, key) == (sha, 80 * MB)
     with pytest.raises(AlreadyExists):
@@ -342,22 +343,18 @@ def test_local_permissions_are_0700_and_0600_even_with_umask_0(tmp_path: Path) -
     try:
         root = tmp_path / "new" / "archive"
         store = LocalStore(str(root))
-        store.put_bytes("tables/runs/dt=2026-11-28/b.parquet", b"x")
+        table = table_key("runs", "2026-11-28", "b")
+        store.put_bytes(table, b"x")
         big = _write(tmp_path / "artifact", b"artifact")
-        store.put_file("artifacts/sha256/ab/cd", big, sha256_hex=_sha(b"artifact"))
+        artifact = artifact_key(_sha(b"artifact"))
+        store.put_file(artifact, big, sha256_hex=_sha(b"artifact"))
     finally:
         os.umask(old)
-    for d in (
-        tmp_path / "new",
-        root,
-        root / "tables",
-        root / "tables/runs",
-        root / "tables/runs/dt=2026-11-28",
-        root / "artifacts/sha256/ab",
-    ):
+    # tables/runs/dt=.../ and artifacts/sha256/<2 hex>/, each level created by the store
+    for d in (tmp_path / "new", root, *(root / table).parents[:3], *(root / artifact).parents[:3]):
         assert _mode(d) == 0o700, d
-    assert _mode(root / "tables/runs/dt=2026-11-28/b.parquet") == 0o600
-    assert _mode(root / "artifacts/sha256/ab/cd") == 0o600
+    assert _mode(root / table) == 0o600
+    assert _mode(root / artifact) == 0o600
     assert not [p for p in root.rglob(".tmp-spine-*")]  # no temp files left behind
 
 
@@ -426,7 +423,7 @@ def test_s3_multipart_when_the_server_is_trusted(s3_env: str, tmp_path: Path) ->
     store = S3Store(s3_env, atomic_conditional_complete=True)
     path = tmp_path / "big.bin"
     sha = _big_file(path, 80 * MB)
-    key = f"artifacts/sha256/{sha[:2]}/{sha}"
+    key = artifact_key(sha)
     store.put_file(key, path, sha256_hex=sha)
     head = _s3_client(store).head_object(Bucket=store.bucket, Key=f"{store.prefix}/{key}")
     assert head["ETag"].strip('"').endswith("-5")  # 80 MiB in 16 MiB parts
@@ -494,13 +491,13 @@ def test_s3_retried_put_that_landed_counts_as_written(s3_env: str, s3_server) ->
 
     client.meta.events.register("before-send.s3.PutObject", land_then_drop)
     try:
-        store.put_bytes("manifests/000000000007.json", b"manifest 7")
+        store.put_bytes(manifest_key(7), b"manifest 7")
     finally:
         client.meta.events.unregister("before-send.s3.PutObject", land_then_drop)
     assert state["calls"] == 2
-    assert store.get_bytes("manifests/000000000007.json") == b"manifest 7"
+    assert store.get_bytes(manifest_key(7)) == b"manifest 7"
     with pytest.raises(AlreadyExists):  # without a retry, a 412 is always a loss
-        store.put_bytes("manifests/000000000007.json", b"manifest 7")
+        store.put_bytes(manifest_key(7), b"manifest 7")
 
 
 def _assert_clean(exc: BaseException, *secrets: str) -> None:
@@ -564,16 +561,16 @@ def test_s3_missing_bucket_is_a_clear_error(s3_server, s3_env: str) -> None:
 @pytest.mark.s3
 def test_s3_server_restart_keeps_data(s3_server, s3_env: str) -> None:
     store = S3Store(s3_env, max_attempts=2)
-    store.put_bytes("manifests/000000000001.json", b"before restart")
+    store.put_bytes(manifest_key(1), b"before restart")
     s3_server.stop()
     try:
         with pytest.raises(StoreError, match="cannot reach"):
-            store.get_bytes("manifests/000000000001.json")
+            store.get_bytes(manifest_key(1))
     finally:
         s3_server.start()
-    assert store.get_bytes("manifests/000000000001.json") == b"before restart"
+    assert store.get_bytes(manifest_key(1)) == b"before restart"
     with pytest.raises(AlreadyExists):
-        store.put_bytes("manifests/000000000001.json", b"after restart")
+        store.put_bytes(manifest_key(1), b"after restart")
 
 
 # -- what the SeaweedFS server itself guarantees (the facts the S3 backend relies on) -----

@@ -21,7 +21,7 @@ import pytest
 
 from spine_pipeline.archive.archiver import Archiver, ArchiveRequest, BatchResult
 from spine_pipeline.archive.ledger import Ledger, Submission
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.audit import refresh_audit_db
 from spine_pipeline.simulator import RunTruth, SimulatorConfig, SimulatorServer
 from spine_pipeline.spine import AsyncSpineClient, SpineClient

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from spine_pipeline.archive.manifest import ManifestLog
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.audit import IngestError, connect_readonly, rebuild_audit_db, refresh_audit_db
 from spine_pipeline.cli import main
 from spine_pipeline_tests.audit.conftest import World, archive_runs, create_runs, rows

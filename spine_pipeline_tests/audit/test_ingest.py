@@ -13,9 +13,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from spine_pipeline.archive.layout import manifest_key
 from spine_pipeline.archive.ledger import Ledger, Submission
-from spine_pipeline.archive.manifest import Manifest, ManifestLog, manifest_key, sha256_hex
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.manifest import Manifest, ManifestLog, sha256_hex
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.audit import (
     IngestError,
     connect_readonly,

@@ -13,8 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from spine_pipeline.archive.ledger import LEDGER, TRACKED, Ledger, Submission
-from spine_pipeline.archive.store import ObjectInfo, ObjectStore, open_store
+from spine_pipeline.archive.layout import (
+    ABANDONED_PREFIX,
+    LEDGER_PREFIX,
+    TRACKED_PREFIX,
+    tracked_key,
+)
+from spine_pipeline.archive.ledger import Ledger, Submission
+from spine_pipeline.archive.stores import ObjectInfo, ObjectStore, open_store
 from spine_pipeline.audit import connect_readonly, rebuild_audit_db, refresh_audit_db
 from spine_pipeline_tests.audit.conftest import World, rows
 
@@ -57,7 +63,7 @@ class CountingStore:
 
     def ledger_reads(self) -> Counter[str]:
         """Reads of ledger records since the last call."""
-        got = Counter({k: n for k, n in self.gets.items() if k.startswith(LEDGER)})
+        got = Counter({k: n for k, n in self.gets.items() if k.startswith(LEDGER_PREFIX)})
         self.gets.clear()
         return got
 
@@ -87,12 +93,14 @@ def test_refreshes_fetch_each_ledger_record_once(
     first = refresh_audit_db(uri, db, store=store)
     assert first.snapshot == "new"
     initial = store.ledger_reads()
-    ledger_keys = {i.key for i in open_store(uri).list(LEDGER) if "/abandoned/" not in i.key}
+    ledger_keys = {
+        i.key for i in open_store(uri).list(LEDGER_PREFIX) if not i.key.startswith(ABANDONED_PREFIX)
+    }
     assert set(initial) == ledger_keys and max(initial.values()) == 1
     assert _inflight(db) == expected
 
     # A garbage tracking record is read once too, and never shows up in flight.
-    garbage = f"{TRACKED}dt={datetime.now(UTC):%Y-%m-%d}/garbage-run.json"
+    garbage = tracked_key(datetime.now(UTC), "garbage-run")
     open_store(uri).put_bytes(garbage, b"{not json")
     ledger.track("tracked-later-1", request_name="later")
     sub_key = ledger.record_submission(_submission("later"))
@@ -127,4 +135,4 @@ def test_refreshes_fetch_each_ledger_record_once(
 
 
 def _tracked_keys(uri: str) -> list[str]:
-    return [i.key for i in open_store(uri).list(TRACKED)]
+    return [i.key for i in open_store(uri).list(TRACKED_PREFIX)]

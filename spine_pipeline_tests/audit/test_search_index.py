@@ -24,7 +24,7 @@ from spine_pipeline.archive.archiver import Archiver
 from spine_pipeline.archive.ledger import Ledger, Submission
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.records import FetchedRun, RawDoc
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.audit import AuditError, rebuild_audit_db, refresh_audit_db, search
 from spine_pipeline.audit.duck import REGISTRY, load_extension, reading
 from spine_pipeline.audit.schema import run_facts_select

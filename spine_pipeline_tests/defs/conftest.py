@@ -6,7 +6,7 @@ import dagster as dg
 import pytest
 
 from spine_pipeline.archive.ledger import Ledger
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.definitions import build_definitions
 from spine_pipeline.demo import evaluate_poll_sensor
 from spine_pipeline.spine import RetryPolicy, SpineClient

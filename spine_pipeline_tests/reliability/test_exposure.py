@@ -21,9 +21,10 @@ from botocore.exceptions import ClientError
 
 from spine_pipeline.archive.archiver import Archiver
 from spine_pipeline.archive.gc import collect_garbage
+from spine_pipeline.archive.layout import credit_report_key, manifest_key, table_key
 from spine_pipeline.archive.ledger import Ledger
-from spine_pipeline.archive.store import open_store
-from spine_pipeline.archive.store_s3 import S3Store, S3WriteOptions
+from spine_pipeline.archive.stores import open_store
+from spine_pipeline.archive.stores.s3 import S3Store, S3WriteOptions
 from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline.audit import refresh_audit_db, run_sql
 from spine_pipeline.simulator import SimulatorConfig, SimulatorServer
@@ -111,7 +112,7 @@ def test_local_archive_is_private_whatever_the_umask(simulator, tmp_path, monkey
 
         assert Archiver(store, client).archive(ids).ok
         Ledger(store).abandon("00000000-0000-4000-8000-00000000abcd", "test record")
-        store.put_bytes("reports/credits/2026-01-01/credits-000000.html", b"<html></html>")
+        store.put_bytes(credit_report_key(dt.datetime(2026, 1, 1)), b"<html></html>")
     finally:
         os.umask(old)
     modes = {}
@@ -290,9 +291,10 @@ def test_object_lock_governance_on_manifests_and_artifacts(
     assert denied.value.response["Error"]["Code"] == "AccessDenied"
     assert verify_archive(store).ok
     # ...while uncommitted table files (garbage of a crashed batch) stay collectable.
-    store.put_bytes("tables/runs/dt=2026-01-01/garbage.parquet", b"never committed")
+    garbage = table_key("runs", "2026-01-01", "garbage")
+    store.put_bytes(garbage, b"never committed")
     gc = collect_garbage(store, grace=dt.timedelta(0))
-    assert gc.deleted == ["tables/runs/dt=2026-01-01/garbage.parquet"]
+    assert gc.deleted == [garbage]
     assert verify_archive(store).ok
 
 
@@ -303,12 +305,12 @@ def test_object_lock_on_a_bucket_without_it_is_a_clear_error(sse_env, monkeypatc
     monkeypatch.setenv("SPINE_S3_OBJECT_LOCK_DAYS", "1")
     store = open_store(f"s3://{bucket}/archive")
     store.put_bytes("tables/x", b"not locked, fine")
-    from spine_pipeline.archive.store import StoreError
+    from spine_pipeline.archive.stores import StoreError
 
     with pytest.raises(StoreError) as caught:
-        store.put_bytes("manifests/000000000001.json", b"{}")
+        store.put_bytes(manifest_key(1), b"{}")
     message = str(caught.value)
-    assert "manifests/000000000001.json" in message and "\n" not in message
+    assert manifest_key(1) in message and "\n" not in message
     assert server.secret_key not in message
 
 

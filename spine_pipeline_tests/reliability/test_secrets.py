@@ -11,7 +11,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.layout import REPORTS_PREFIX
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.config import PipelineSettings
 from spine_pipeline.demo import prepare_dagster_home, run_demo, summary_lines
 from spine_pipeline.simulator import SimulatorConfig, SimulatorServer
@@ -68,7 +69,7 @@ def test_demo_and_credit_report_leak_no_secret(canary_s3_server, tmp_path, monke
     scanner.text("log lines (DEBUG)", logs.getvalue())
     scanner.text("stdout/stderr", out + err)
     scanner.text("demo output", "\n".join(lines))
-    keys = [i.key for i in store.list("reports/")]
+    keys = [i.key for i in store.list(REPORTS_PREFIX)]
     assert keys and keys[0].endswith(".html")
     assert any(p.suffix == ".db" for p in (tmp_path / "dagster_home").rglob("*"))
     assert scanner.scanned["values"] > 1000 and scanner.scanned["log_chars"] > 10_000

@@ -7,7 +7,7 @@ DEBUG in every process, and then everything they wrote is searched for those sec
 
 import pytest
 
-from spine_pipeline.archive.store import open_store
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.soak import SoakConfig, run_soak
 from spine_pipeline.soak.report import render
 from spine_pipeline_tests.reliability.conftest import CANARY_API_KEY, CANARY_AWS_SECRET

@@ -41,7 +41,7 @@ def test_download_answered_429_is_retried(simulator, tmp_path):
 
 def _archive_kit(simulator, tmp_path):
     from spine_pipeline.archive.archiver import Archiver
-    from spine_pipeline.archive.store import open_store
+    from spine_pipeline.archive.stores import open_store
 
     store = open_store(str(tmp_path / "archive"))
 
@@ -65,7 +65,7 @@ def test_a_failed_url_refresh_leaves_the_run_for_later_instead_of_losing_the_art
 
     from spine_pipeline.archive.artifacts import download_artifact
     from spine_pipeline.archive.fetch import TransientFetchError
-    from spine_pipeline.archive.store import open_store
+    from spine_pipeline.archive.stores import open_store
     from spine_pipeline.spine import SpineConnectionError
 
     with SpineClient(api_key=simulator.api_key, base_url=simulator.base_url, retry=FAST) as c:
@@ -121,16 +121,17 @@ class _FlakyStore:
     """A local store whose ledger writes fail `failures` times (an S3 outage), then work."""
 
     def __init__(self, root, failures):
-        from spine_pipeline.archive.store import open_store
+        from spine_pipeline.archive.stores import open_store
 
         self.inner = open_store(str(root))
         self.uri = self.inner.uri
         self.failures = failures
 
     def put_bytes(self, key, data, *, content_type=None):
-        from spine_pipeline.archive.store import StoreError
+        from spine_pipeline.archive.layout import LEDGER_PREFIX
+        from spine_pipeline.archive.stores import StoreError
 
-        if key.startswith("ledger/") and self.failures > 0:
+        if key.startswith(LEDGER_PREFIX) and self.failures > 0:
             self.failures -= 1
             raise StoreError(f"S3 put s3://bucket/{key} failed: cannot reach http://127.0.0.1:9")
         return self.inner.put_bytes(key, data, content_type=content_type)
@@ -161,7 +162,7 @@ def test_a_created_run_the_store_cannot_record_is_named_in_the_error(
 
     from spine_pipeline import submission
     from spine_pipeline.archive.ledger import Ledger
-    from spine_pipeline.archive.store import StoreError
+    from spine_pipeline.archive.stores import StoreError
     from spine_pipeline.submission import SubmissionNotRecorded, SubmitSpec, submit_and_record
 
     monkeypatch.setattr(submission, "RECORD_BACKOFF", 0.0)

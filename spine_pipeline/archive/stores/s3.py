@@ -56,7 +56,8 @@ from botocore.exceptions import (
     ConnectionError as BotoConnectionError,
 )
 
-from spine_pipeline.archive.store import (
+from spine_pipeline.archive.layout import ARTIFACT_AREA, MANIFEST_PREFIX
+from spine_pipeline.archive.stores.base import (
     MAX_KEY_BYTES,
     AlreadyExists,
     ObjectInfo,
@@ -87,7 +88,7 @@ ENV_SSE_KMS_KEY_ID = "SPINE_S3_SSE_KMS_KEY_ID"
 ENV_OBJECT_LOCK_DAYS = "SPINE_S3_OBJECT_LOCK_DAYS"
 SSE_MODES = ("AES256", "aws:kms")
 #: Keys that get the Object Lock retention: the commit log and the artifact evidence.
-LOCKED_PREFIXES = ("manifests/", "artifacts/")
+LOCKED_PREFIXES = (MANIFEST_PREFIX, ARTIFACT_AREA)
 _MAX_LOCK_DAYS = 36_500
 
 

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
-from spine_pipeline.archive.store import (
+from spine_pipeline.archive.stores.base import (
     TEMP_PREFIX,
     AlreadyExists,
     ObjectInfo,

@@ -1,13 +1,13 @@
-"""The archive's object store: one small interface, a local-disk and an S3 backend.
+"""The object store's interface, exceptions and key rules, shared by every backend.
 
-Why this exists: every byte of the archive goes through here, and the archive's first rule is that
-nothing in it is ever overwritten. Every write is create-if-absent; losing the race raises
-`AlreadyExists` and leaves the existing bytes untouched. Keys are validated here, once, for both
-backends, so a hostile name (`../x`, `/abs`, NUL) never reaches a filesystem or a bucket.
+Why this exists: every byte of the archive goes through a store, and the archive's first rule
+is that nothing in it is ever overwritten. Every write is create-if-absent; losing the race
+raises `AlreadyExists` and leaves the existing bytes untouched. Keys are validated here, once,
+for both backends, so a hostile name (`../x`, `/abs`, NUL) never reaches a filesystem or a
+bucket.
 
-Backends (chosen by `open_store(uri)`, where `uri` is `SPINE_ARCHIVE_URI`):
-- a local path (or `file://` URI): `spine_pipeline.archive.store_local.LocalStore`;
-- `s3://bucket/prefix`: `spine_pipeline.archive.store_s3.S3Store` (boto3).
+Backends (`local.LocalStore`, `s3.S3Store`) build on this module and never import the
+factory; `open_store` in the package `__init__` imports them and picks one for a URI.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
+
+from spine_pipeline.archive.layout import TEMP_PREFIX
 
 __all__ = [
     "MAX_KEY_BYTES",
@@ -26,7 +28,6 @@ __all__ = [
     "ObjectNotFound",
     "ObjectStore",
     "StoreError",
-    "open_store",
     "validate_key",
     "validate_prefix",
     "validate_sha256_hex",
@@ -37,8 +38,6 @@ __all__ = [
 MAX_KEY_BYTES = 1024
 #: Longest single path segment most local filesystems accept.
 MAX_SEGMENT_BYTES = 255
-#: Segment prefix reserved for the local backend's in-flight temporary files.
-TEMP_PREFIX = ".tmp-spine-"
 
 
 @dataclass(frozen=True)
@@ -180,24 +179,3 @@ def validate_sha256_hex(sha256_hex: str) -> str:
     except ValueError:
         raise ValueError("invalid sha256_hex: expected 64 hex digits") from None
     return sha256_hex.lower()
-
-
-def open_store(uri: str, *, s3_client: Any = None) -> ObjectStore:
-    """The store for `uri`: `s3://bucket[/prefix]` for S3, anything else is a local path.
-
-    Local roots are created (0700) if missing; S3 clients are created without a network call
-    (or `s3_client` is used: a boto3 client, e.g. from dagster-aws's `S3Resource`).
-    """
-    if not isinstance(uri, str) or uri.strip() == "":
-        raise ValueError("archive URI is empty")
-    uri = uri.strip()
-    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
-    if scheme == "s3":
-        from spine_pipeline.archive.store_s3 import S3Store
-
-        return S3Store(uri, client=s3_client)
-    if scheme in ("", "file"):
-        from spine_pipeline.archive.store_local import LocalStore
-
-        return LocalStore(uri)
-    raise ValueError(f"unsupported archive URI scheme {scheme!r}: use a path or s3://bucket/prefix")
