@@ -37,12 +37,9 @@ def quiet(log_level: str = "WARNING") -> dict[str, Any]:
     """Run config that turns Dagster's console logger down to `log_level`.
 
     The callers print their own progress lines; events still reach the instance event log.
+    WARNING (the demo's default) keeps Dagster's warnings; the soak's workers use CRITICAL.
     """
     return {"loggers": {"console": {"config": {"log_level": log_level}}}}
-
-
-#: The demo's level: Dagster's warnings still show, its info lines do not.
-QUIET = quiet()
 
 
 def prepare_dagster_home() -> Path:
