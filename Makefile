@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 VENV_STAMP := .venv/.synced
 PYTEST_ARGS ?=
-PY_DIRS := spine_pipeline spine_pipeline_tests benchmarks
+PY_DIRS := spine_pipeline spine_pipeline_tests benchmarks soak
 
 .PHONY: demo test dev bench lint fmt soak clean test-deps
 
@@ -32,7 +32,7 @@ dev: $(VENV_STAMP)  ## simulator + dagster dev -w workspace.yaml
 	$(UV) run --frozen spine-pipeline dev
 
 soak: $(VENV_STAMP)  ## fault-injection soak: 1,000 runs on local disk, then on S3 (SeaweedFS)
-	$(UV) run --frozen python -m spine_pipeline.soak run --backend both --runs $(or $(SOAK_RUNS),1000)
+	$(UV) run --frozen python -m soak run --backend both --runs $(or $(SOAK_RUNS),1000)
 
 bench: $(VENV_STAMP)  ## benchmarks; writes docs/benchmarks.md
 	$(UV) run --frozen python -m benchmarks

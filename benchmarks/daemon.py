@@ -23,9 +23,10 @@ from typing import Any
 
 import dagster as dg
 
+from soak.workers import Job, Worker, WorkerPool
 from spine_pipeline.archive.manifest import ManifestLog
-from spine_pipeline.demo import evaluate_poll_sensor
-from spine_pipeline.soak.workers import ARCHIVE_JOB, AUDIT_JOB, Job, Worker, WorkerPool
+from spine_pipeline.defs.names import AUDIT_JOB
+from spine_pipeline.driver import requested_job, sensor_tags, tick
 
 
 @dataclass
@@ -82,15 +83,11 @@ def drive_burst(
         if not pending and time.monotonic() - last_tick >= tick_every:
             idle_before = not running
             last_tick = time.monotonic()
-            tick = evaluate_poll_sensor(defs, instance, cursor)
+            result = tick(defs, instance, cursor, lambda r: _enqueue(r, pending, running, facts))
             facts.ticks += 1
-            cursor = tick.cursor
-            for request in tick.dynamic_partitions_requests or []:
-                instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-            for request in tick.run_requests or []:
-                _enqueue(request, pending, running, facts)
+            cursor = result.cursor
             log.refresh()
-            if idle_before and not tick.run_requests and len(log.committed_runs) >= expected:
+            if idle_before and not result.run_requests and len(log.committed_runs) >= expected:
                 return facts
         for worker in pool.workers:
             if pending and worker.ready and worker.name not in running:
@@ -110,15 +107,14 @@ def drive_burst(
 def _enqueue(
     request: dg.RunRequest, pending: deque[Job], running: dict[str, Job], facts: DaemonFacts
 ) -> None:
-    name = request.job_name or ARCHIVE_JOB
+    name = requested_job(request)
     if name == AUDIT_JOB:
         if any(j.job_name == AUDIT_JOB for j in [*pending, *running.values()]):
             return  # the daemon's queued run would have stopped the sensor asking again
         facts.audit_refreshes += 1
     else:
         facts.archive_runs += 1
-    tags = {**request.tags, "dagster/sensor_name": "spine_poll_sensor"}
-    job = Job(str(uuid.uuid4()), [], dict(request.run_config), tags, name)
+    job = Job(str(uuid.uuid4()), [], dict(request.run_config), sensor_tags(request.tags), name)
     pending.append(job)
 
 

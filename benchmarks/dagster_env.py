@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from spine_pipeline.demo import evaluate_poll_sensor, prepare_dagster_home
+from spine_pipeline.driver import prepare_dagster_home
 
 
 @contextlib.contextmanager
@@ -46,10 +46,3 @@ def pipeline_env(
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def evaluate_sensor(
-    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
-) -> dg.SensorResult:
-    """One tick of `spine_poll_sensor`, evaluated the way the daemon evaluates it."""
-    return evaluate_poll_sensor(defs, instance, cursor)

@@ -17,10 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.common import BENCH_DIR, Result, Row, interleave, median, say
-from benchmarks.dagster_env import evaluate_sensor, pipeline_env
+from benchmarks.dagster_env import pipeline_env
 from benchmarks.sim import SimProcess
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.stores import open_store
+from spine_pipeline.driver import evaluate_poll_sensor
 from spine_pipeline.simulator import SimulatorConfig
 
 LATENCY_MS = 20
@@ -71,7 +72,7 @@ def run(reps: int = 5, quick: bool = False) -> Result:
 
                 def tick(subset: list[str] = subset, defs=defs, instance=instance) -> float:
                     start = time.perf_counter()
-                    evaluate_sensor(defs, instance, None)
+                    evaluate_poll_sensor(defs, instance, None)
                     return time.perf_counter() - start
 
                 cold = tick()
@@ -126,12 +127,12 @@ def _budget_stop(sim: SimProcess, ids: list[str], workdir: Path) -> dict[str, ob
         defs,
         instance,
     ):
-        evaluate_sensor(defs, instance, None)  # warm the in-flight source
+        evaluate_poll_sensor(defs, instance, None)  # warm the in-flight source
         facts: dict[str, object] = {"budget_test_budget_s": budget}
         cursor = None
         for i in (1, 2):
             start = time.perf_counter()
-            tick = evaluate_sensor(defs, instance, cursor)
+            tick = evaluate_poll_sensor(defs, instance, cursor)
             facts[f"budget_tick{i}_s"] = round(time.perf_counter() - start, 3)
             cursor = tick.cursor
             facts[f"budget_tick{i}_polled_runs"] = _polled(cursor)

@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import dagster as dg
 
@@ -27,12 +26,13 @@ from spine_pipeline.audit import credit_report
 from spine_pipeline.audit.sql import format_table
 from spine_pipeline.config import PipelineSettings
 from spine_pipeline.defs.names import SUBMIT_ALL_JOB
-
-DEFAULT_DAGSTER_HOME = Path("data/dagster_home")
-# Dagster's console logger at WARNING: the demo prints its own progress lines.
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-# One audit-database writer at a time: the only pool is spine_audit_db.
-_INSTANCE_YAML = "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n"
+from spine_pipeline.driver import (
+    execute_submit_catalog,
+    prepare_dagster_home,
+    step_failures,
+    submitted_runs,
+    tick_and_launch,
+)
 
 
 @dataclass
@@ -48,96 +48,6 @@ class DemoReport:
     failed_submits: list[str] = field(default_factory=list)
 
 
-def prepare_dagster_home() -> Path:
-    """Use $DAGSTER_HOME, or a persistent `data/dagster_home` created on first use.
-
-    A directory created here is private (0700): Dagster's SQLite files inside take the
-    process umask, and run storage holds run configs (Spine run ids, request names).
-    """
-    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
-    if not home.exists():
-        home.mkdir(parents=True, mode=0o700)
-        home.chmod(0o700)  # mkdir's mode is masked by the umask
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(_INSTANCE_YAML)
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
-
-
-POLL_SENSOR = "spine_poll_sensor"
-
-
-def evaluate_poll_sensor(
-    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
-) -> dg.SensorResult:
-    """One evaluation of the poll sensor, exactly as the daemon performs it."""
-    sensor = defs.resolve_sensor_def(POLL_SENSOR)
-    with dg.build_sensor_context(
-        instance=instance,
-        cursor=cursor,
-        definitions=defs,
-        sensor_name=sensor.name,
-        resources=defs.resources,
-    ) as context:
-        return sensor.evaluate_tick(context)
-
-
-ARCHIVE_JOB = "archive_spine_runs"
-
-
-@dataclass
-class Tick:
-    """One sensor evaluation and the runs it led to."""
-
-    requested: list[list[str]]  # the Spine run ids of each archive batch
-    cursor: str | None
-    skip_reason: str | None
-    refreshes: int = 0  # audit refresh runs
-    failed: int = 0  # requested runs that did not succeed
-
-    @property
-    def idle(self) -> bool:
-        return not self.requested and not self.refreshes
-
-
-def archive_batch_ids(request: dg.RunRequest) -> list[str]:
-    """The Spine run ids of an archive request (empty for other jobs)."""
-    if (request.job_name or ARCHIVE_JOB) != ARCHIVE_JOB:
-        return []
-    return list(request.run_config["ops"]["archive_batch"]["config"]["run_ids"])
-
-
-def tick_and_archive(
-    defs: dg.Definitions,
-    instance: dg.DagsterInstance,
-    cursor: str | None,
-    say: Callable[[str], None] = print,
-) -> Tick:
-    """Evaluate the poll sensor as the daemon would, then execute the runs it requests."""
-    tick = evaluate_poll_sensor(defs, instance, cursor)
-    for request in tick.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
-    out = Tick(requested=[], cursor=tick.cursor, skip_reason=tick.skip_message)
-    for request in tick.run_requests or []:
-        name = request.job_name or ARCHIVE_JOB
-        if name == ARCHIVE_JOB:
-            ids = archive_batch_ids(request)
-            out.requested.append(ids)
-            say(f"  archiving a batch of {len(ids)} terminal run(s)")
-        else:
-            out.refreshes += 1
-            say(f"  refreshing the audit database ({name})")
-        result = defs.resolve_job_def(name).execute_in_process(
-            run_config={**request.run_config, **QUIET},
-            instance=instance,
-            tags={**request.tags, "dagster/sensor_name": POLL_SENSOR},
-            raise_on_error=False,
-        )
-        out.failed += not result.success
-    return out
-
-
 def submit_catalog(
     defs: dg.Definitions,
     instance: dg.DagsterInstance,
@@ -145,19 +55,14 @@ def submit_catalog(
     say: Callable[[str], None],
 ) -> None:
     """Materialise every submit asset in one run; record run ids and failures."""
-    submit_job = defs.resolve_job_def(SUBMIT_ALL_JOB)
-    say(f"submitting the catalog through the submit assets ({submit_job.name})")
-    result = submit_job.execute_in_process(
-        instance=instance, run_config=QUIET, raise_on_error=False
-    )
-    for event in result.get_asset_materialization_events():
-        run_id = str(event.materialization.metadata["run_id"].value)
+    say(f"submitting the catalog through the submit assets ({SUBMIT_ALL_JOB})")
+    result = execute_submit_catalog(defs, instance)
+    for asset, run_id in submitted_runs(result):
         report.submitted.append(run_id)
-        say(f"  {event.asset_key.to_user_string()}: run {run_id}")
-    for event in result.all_events:
-        if event.is_step_failure:
-            report.failed_submits.append(event.step_key or "?")
-            say(f"  {event.step_key} failed: {event.event_specific_data.error.message.strip()}")
+        say(f"  {asset}: run {run_id}")
+    for failure in step_failures(result):
+        report.failed_submits.append(failure.step_key)
+        say(f"  {failure.step_key} failed: {failure.message.strip()}")
 
 
 def archive_until_done(
@@ -182,7 +87,7 @@ def archive_until_done(
     pending = set(report.submitted)
     while time.monotonic() - started < timeout:
         tick_started = time.monotonic()
-        tick = tick_and_archive(defs, instance, cursor, say=say)
+        tick = tick_and_launch(defs, instance, cursor, say=say)
         report.ticks += 1
         report.archive_runs += len(tick.requested)
         report.audit_refreshes += tick.refreshes

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from spine_pipeline.demo import prepare_dagster_home
+from spine_pipeline.driver import prepare_dagster_home
 
 SIMULATOR_PORT = 8765
 

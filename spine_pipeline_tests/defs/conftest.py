@@ -8,7 +8,7 @@ import pytest
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.definitions import build_definitions
-from spine_pipeline.demo import evaluate_poll_sensor
+from spine_pipeline.driver import evaluate_poll_sensor
 from spine_pipeline.spine import RetryPolicy, SpineClient
 from spine_pipeline.submission import SubmitSpec, submit_and_record
 

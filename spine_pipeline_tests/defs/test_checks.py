@@ -10,7 +10,8 @@ import pyarrow.compute as pc
 
 from spine_pipeline.archive import archiver as archiver_module
 from spine_pipeline.defs.archive import SPINE_RUN
-from spine_pipeline.demo import tick_and_archive
+from spine_pipeline.defs.names import AUDIT_JOB
+from spine_pipeline.driver import tick_and_launch
 
 BATCH = dg.AssetKey("archive_batch")
 
@@ -18,7 +19,7 @@ BATCH = dg.AssetKey("archive_batch")
 def _archive(pipeline, *prompts):
     ids = pipeline.submit(*prompts)
     pipeline.wait_terminal(ids)
-    tick = tick_and_archive(pipeline.defs, pipeline.instance, None, say=lambda _: None)
+    tick = tick_and_launch(pipeline.defs, pipeline.instance, None, say=lambda _: None)
     assert sorted(r for b in tick.requested for r in b) == sorted(ids)
     return ids
 
@@ -97,7 +98,7 @@ def test_a_batch_check_names_only_the_failing_runs(pipeline, monkeypatch):
         return out
 
     monkeypatch.setattr(archiver_module, "flatten_batch_by_dt", drop_a_block_of_the_second)
-    tick_and_archive(pipeline.defs, pipeline.instance, None, say=lambda _: None)
+    tick_and_launch(pipeline.defs, pipeline.instance, None, say=lambda _: None)
     evaluation = _latest(pipeline, "counts_match_api")
     assert not evaluation.passed
     assert evaluation.metadata["runs_checked"].value == 2
@@ -124,7 +125,7 @@ def test_on_demand_check_rereads_the_archive(pipeline):
 def test_overdue_check_passes_then_warns_on_a_run_in_flight_for_hours(pipeline):
     from datetime import UTC, datetime, timedelta
 
-    job = pipeline.defs.resolve_job_def("refresh_audit_db")
+    job = pipeline.defs.resolve_job_def(AUDIT_JOB)
 
     def overdue_evaluation():
         result = job.execute_in_process(instance=pipeline.instance)

@@ -10,7 +10,7 @@ from spine_pipeline.archive.read import read_committed
 from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline.audit import run_sql
 from spine_pipeline.defs.archive import SPINE_RUN
-from spine_pipeline.demo import tick_and_archive
+from spine_pipeline.driver import tick_and_launch
 
 SCENARIOS = ["completed", "partial", "failed", "odd-sources", "unknown-fields", "duplicate-blocks"]
 TEMPLATES = ["report", "slides", "excel", "memo", "deep_research", "auto"]
@@ -28,7 +28,7 @@ def test_fifty_runs_end_to_end_equal_ground_truth(pipeline):
     cursor, archive_runs, deadline = None, 0, time.monotonic() + 120
     refreshes = 0
     while time.monotonic() < deadline:
-        tick = tick_and_archive(pipeline.defs, pipeline.instance, cursor, say=lambda _: None)
+        tick = tick_and_launch(pipeline.defs, pipeline.instance, cursor, say=lambda _: None)
         cursor = tick.cursor
         archive_runs += len(tick.requested)
         refreshes += tick.refreshes

@@ -8,13 +8,13 @@ import pytest
 
 from spine_pipeline.archive.service import archive_now
 from spine_pipeline.definitions import build_definitions
-from spine_pipeline.defs.names import AUDIT_JOB
-from spine_pipeline.demo import ARCHIVE_JOB, archive_batch_ids
+from spine_pipeline.defs.names import ARCHIVE_JOB, AUDIT_JOB, archive_run_ids
+from spine_pipeline.driver import execute_request
 from spine_pipeline.spine import AsyncSpineClient
 
 
 def _requested(result):
-    return [archive_batch_ids(r) for r in result.run_requests if r.job_name == ARCHIVE_JOB]
+    return [archive_run_ids(r.run_config) for r in result.run_requests if r.job_name == ARCHIVE_JOB]
 
 
 def _refreshes(result):
@@ -90,10 +90,7 @@ def test_archived_and_abandoned_runs_leave_the_schedule(pipeline):
 
 
 def _execute(pipeline, request, defs=None):
-    job = (defs or pipeline.defs).resolve_job_def(request.job_name)
-    return job.execute_in_process(
-        run_config=request.run_config, instance=pipeline.instance, raise_on_error=False
-    )
+    return execute_request(defs or pipeline.defs, pipeline.instance, request)
 
 
 def test_one_audit_refresh_is_requested_while_manifests_wait(pipeline):

@@ -325,7 +325,7 @@ def test_the_s3_resource_holds_no_secret(monkeypatch):
 
 
 def test_a_new_dagster_home_is_private_whatever_the_umask(tmp_path, monkeypatch):
-    from spine_pipeline.demo import prepare_dagster_home
+    from spine_pipeline.driver import prepare_dagster_home
 
     home = tmp_path / "dagster_home"
     monkeypatch.setenv("DAGSTER_HOME", str(home))

@@ -14,7 +14,8 @@ import dagster as dg
 from spine_pipeline.archive.layout import REPORTS_PREFIX
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.config import PipelineSettings
-from spine_pipeline.demo import prepare_dagster_home, run_demo, summary_lines
+from spine_pipeline.demo import run_demo, summary_lines
+from spine_pipeline.driver import prepare_dagster_home
 from spine_pipeline.simulator import SimulatorConfig, SimulatorServer
 from spine_pipeline_tests.reliability.conftest import CANARY_API_KEY, CANARY_AWS_SECRET
 from spine_pipeline_tests.reliability.logs import capture_logs

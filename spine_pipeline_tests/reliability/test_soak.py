@@ -1,15 +1,15 @@
 """The short soak inside `make test`: 100 runs per backend, every fault at 5 %, then the scan.
 
-The full soak is `make soak` (1,000 runs per backend, same harness: `spine_pipeline.soak`).
+The full soak is `make soak` (1,000 runs per backend, same harness: `soak/`).
 Both runs use recognisable credentials (a canary Spine key, a canary AWS secret), log at
 DEBUG in every process, and then everything they wrote is searched for those secrets.
 """
 
 import pytest
 
+from soak import SoakConfig, run_soak
+from soak.report import render
 from spine_pipeline.archive.stores import open_store
-from spine_pipeline.soak import SoakConfig, run_soak
-from spine_pipeline.soak.report import render
 from spine_pipeline_tests.reliability.conftest import CANARY_API_KEY, CANARY_AWS_SECRET
 from spine_pipeline_tests.reliability.logs import capture_logs
 from spine_pipeline_tests.reliability.secret_scan import SecretScanner

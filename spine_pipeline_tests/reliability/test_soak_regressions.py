@@ -186,8 +186,8 @@ def test_dagster_submit_failure_names_an_unrecorded_run(simulator, tmp_path, mon
     from spine_pipeline import submission
     from spine_pipeline.archive.ledger import Ledger
     from spine_pipeline.definitions import build_definitions
-    from spine_pipeline.defs.names import SUBMIT_ALL_JOB
     from spine_pipeline.defs.resources import ArchiveResource
+    from spine_pipeline.driver import execute_submit_catalog, step_failures
 
     catalog = tmp_path / "requests.yaml"
     catalog.write_text("requests:\n  - name: outage_probe\n    prompt: Submit during an outage\n")
@@ -204,13 +204,11 @@ def test_dagster_submit_failure_names_an_unrecorded_run(simulator, tmp_path, mon
     monkeypatch.setattr(ArchiveResource, "ledger", lambda self: Ledger(store))
     defs = build_definitions()
     with dg.instance_for_test() as instance:
-        result = defs.resolve_job_def(SUBMIT_ALL_JOB).execute_in_process(
-            instance=instance, raise_on_error=False
-        )
-        failures = [e for e in result.all_events if e.is_step_failure]
+        result = execute_submit_catalog(defs, instance)
+        failures = step_failures(result)  # a dg.Failure's description, as the UI shows it
         (run_id,) = simulator.world.run_ids()
         assert failures
-        description = failures[0].event_specific_data.user_failure_data.description
+        description = failures[0].message
         assert run_id in description and "not tracked" in description
         # ...and that failure is durable: it is in the instance's event log.
         stored = [e for e in instance.all_logs(result.run_id) if e.is_dagster_event]

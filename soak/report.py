@@ -4,9 +4,39 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
-from spine_pipeline.soak.harness import SoakReport
+from soak.check import Check
+from soak.config import SoakConfig
+
+
+@dataclass
+class SoakReport:
+    """Everything the soak measured; `ok` is the verdict."""
+
+    config: SoakConfig
+    seconds: float = 0.0
+    checks: list[Check] = field(default_factory=list)
+    api_faults: dict[str, int] = field(default_factory=dict)
+    storage_faults: dict[str, int] = field(default_factory=dict)
+    events: Counter[str] = field(default_factory=Counter)
+    kills: list[dict[str, Any]] = field(default_factory=list)
+    sensor_restarts: list[dict[str, Any]] = field(default_factory=list)
+    s3_restarts: list[dict[str, Any]] = field(default_factory=list)
+    tick_seconds: list[float] = field(default_factory=list)
+    failed_ticks: list[str] = field(default_factory=list)
+    submissions: Counter[str] = field(default_factory=Counter)
+    reconciled: Counter[str] = field(default_factory=Counter)
+    archive_jobs: Counter[str] = field(default_factory=Counter)
+    audit_jobs: Counter[str] = field(default_factory=Counter)
+    figures: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and bool(self.checks) and all(c.ok for c in self.checks)
+
 
 _API_KINDS = (
     ("429", "429 with Retry-After: 0", "retried after Retry-After (create too: it never ran)"),

@@ -1,4 +1,4 @@
-"""`python -m spine_pipeline.soak run ...` (what `make soak` calls) and the `worker` process."""
+"""`python -m soak run ...` (what `make soak` calls) and the `worker` process."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m spine_pipeline.soak")
+    parser = argparse.ArgumentParser(prog="python -m soak")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the soak and print its report")
     run.add_argument("--runs", type=int, default=1000)
@@ -38,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="internal: an archive/tick worker process")
     args = parser.parse_args(argv)
     if args.command == "worker":
-        from spine_pipeline.soak.workers import worker_main
+        from soak.workers import worker_main
 
         return worker_main()
 
-    from spine_pipeline.soak.config import SoakConfig
-    from spine_pipeline.soak.harness import run_soak
-    from spine_pipeline.soak.report import render
+    from soak.config import SoakConfig
+    from soak.harness import run_soak
+    from soak.report import render
 
     backends = ("local", "s3") if args.backend == "both" else (args.backend,)
     texts, ok = [], True

@@ -18,6 +18,8 @@ import threading
 from collections import Counter
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from spine_pipeline.archive.layout import ARTIFACT_AREA, TABLE_PREFIX
+
 _MAX_HEAD = 64 * 1024
 _CHUNK = 64 * 1024
 _SLOWDOWN_BODY = (
@@ -194,7 +196,7 @@ def _kind(request_line: bytes) -> str:
         prefix = query.get("prefix", [""])[0].split("/")
         return "LIST " + "/".join(prefix[1:3])
     area = "/".join(segments[2:4]) if len(segments) > 3 else "/".join(segments[2:3])
-    if area.startswith(("tables/", "artifacts/")):
+    if area.startswith((TABLE_PREFIX, ARTIFACT_AREA)):
         area = area.split("/")[0]
     return f"{method} {area}"
 

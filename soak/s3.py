@@ -1,8 +1,8 @@
 """SeaweedFS for `make soak` (outside pytest): the test fixture's launcher, imported, not copied.
 
 The launcher lives in `spine_pipeline_tests/fixtures/s3.py` (it starts `weed server` on free
-loopback ports and can stop and restart it with its data). `make soak` runs from the project
-root, where that package is importable; an installed wheel has no tests and no S3 soak.
+loopback ports and can stop and restart it with its data). The soak, like the tests, runs
+from the project root, where that package is importable.
 """
 
 from __future__ import annotations

@@ -24,18 +24,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-#: Dagster's console logger off (CRITICAL): the soak prints its own summary; events still
-#: go to the instance event log.
-QUIET = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-ARCHIVE_JOB = "archive_spine_runs"
-AUDIT_JOB = "refresh_audit_db"
+from spine_pipeline.defs.names import ARCHIVE_JOB
+
+#: Dagster's console logger off: the soak prints its own summary; events still go to the
+#: instance event log.
+QUIET_LEVEL = "CRITICAL"
+_PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 # -- inside the worker process ------------------------------------------------------------
 
 
 def worker_main() -> int:
-    """`python -m spine_pipeline.soak worker`: serve archive and tick requests until EOF."""
+    """`python -m soak worker`: serve archive and tick requests until EOF."""
     proto = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # any stray print goes to the log, never into the protocol stream
     sys.stdout = sys.stderr
@@ -53,9 +54,9 @@ def worker_main() -> int:
     import dagster as dg
 
     from spine_pipeline.definitions import build_definitions
+    from spine_pipeline.driver import execute_run, step_failures
 
     defs = build_definitions()
-    sensor = defs.resolve_sensor_def("spine_poll_sensor")
     with dg.DagsterInstance.get() as instance:
         send(event="ready", pid=os.getpid())
         for line in sys.stdin:
@@ -67,17 +68,19 @@ def worker_main() -> int:
             if op == "archive":
                 ok, error = False, None
                 try:
-                    job = defs.resolve_job_def(message.get("job") or ARCHIVE_JOB)
-                    result = job.execute_in_process(
-                        run_config={**message["run_config"], **QUIET},
-                        instance=instance,
-                        tags=message["tags"],
+                    result = execute_run(
+                        defs,
+                        instance,
+                        message.get("job") or ARCHIVE_JOB,
+                        message["run_config"],
+                        message["tags"],
                         run_id=message["dagster_run_id"],
-                        raise_on_error=False,
+                        log_level=QUIET_LEVEL,
                     )
                     ok = result.success
                     if not ok:
-                        error = "; ".join(_step_failures(result))[:500] or "run failed"
+                        failures = "; ".join(f.message for f in step_failures(result))
+                        error = failures[:500] or "run failed"
                 except Exception as exc:  # reported, and the worker keeps serving
                     error = f"{type(exc).__name__}: {exc}"[:500]
                 send(
@@ -88,7 +91,7 @@ def worker_main() -> int:
                     seconds=round(time.monotonic() - started, 3),
                 )
             elif op == "tick":
-                send(event="tick", **_tick(dg, defs, sensor, instance, message.get("cursor")))
+                send(event="tick", **_tick(defs, instance, message.get("cursor")))
             elif op == "submit":
                 send(event="submitted", **_submit(instance, message["catalog"]))
     return 0
@@ -97,39 +100,24 @@ def worker_main() -> int:
 def _submit(instance: Any, catalog: str) -> dict[str, Any]:
     """Materialise every submit asset of `catalog` (one `submit_catalog` run)."""
     from spine_pipeline.definitions import build_definitions
-    from spine_pipeline.defs.names import SUBMIT_ALL_JOB
+    from spine_pipeline.driver import execute_submit_catalog, step_failures, submitted_runs
 
     started = time.monotonic()
-    os.environ["SPINE_CATALOG"] = catalog
-    job = build_definitions().resolve_job_def(SUBMIT_ALL_JOB)
-    result = job.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=False)
-    failures = _step_failures(result)
+    os.environ["SPINE_CATALOG"] = catalog  # the submit assets are built from the catalog
+    result = execute_submit_catalog(build_definitions(), instance, log_level=QUIET_LEVEL)
     return {
-        "accepted": [
-            str(e.materialization.metadata["run_id"].value)
-            for e in result.get_asset_materialization_events()
-        ],
-        "failures": failures,
+        "accepted": [run_id for _, run_id in submitted_runs(result)],
+        "failures": [f.message for f in step_failures(result)],
         "seconds": round(time.monotonic() - started, 3),
     }
 
 
-def _step_failures(result: Any) -> list[str]:
-    """Each failed step's message, as the Dagster UI shows it."""
-    failures = []
-    for event in result.all_events:
-        if event.is_step_failure:
-            data = event.event_specific_data
-            described = data.user_failure_data.description if data.user_failure_data else None
-            failures.append(described or (data.error.message if data.error else event.message))
-    return failures
+def _tick(defs: Any, instance: Any, cursor: str | None) -> dict[str, Any]:
+    """One sensor evaluation in this (fresh) process, its requests as JSON for the harness."""
+    from spine_pipeline.driver import evaluate_poll_sensor, requested_job
 
-
-def _tick(dg: Any, defs: Any, sensor: Any, instance: Any, cursor: str | None) -> dict[str, Any]:
     started = time.monotonic()
     try:
-        from spine_pipeline.demo import evaluate_poll_sensor
-
         tick = evaluate_poll_sensor(defs, instance, cursor)
     except Exception as exc:
         seconds = round(time.monotonic() - started, 3)
@@ -138,7 +126,7 @@ def _tick(dg: Any, defs: Any, sensor: Any, instance: Any, cursor: str | None) ->
         "ok": True,
         "cursor": tick.cursor,
         "requests": [
-            {"run_config": dict(r.run_config), "tags": dict(r.tags), "job": r.job_name}
+            {"run_config": dict(r.run_config), "tags": dict(r.tags), "job": requested_job(r)}
             for r in tick.run_requests or []
         ],
         "partitions": [
@@ -188,6 +176,13 @@ class Worker:
         self.proc.stdin.flush()
 
 
+def _with_project_on_path(env: dict[str, str]) -> dict[str, str]:
+    """`env` with the project root first on PYTHONPATH: `soak` is not in the installed wheel,
+    so a worker started from another directory must still find it."""
+    paths = [str(_PROJECT_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**env, "PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}
+
+
 class WorkerPool:
     """Spawns workers and turns their replies into `(worker, message)` events."""
 
@@ -203,11 +198,11 @@ class WorkerPool:
         name = f"{role}-{self._count:03d}"
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in reap()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "spine_pipeline.soak", "worker"],
+            [sys.executable, "-m", "soak", "worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
-            env=self.env,
+            env=_with_project_on_path(self.env),
             cwd=os.getcwd(),
         )
         worker = Worker(name, proc, log)

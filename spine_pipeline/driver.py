@@ -1,0 +1,254 @@
+"""The in-process Dagster driver: what the daemon and a run worker do, one call at a time.
+
+`dagster dev` evaluates `spine_poll_sensor` on its interval, records the dynamic partitions
+it asks for, and launches the runs it requests. The demo, the tests, the soak and the
+benchmarks need exactly that path without a daemon, so it lives here once: every caller
+evaluates the sensor the way the daemon does and launches what it asked for the same way,
+and a change to the sensor's contract (names, tags, run config) is made in one place.
+
+Public Dagster API only; every job and sensor name comes from `defs/names.py`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from spine_pipeline.defs.names import (
+    ARCHIVE_JOB,
+    POLL_SENSOR,
+    SUBMIT_ALL_JOB,
+    archive_run_ids,
+)
+
+DEFAULT_DAGSTER_HOME = Path("data/dagster_home")
+#: One audit-database writer at a time: the only pool is spine_audit_db.
+_INSTANCE_YAML = "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n"
+#: The tag the daemon puts on every run a sensor launched.
+SENSOR_NAME_TAG = "dagster/sensor_name"
+
+
+def quiet(log_level: str = "WARNING") -> dict[str, Any]:
+    """Run config that turns Dagster's console logger down to `log_level`.
+
+    The callers print their own progress lines; events still reach the instance event log.
+    WARNING (the demo's default) keeps Dagster's warnings; the soak's workers use CRITICAL.
+    """
+    return {"loggers": {"console": {"config": {"log_level": log_level}}}}
+
+
+def prepare_dagster_home() -> Path:
+    """Use $DAGSTER_HOME, or a persistent `data/dagster_home` created on first use.
+
+    A directory created here is private (0700): Dagster's SQLite files inside take the
+    process umask, and run storage holds run configs (Spine run ids, request names).
+    """
+    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
+    if not home.exists():
+        home.mkdir(parents=True, mode=0o700)
+        home.chmod(0o700)  # mkdir's mode is masked by the umask
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(_INSTANCE_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+# -- the sensor ---------------------------------------------------------------------------
+
+
+def evaluate_poll_sensor(
+    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
+) -> dg.SensorResult:
+    """One evaluation of the poll sensor, exactly as the daemon performs it."""
+    sensor = defs.resolve_sensor_def(POLL_SENSOR)
+    with dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        definitions=defs,
+        sensor_name=sensor.name,
+        resources=defs.resources,
+    ) as context:
+        return sensor.evaluate_tick(context)
+
+
+def apply_partition_requests(
+    instance: dg.DagsterInstance,
+    requests: Sequence[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] | None,
+) -> None:
+    """Record the dynamic partitions a tick asked for, as the daemon does before launching."""
+    for request in requests or []:
+        if isinstance(request, dg.DeleteDynamicPartitionsRequest):
+            for key in request.partition_keys:
+                instance.delete_dynamic_partition(request.partitions_def_name, key)
+        else:
+            instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+
+
+def requested_job(request: dg.RunRequest) -> str:
+    """The job a run request targets (the sensor's default job when it names none)."""
+    return request.job_name or ARCHIVE_JOB
+
+
+def sensor_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """A requested run's tags plus the one the daemon adds to every sensor-launched run."""
+    return {**tags, SENSOR_NAME_TAG: POLL_SENSOR}
+
+
+def tick(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    cursor: str | None,
+    launch: Callable[[dg.RunRequest], None],
+) -> dg.SensorResult:
+    """One daemon tick: evaluate the sensor, then `launch_requested` what it asked for."""
+    result = evaluate_poll_sensor(defs, instance, cursor)
+    launch_requested(instance, result, launch)
+    return result
+
+
+def launch_requested(
+    instance: dg.DagsterInstance,
+    result: dg.SensorResult,
+    launch: Callable[[dg.RunRequest], None],
+) -> None:
+    """Apply a tick's partition requests, then hand each run request to `launch` in order.
+
+    `launch` executes the run in process (the demo, the tests) or queues it for a run worker
+    (the soak, the benchmarks), as the daemon hands runs to its run coordinator.
+    """
+    apply_partition_requests(instance, result.dynamic_partitions_requests)
+    for request in result.run_requests or []:
+        launch(request)
+
+
+# -- runs ---------------------------------------------------------------------------------
+
+
+def execute_run(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    job_name: str,
+    run_config: Mapping[str, Any],
+    tags: Mapping[str, str],
+    *,
+    run_id: str | None = None,
+    log_level: str = "WARNING",
+) -> dg.ExecuteInProcessResult:
+    """Execute one run in this process, as a run worker would; a failed run is returned.
+
+    `run_id` lets a caller that tracks the run from outside (the soak fails it when it
+    kills the worker) name the Dagster run before it exists.
+    """
+    return defs.resolve_job_def(job_name).execute_in_process(
+        run_config={**run_config, **quiet(log_level)},
+        instance=instance,
+        tags=dict(tags),
+        run_id=run_id,
+        raise_on_error=False,
+    )
+
+
+def execute_request(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    request: dg.RunRequest,
+    *,
+    run_id: str | None = None,
+    log_level: str = "WARNING",
+) -> dg.ExecuteInProcessResult:
+    """Execute a run the poll sensor requested, tagged as the daemon tags it."""
+    return execute_run(
+        defs,
+        instance,
+        requested_job(request),
+        request.run_config,
+        sensor_tags(request.tags),
+        run_id=run_id,
+        log_level=log_level,
+    )
+
+
+def execute_submit_catalog(
+    defs: dg.Definitions, instance: dg.DagsterInstance, *, log_level: str = "WARNING"
+) -> dg.ExecuteInProcessResult:
+    """Materialise every submit asset of the catalog in one run (`submit_catalog`)."""
+    return defs.resolve_job_def(SUBMIT_ALL_JOB).execute_in_process(
+        instance=instance, run_config=quiet(log_level), raise_on_error=False
+    )
+
+
+def submitted_runs(result: dg.ExecuteInProcessResult) -> list[tuple[str, str]]:
+    """(submit asset, Spine run id) of each submit asset a run materialised."""
+    return [
+        (e.asset_key.to_user_string(), str(e.materialization.metadata["run_id"].value))
+        for e in result.get_asset_materialization_events()
+    ]
+
+
+@dataclass(frozen=True)
+class StepFailure:
+    """A failed step: its key and its message as the Dagster UI shows it."""
+
+    step_key: str
+    message: str
+
+
+def step_failures(result: dg.ExecuteInProcessResult) -> list[StepFailure]:
+    """Each failed step of a run: a `dg.Failure`'s description, else the error's message."""
+    failures = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.event_specific_data
+            described = data.user_failure_data.description if data.user_failure_data else None
+            message = described or (data.error.message if data.error else event.message)
+            failures.append(StepFailure(event.step_key or "?", str(message or "")))
+    return failures
+
+
+# -- one tick, runs executed in process -----------------------------------------------------
+
+
+@dataclass
+class Tick:
+    """One sensor evaluation and the runs it led to."""
+
+    requested: list[list[str]]  # the Spine run ids of each archive batch
+    cursor: str | None
+    skip_reason: str | None
+    refreshes: int = 0  # audit refresh runs
+    failed: int = 0  # requested runs that did not succeed
+
+    @property
+    def idle(self) -> bool:
+        return not self.requested and not self.refreshes
+
+
+def tick_and_launch(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    cursor: str | None,
+    say: Callable[[str], None] = print,
+) -> Tick:
+    """Evaluate the poll sensor as the daemon would, then execute each run it requests."""
+    out = Tick(requested=[], cursor=None, skip_reason=None)
+
+    def launch(request: dg.RunRequest) -> None:
+        name = requested_job(request)
+        if name == ARCHIVE_JOB:
+            ids = archive_run_ids(dict(request.run_config))
+            out.requested.append(ids)
+            say(f"  archiving a batch of {len(ids)} terminal run(s)")
+        else:
+            out.refreshes += 1
+            say(f"  refreshing the audit database ({name})")
+        out.failed += not execute_request(defs, instance, request).success
+
+    result = tick(defs, instance, cursor, launch)
+    out.cursor, out.skip_reason = result.cursor, result.skip_message
+    return out
