@@ -5,9 +5,13 @@ exactly what the definitions declare instead of repeating string literals that c
 These names are contracts: renaming one orphans sensor cursors and run history.
 """
 
-from collections.abc import Iterable
+from __future__ import annotations
 
-from spine_pipeline.archive.ledger import TrackedRun
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from spine_pipeline.archive.ledger import TrackedRun
 
 POLL_SENSOR = "spine_poll_sensor"
 ARCHIVE_JOB = "archive_spine_runs"
