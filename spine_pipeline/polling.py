@@ -20,10 +20,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from spine_pipeline.archive.layout import manifest_key
-from spine_pipeline.archive.ledger import Ledger, TrackedRun
+from spine_pipeline.archive.ledger import ABANDON_AFTER, Ledger, TrackedRun
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.spine import AsyncSpineClient
 from spine_pipeline.spine.poll import PollResult, poll_runs
@@ -35,7 +35,6 @@ ENV_MIN_INTERVAL = "SPINE_POLL_MIN_INTERVAL_SECONDS"  # tests and demos shorten 
 ENV_MAX_INTERVAL = "SPINE_POLL_MAX_INTERVAL_SECONDS"
 ENV_REREQUEST = "SPINE_POLL_REREQUEST_SECONDS"  # the soak re-requests crashed batches sooner
 OVERDUE_AFTER = timedelta(hours=3)
-ABANDON_AFTER = timedelta(hours=24)
 PLAN_VERSION = 1
 
 
@@ -197,7 +196,6 @@ class InFlightSource:
     def __init__(self, ledger: Ledger, log: ManifestLog) -> None:
         self.ledger = ledger
         self.log = log
-        self._abandoned: set[str] = set()
         self._lock = threading.Lock()  # one reader of the caches at a time
 
     def load(self, now: datetime) -> dict[str, TrackedRun]:
@@ -211,13 +209,7 @@ class InFlightSource:
             self.log = ManifestLog(self.log.store)
             self.ledger = Ledger(self.ledger.store)
         self.log.refresh()
-        self._abandoned = self.ledger.abandoned()
-        since: date = (now - ABANDON_AFTER - timedelta(days=1)).date()
-        return {
-            t.run_id: t
-            for t in self.ledger.tracked(since=since)
-            if t.run_id not in self.log.committed_runs and t.run_id not in self._abandoned
-        }
+        return self.ledger.load_in_flight(self.log.committed_runs, now=now)
 
     def load_within(self, now: datetime, seconds: float) -> dict[str, TrackedRun]:
         """`load`, but give up after `seconds`: a store that hangs or retries must not hold

@@ -6,9 +6,10 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from spine_pipeline.archive.archiver import Archiver, ArchiveRequest, RunOutcome
-from spine_pipeline.archive.ledger import Ledger
+from spine_pipeline.archive.archiver import Archiver, RunOutcome
+from spine_pipeline.archive.ledger import Ledger, in_flight, inflight_since
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.stores import ObjectStore, open_store
 from spine_pipeline.spine import AsyncSpineClient
@@ -52,45 +53,41 @@ def archive_now(
     """Archive the given runs into `archive_uri` now, optionally waiting for them first."""
     store = open_store(archive_uri)
     factory = client_factory or AsyncSpineClient
-    ledger = Ledger(store)
-    requests = []
-    for run_id in run_ids:
-        tracked = ledger.find_tracked(run_id) if _plausible(run_id) else None
-        requests.append(
-            ArchiveRequest(
-                run_id,
-                request_name=tracked.request_name if tracked else None,
-                submitted_at=tracked.submitted_time if tracked else None,
-            )
-        )
+    requests = Ledger(store).archive_requests(run_ids)
     if wait:
         asyncio.run(wait_until_terminal(factory, run_ids, timeout=timeout, progress=progress))
     return Archiver(store, factory).archive(requests).outcomes
 
 
-def _plausible(run_id: str) -> bool:
-    return 0 < len(run_id) <= 100 and all(c.isalnum() or c in "-_" for c in run_id)
-
-
 @dataclass(frozen=True)
 class RunState:
     run_id: str
-    state: str  # archived | in_flight | abandoned | unknown
+    # archived | in_flight | abandoned | stale (tracked before the in-flight window, never
+    # archived nor abandoned: no sensor polls it) | unknown
+    state: str
     status: str | None = None
     request_name: str | None = None
     since: str | None = None
     seq: int | None = None
 
 
-def run_states(store: ObjectStore, run_ids: Sequence[str] = ()) -> list[RunState]:
-    """Every tracked or archived run (or just `run_ids`) with where it stands."""
+def run_states(
+    store: ObjectStore, run_ids: Sequence[str] = (), *, now: datetime | None = None
+) -> list[RunState]:
+    """Every tracked or archived run (or just `run_ids`) with where it stands.
+
+    In flight means what it means to the poll sensor (`ledger.in_flight`, one window);
+    a run tracked earlier and never archived nor abandoned is `stale`.
+    """
     log = ManifestLog(store)
     log.refresh()
     archived = {r.run_id: (m.seq, r) for m in log for r in m.runs}
     ledger = Ledger(store)
     abandoned = ledger.abandoned()
     tracked = {t.run_id: t for t in ledger.tracked()}
-    wanted = list(dict.fromkeys(run_ids)) or list(dict.fromkeys([*tracked, *archived]))
+    since = inflight_since(now or datetime.now(UTC))
+    flying = in_flight(ledger.tracked(since=since), archived, abandoned)
+    wanted = list(dict.fromkeys(run_ids)) or list(dict.fromkeys([*tracked, *flying, *archived]))
     rows = []
     for run_id in wanted:
         t = tracked.get(run_id)
@@ -100,8 +97,11 @@ def run_states(store: ObjectStore, run_ids: Sequence[str] = ()) -> list[RunState
             rows.append(RunState(run_id, "archived", entry.status, name, entry.terminal_at, seq))
         elif run_id in abandoned:
             rows.append(RunState(run_id, "abandoned", None, name, t.tracked_at if t else None))
+        elif run_id in flying:
+            f = flying[run_id]
+            rows.append(RunState(run_id, "in_flight", None, f.request_name, f.tracked_at))
         elif t is not None:
-            rows.append(RunState(run_id, "in_flight", None, name, t.tracked_at))
+            rows.append(RunState(run_id, "stale", None, name, t.tracked_at))
         else:
             rows.append(RunState(run_id, "unknown"))
     return rows

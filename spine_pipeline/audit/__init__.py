@@ -17,12 +17,8 @@ from __future__ import annotations
 
 from spine_pipeline.audit.duck import AuditError, connect_readonly, load_extension
 from spine_pipeline.audit.html_report import render_credit_report_html
-from spine_pipeline.audit.ingest import (
-    IngestError,
-    IngestReport,
-    rebuild_audit_db,
-    refresh_audit_db,
-)
+from spine_pipeline.audit.ingest import IngestError, IngestReport
+from spine_pipeline.audit.refresh import rebuild_audit_db, refresh_audit_db
 from spine_pipeline.audit.reports import (
     BY_CHOICES,
     Budgets,

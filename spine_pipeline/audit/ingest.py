@@ -1,29 +1,30 @@
-"""Committed manifests -> the audit database, incrementally, idempotently, verified.
+"""Committed manifests -> the audit database's tables, incrementally, idempotently, verified.
 
 Per new manifest, in one transaction: the chain link is checked (`ManifestLog`), every
 listed file is fetched once, its size and sha256 compared with the manifest, and only then
-parsed and inserted; the manifest row and the search postings of its runs go in with it.
-A manifest is therefore ingested wholly or not at all, and never twice (the `manifests`
-primary key and an explicit check of the run ids refuse a repeat). A rebuild, unseen until
-published, takes BULK_GROUP manifests per transaction. Only the keys a
-manifest lists are read, never a glob, so files of uncommitted batches stay invisible.
+parsed and inserted; the manifest row, its run facts and the search postings of its runs
+(`search_index`) go in with it. A manifest is therefore ingested wholly or not at all, and
+never twice (the `manifests` primary key and an explicit check of the run ids refuse a
+repeat). A rebuild, unseen until published, takes BULK_GROUP manifests per transaction.
+Only the keys a manifest lists are read, never a glob, so files of uncommitted batches stay
+invisible.
 
 Bytes are fetched once and the very bytes that were hashed are parsed (no hash-then-read
 race): locally from the file, on S3 by DuckDB's httpfs (`read_blob`) with a secret built
 from boto3's credential chain.
+
+Also here, because every step of a refresh shares them: `IngestError`, `IngestReport` and
+the `audit_state` bookkeeping. The refresh itself (snapshots, ledger mirror, entry points)
+is `audit/refresh.py`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
-import os
-import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,38 +32,19 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from spine_pipeline.archive.layout import (
-    SUBMISSIONS_PREFIX,
-    key_dt,
-    manifest_key,
-    parse_submission_day,
-    submissions_day_prefix,
-    tracked_day_prefix,
-    tracked_run_id,
-)
-from spine_pipeline.archive.ledger import Ledger, parse_ts
+from spine_pipeline.archive.layout import key_dt, manifest_key
 from spine_pipeline.archive.manifest import (
     Manifest,
     ManifestError,
     ManifestLog,
     sha256_hex,
 )
-from spine_pipeline.archive.stores import ObjectStore, open_store
-from spine_pipeline.audit.duck import AuditError, configure_s3, load_extension, sql_str
-from spine_pipeline.audit.schema import (
-    DATA_TABLES,
-    data_columns,
-    ensure_schema,
-    recount_search_stats,
-    refill_run_facts,
-    run_facts_select,
-)
-from spine_pipeline.audit.snapshot import paths_for, prepare_spare, publish, writer_lock
-from spine_pipeline.config import PipelineSettings
+from spine_pipeline.archive.stores import ObjectStore
+from spine_pipeline.audit.duck import AuditError, configure_s3
+from spine_pipeline.audit.schema import DATA_TABLES, data_columns, run_facts_select
+from spine_pipeline.audit.search_index import index_manifests
 
 log = logging.getLogger(__name__)
-
-INFLIGHT_LOOKBACK_DAYS = 3
 
 
 class IngestError(AuditError):
@@ -94,11 +76,21 @@ class IngestReport:
         )
 
 
-def _normal_uri(uri: str) -> str:
-    uri = uri.strip()
-    if uri.lower().startswith("s3://"):
-        return uri.rstrip("/")
-    return str(Path(uri.removeprefix("file://")).absolute())
+def get_state(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
+    """A bookkeeping value of the refreshes (`audit_state`): what they resume from."""
+    row = con.execute("SELECT value FROM audit_state WHERE key = ?", [key]).fetchone()
+    return row[0] if row else None
+
+
+def set_state(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
+    con.execute("INSERT OR REPLACE INTO audit_state VALUES (?, ?)", [key, value])
+
+
+def last_ingested(con: duckdb.DuckDBPyConnection) -> tuple[int, str | None]:
+    """Seq and sha256 of the newest ingested manifest: the anchor the next chain check
+    starts from ((0, None) for an empty database)."""
+    row = con.execute("SELECT seq, sha256 FROM manifests ORDER BY seq DESC LIMIT 1").fetchone()
+    return (int(row[0]), str(row[1])) if row else (0, None)
 
 
 class _Fetcher:
@@ -133,27 +125,13 @@ class _Fetcher:
             self._con = None
 
 
-def _state(con: duckdb.DuckDBPyConnection, key: str) -> str | None:
-    row = con.execute("SELECT value FROM audit_state WHERE key = ?", [key]).fetchone()
-    return row[0] if row else None
-
-
-def _set_state(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
-    con.execute("INSERT OR REPLACE INTO audit_state VALUES (?, ?)", [key, value])
-
-
-def _anchor(con: duckdb.DuckDBPyConnection) -> tuple[int, str | None]:
-    row = con.execute("SELECT seq, sha256 FROM manifests ORDER BY seq DESC LIMIT 1").fetchone()
-    return (int(row[0]), str(row[1])) if row else (0, None)
-
-
 def _new_manifests(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> list[Manifest]:
     """Manifests after the last ingested one, with the chain checked from that anchor.
 
     The anchor itself is re-read and re-hashed: a manifest changed after it was ingested is
     refused here rather than silently chained onto. A rebuild checks the chain from seq 1.
     """
-    last_seq, last_sha = _anchor(con)
+    last_seq, last_sha = last_ingested(con)
     try:
         if last_seq == 0:
             manifest_log = ManifestLog(store)
@@ -288,8 +266,8 @@ def _ingest_group(
                 f"{run_facts_select('WHERE r.manifest_seq BETWEEN $first AND $last')}",
                 {"first": first, "last": last},
             )
-        docs = _index_manifests(con, first, last, bulk)
-        _set_state(con, "last_seq", str(last))
+        docs = index_manifests(con, first, last, bulk)
+        set_state(con, "last_seq", str(last))
         con.execute("COMMIT")
     except duckdb.ConstraintException as exc:
         con.execute("ROLLBACK")
@@ -317,7 +295,7 @@ def _refuse_repeated_runs(con: duckdb.DuckDBPyConnection, seq: int, runs: pa.Tab
 
     `runs` has no primary key (schema.UNKEYED_TABLES), so this keeps each run exactly once:
     a semi-join of the file's ids against the run_id column (6 ms at 100,000 runs). A
-    rebuild checks once at the end instead (`_refuse_repeated_runs_bulk`).
+    rebuild checks once at the end instead (`refuse_repeated_runs_bulk`).
     """
     ids = runs.column("run_id").to_pylist()
     repeated = sorted(str(r) for r, n in Counter(ids).items() if n > 1)
@@ -340,7 +318,7 @@ def _refuse_repeated_runs(con: duckdb.DuckDBPyConnection, seq: int, runs: pa.Tab
         )
 
 
-def _refuse_repeated_runs_bulk(con: duckdb.DuckDBPyConnection) -> None:
+def refuse_repeated_runs_bulk(con: duckdb.DuckDBPyConnection) -> None:
     """The rebuild's check, once over the whole table (nothing is published if it fails)."""
     repeated = con.execute(
         "SELECT run_id, max(manifest_seq) FROM runs GROUP BY run_id HAVING count(*) > 1 "
@@ -353,372 +331,17 @@ def _refuse_repeated_runs_bulk(con: duckdb.DuckDBPyConnection) -> None:
         )
 
 
-def _row_shift(con: duckdb.DuckDBPyConnection, table: str, first: int, last: int) -> int | None:
-    """What turns the row ids of the manifests' rows in `table` into their committed ones.
-
-    Inside the ingest transaction DuckDB numbers new rows from a large offset; at commit they
-    are appended in order after the rows already there (the tables are append-only), so the
-    committed row id is the count of the other rows plus the offset within these manifests.
-    """
-    # count(*) of a table is known without a scan; the filter on manifest_seq is pruned to
-    # the last row groups (the column grows with insertion order).
-    row = con.execute(
-        f"SELECT (SELECT count(*) FROM {table}) - count(*) - min(rowid) FROM {table} "
-        "WHERE manifest_seq BETWEEN $first AND $last",
-        {"first": first, "last": last},
-    ).fetchone()
-    return int(row[0]) if row and row[0] is not None else None
-
-
-def _index_manifests(
-    con: duckdb.DuckDBPyConnection, first: int, last: int, bulk: bool = False
-) -> int:
-    """Add the manifests' block contents, final outputs and source titles to the index.
-
-    DuckDB's `PRAGMA create_fts_index` rebuilds from scratch (about 20 s per 200,000
-    documents here), so the index is kept incrementally in tables of the same shape, with the
-    fts extension's Porter stemmer; see docs/decisions.md. Each document keeps a pointer to
-    the row of its text, and the per-term document frequencies and corpus statistics BM25
-    needs are updated here, in the manifest's transaction (`bulk`, a rebuild nobody reads
-    until it is published, leaves them to one recount at the end).
-    """
-    shift = {t: _row_shift(con, t, first, last) for t in ("blocks", "runs", "block_sources")}
-    con.execute(
-        """CREATE OR REPLACE TEMP TABLE _new_docs AS
-SELECT (SELECT coalesce(max(doc_id), 0) FROM search_docs) + row_number() OVER () AS doc_id, *
-FROM (
-  SELECT 'block' AS kind, run_id, block_id, ordinal AS block_ordinal, NULL::BIGINT AS source_idx,
-    type AS block_type, dt, audit_words(content) AS words, rowid + $bs AS text_row,
-    rowid + $bs AS block_row
-  FROM blocks WHERE manifest_seq BETWEEN $first AND $last AND content IS NOT NULL
-  UNION ALL
-  SELECT 'final_output', run_id, NULL, NULL, NULL, NULL, dt, audit_words(final_output),
-    rowid + $rs, NULL
-  FROM runs WHERE manifest_seq BETWEEN $first AND $last AND final_output IS NOT NULL
-  UNION ALL
-  SELECT 'source_title', s.run_id, s.block_id, s.block_ordinal, s.idx, b.type, s.dt,
-    audit_words(s.title), s.rowid + $ss, b.rowid + $bs
-  FROM block_sources s LEFT JOIN blocks b
-    ON b.run_id = s.run_id AND b.ordinal = s.block_ordinal
-    AND b.manifest_seq BETWEEN $first AND $last
-  WHERE s.manifest_seq BETWEEN $first AND $last AND s.title IS NOT NULL
-)""",
-        {
-            "first": first,
-            "last": last,
-            "bs": shift["blocks"],
-            "rs": shift["runs"],
-            "ss": shift["block_sources"],
-        },
-    )
-    con.execute(
-        "INSERT INTO search_docs (doc_id, kind, run_id, block_id, block_ordinal, source_idx, "
-        "block_type, dt, len, text_row, block_row) "
-        "SELECT doc_id, kind, run_id, block_id, block_ordinal, source_idx, block_type, dt, "
-        "len(words), text_row, block_row FROM _new_docs"
-    )
-    postings = """
-WITH tok AS (SELECT doc_id, unnest(words) AS word FROM _new_docs),
-stems AS (SELECT word, audit_term(word) AS term FROM (SELECT DISTINCT word FROM tok))
-SELECT term, doc_id, count(*) AS tf FROM tok JOIN stems USING (word) GROUP BY term, doc_id"""
-    if bulk:
-        con.execute(f"INSERT INTO search_postings {postings}")
-    else:
-        con.execute(f"CREATE OR REPLACE TEMP TABLE _new_postings AS {postings}")
-        con.execute("INSERT INTO search_postings SELECT term, doc_id, tf FROM _new_postings")
-        con.execute(
-            """CREATE OR REPLACE TEMP TABLE _new_df AS
-SELECT term, count(*) AS df FROM _new_postings GROUP BY term"""
-        )
-        con.execute(
-            "UPDATE search_terms SET df = search_terms.df + n.df FROM _new_df n "
-            "WHERE search_terms.term = n.term"
-        )
-        con.execute(
-            "INSERT INTO search_terms SELECT term, df FROM _new_df "
-            "WHERE term NOT IN (SELECT term FROM search_terms)"
-        )
-        con.execute(
-            "UPDATE search_stats SET docs = docs + n, total_len = total_len + l "
-            "FROM (SELECT count(*) AS n, coalesce(sum(len(words)), 0) AS l FROM _new_docs)"
-        )
-        con.execute("DROP TABLE _new_postings")
-        con.execute("DROP TABLE _new_df")
-    (count,) = con.execute("SELECT count(*) FROM _new_docs").fetchone() or (0,)
-    con.execute("DROP TABLE _new_docs")
-    return int(count)
-
-
-def _sync_run_facts(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> None:
-    """Re-derive the ledger fallbacks of `run_facts_stored` for runs with new submissions."""
-    if not run_ids:
-        return
-    where = "AND run_id IN (SELECT unnest($ids::VARCHAR[]))"
-    con.execute(
-        f"""UPDATE run_facts_stored SET request_name = f.request_name, template = f.template,
-  submitted_at = f.submitted_at
-FROM ({run_facts_select("WHERE r.run_id IN (SELECT unnest($ids::VARCHAR[]))", where)}) f
-WHERE run_facts_stored.run_id = f.run_id""",
-        {"ids": sorted(set(run_ids))},
-    )
-
-
-# ----------------------------------------------------------------------------- ledger
-
-
-def _str_list(value: Any) -> list[str] | None:
-    if isinstance(value, list):
-        return [v if isinstance(v, str) else json.dumps(v) for v in value]
-    return None
-
-
-def _opt_str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _ingest_submissions(
-    con: duckdb.DuckDBPyConnection, store: ObjectStore, report: IngestReport, bulk: bool = False
-) -> None:
-    """New `ledger/submissions/` records, by object key (each key is ingested once)."""
-    since = _state(con, "submissions_day")
-    if since is None:
-        listing = [i.key for i in store.list(SUBMISSIONS_PREFIX)]
-    else:
-        start = date.fromisoformat(since) - timedelta(days=1)
-        end = datetime.now(UTC).date() + timedelta(days=1)
-        listing = [
-            i.key
-            for n in range((end - start).days + 1)
-            for i in store.list(submissions_day_prefix(start + timedelta(days=n)))
-        ]
-    keys = [k for k in listing if k.endswith(".json")]
-    if not keys:
-        return
-    known = {
-        r[0]
-        for r in con.execute(
-            "SELECT ledger_key FROM submissions WHERE ledger_key IN (SELECT unnest(?))", [keys]
-        ).fetchall()
-    }
-    rows = []
-    for key in keys:
-        if key in known:
-            continue
-        raw = store.get_bytes(key)
-        text = raw.decode("utf-8", errors="replace")
-        try:
-            doc = json.loads(text)
-        except ValueError:
-            doc = {}
-        if not isinstance(doc, dict):
-            doc = {}
-        ts = parse_ts(doc.get("submitted_at"))
-        rows.append(
-            (
-                key,
-                _opt_str(doc.get("request_name")),
-                _opt_str(doc.get("run_id")),
-                ts,
-                _opt_str(doc.get("outcome")),
-                _opt_str(doc.get("error")),
-                _opt_str(doc.get("prompt")),
-                _opt_str(doc.get("template")),
-                _str_list(doc.get("blocks")),
-                _opt_str(doc.get("agent_instructions")),
-                _str_list(doc.get("files")),
-                _opt_str(doc.get("source")),
-                _opt_str(doc.get("canvas_id")),
-                text,
-            )
-        )
-    days = [d for k in keys if (d := parse_submission_day(k))]
-    con.execute("BEGIN TRANSACTION")
-    try:
-        if rows:
-            con.executemany(
-                "INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-            )
-            if not bulk:
-                _sync_run_facts(con, [r[2] for r in rows if r[2] is not None])
-        if days:
-            latest = max(days + ([since] if since else []))
-            _set_state(con, "submissions_day", latest)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    report.submissions += len(rows)
-
-
-def _tracked_keys(store: ObjectStore, since: date) -> list[str]:
-    """Tracking-record keys of the days from `since` to tomorrow, one per run, oldest first.
-
-    The same listing and the same first-record-wins rule as `Ledger.tracked(since=...)`
-    (which GETs every record it lists; here only the listing is repeated every refresh).
-    """
-    today = datetime.now(UTC).date()
-    days = [since + timedelta(days=i) for i in range((today - since).days + 2)]
-    first: dict[str, str] = {}
-    for day in days:
-        for info in store.list(tracked_day_prefix(day)):
-            first.setdefault(tracked_run_id(info.key), info.key)
-    return list(first.values())
-
-
-def _tracked_row(key: str, raw: bytes) -> tuple[Any, ...]:
-    """One `ledger_tracked` row; a record the ledger cannot parse is kept as not valid."""
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or "tracked_at" not in doc or not _opt_str(doc.get("run_id")):
-        return (key, None, None, None, None, None, False, text)
-    return (
-        key,
-        doc["run_id"],
-        _opt_str(doc.get("request_name")),
-        parse_ts(doc.get("submitted_at")),
-        parse_ts(doc.get("tracked_at")),
-        _opt_str(doc.get("source")),
-        True,
-        text,
-    )
-
-
-def _refresh_inflight(
-    con: duckdb.DuckDBPyConnection, store: ObjectStore, report: IngestReport
-) -> None:
-    """Replace the in-flight snapshot: recently tracked runs not archived nor abandoned.
-
-    Tracking records are write-once, so only keys missing from `ledger_tracked` are fetched:
-    the S3 requests of a refresh grow with new records, not with the lookback window.
-    """
-    since = datetime.now(UTC).date() - timedelta(days=INFLIGHT_LOOKBACK_DAYS)
-    keys = _tracked_keys(store, since)
-    known = (
-        {
-            r[0]
-            for r in con.execute(
-                "SELECT ledger_key FROM ledger_tracked WHERE ledger_key IN (SELECT unnest(?))",
-                [keys],
-            ).fetchall()
-        }
-        if keys
-        else set()
-    )
-    fresh = [_tracked_row(k, store.get_bytes(k)) for k in keys if k not in known]
-    abandoned = sorted(Ledger(store).abandoned()) if keys else []
-    now = datetime.now(UTC)
-    con.execute("BEGIN TRANSACTION")
-    try:
-        if fresh:
-            con.executemany("INSERT INTO ledger_tracked VALUES (?, ?, ?, ?, ?, ?, ?, ?)", fresh)
-        con.execute("DELETE FROM inflight_runs")
-        if keys:
-            con.execute(
-                # Two records naming one run in their bodies: the later key wins (as the
-                # ledger's listing order with INSERT OR REPLACE did).
-                """INSERT INTO inflight_runs
-SELECT run_id, request_name, submitted_at, tracked_at, $now FROM ledger_tracked
-WHERE ledger_key IN (SELECT unnest($keys)) AND valid
-  AND run_id NOT IN (SELECT run_id FROM runs)
-  AND run_id NOT IN (SELECT unnest($abandoned::VARCHAR[]))
-QUALIFY row_number() OVER (PARTITION BY run_id ORDER BY ledger_key DESC) = 1""",
-                {"now": now, "keys": keys, "abandoned": abandoned},
-            )
-        (report.inflight,) = con.execute("SELECT count(*) FROM inflight_runs").fetchone() or (0,)
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    report.tracked_read += len(fresh)
-
-
-def _adopt_ledger_records(con: duckdb.DuckDBPyConnection, published: Path, uri: str) -> None:
-    """Copy into a reused spare the ledger records the published snapshot already read.
-
-    The spare is one refresh behind; without this it would GET again every submission and
-    tracking record the previous refresh read (they are write-once, so the copy is exact).
-    A published snapshot of another archive or without the tables is ignored.
-    """
-    try:
-        con.execute(f"ATTACH {sql_str(str(published))} AS _published (READ_ONLY)")
-    except duckdb.Error as exc:
-        log.warning("not adopting ledger records from %s: %s", published, exc)
-        return
-    try:
-        row = con.execute(
-            "SELECT value FROM _published.audit_state WHERE key = 'archive_uri'"
-        ).fetchone()
-        if not row or row[0] != uri:
-            return
-        have = {
-            r[0]: set(r[1])
-            for r in con.execute(
-                "SELECT table_name, list(column_name) FROM duckdb_columns() "
-                "WHERE database_name = '_published' GROUP BY table_name"
-            ).fetchall()
-        }
-        con.execute("BEGIN TRANSACTION")
-        try:
-            for table in ("submissions", "ledger_tracked"):
-                if table not in have:
-                    continue
-                cols = ", ".join(
-                    f'"{c}"'
-                    for (c,) in con.execute(
-                        "SELECT column_name FROM duckdb_columns() WHERE table_name = ? "
-                        "AND database_name = current_database() ORDER BY column_index",
-                        [table],
-                    ).fetchall()
-                    if c in have[table]
-                )
-                added = con.execute(
-                    f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _published.{table} "
-                    f"WHERE ledger_key NOT IN (SELECT ledger_key FROM {table}) "
-                    "RETURNING run_id"
-                ).fetchall()
-                if table == "submissions":
-                    _sync_run_facts(con, [r[0] for r in added if r[0] is not None])
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-    finally:
-        con.execute("DETACH _published")
-
-
-# ----------------------------------------------------------------------------- entry points
-
-
-def ingest_into(
+def ingest_manifests(
     con: duckdb.DuckDBPyConnection,
     store: ObjectStore,
-    archive_uri: str,
     report: IngestReport,
     published_seq: int = 0,
-    published: Path | None = None,
     bulk: bool = False,
 ) -> None:
-    """Bring an open read-write audit database up to date with the archive.
+    """Ingest every manifest committed after the last ingested one, in chain order.
 
-    Manifests up to `published_seq` are already visible to readers (a reused spare catches
-    up on them); only later ones count as new in the report. `published` (the snapshot a
-    reused spare lags behind) lends its ledger records, so none is fetched twice. `bulk`
-    (a new file, unseen until published) derives the search statistics and run facts once
-    at the end instead of per manifest.
+    A refresh commits one manifest per transaction; `bulk` (a rebuild) BULK_GROUP at a time.
     """
-    load_extension(con, "fts")
-    ensure_schema(con)
-    uri = _normal_uri(archive_uri)
-    recorded = _state(con, "archive_uri")
-    if recorded is not None and recorded != uri:
-        raise IngestError(
-            f"the audit database was built from {recorded}, not {uri}; "
-            "run `spine-pipeline audit rebuild`"
-        )
-    _set_state(con, "archive_uri", uri)
     fetcher = _Fetcher(store)
     try:
         manifests = _new_manifests(con, store)
@@ -727,126 +350,4 @@ def ingest_into(
             _ingest_group(con, fetcher, manifests[i : i + size], report, published_seq, bulk)
     finally:
         fetcher.close()
-    report.last_seq = _anchor(con)[0]
-    if published is not None:
-        _adopt_ledger_records(con, published, uri)
-    _ingest_submissions(con, store, report, bulk)
-    _refresh_inflight(con, store, report)
-    if bulk:
-        _refuse_repeated_runs_bulk(con)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            recount_search_stats(con)
-            refill_run_facts(con)
-            con.execute("COMMIT")
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-
-
-def cluster_search_index(con: duckdb.DuckDBPyConnection) -> None:
-    """Rewrite the postings sorted by term, so row-group statistics prune a term's scan.
-
-    Terms are hashes, so appended postings span the whole range and every search scans the
-    column (about 0.9 s per 200 M postings here); sorted, a search reads a few row groups
-    (about 0.05 s). Sorting 200 M postings takes about 40 s, so only a rebuild does it;
-    refreshes append an unsorted tail until the next rebuild.
-    """
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(
-            "CREATE TABLE search_postings_sorted AS "
-            "SELECT * FROM search_postings ORDER BY term, doc_id"
-        )
-        con.execute("DROP TABLE search_postings")
-        con.execute("ALTER TABLE search_postings_sorted RENAME TO search_postings")
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-
-
-CHECKPOINT_THRESHOLD = "256MB"
-
-
-def _published_seq(published: Path) -> int:
-    """The last manifest readers can see now (0 without a published snapshot)."""
-    if not published.exists():
-        return 0
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute(f"ATTACH {sql_str(str(published))} AS pub (READ_ONLY)")
-        row = con.execute("SELECT max(seq) FROM pub.manifests").fetchone()
-    except duckdb.Error:
-        return 0
-    finally:
-        con.close()
-    return int(row[0]) if row and row[0] is not None else 0
-
-
-def _run(
-    archive_uri: str | None,
-    db_path: str | os.PathLike[str] | None,
-    *,
-    fresh: bool,
-    store: ObjectStore | None,
-) -> IngestReport:
-    settings = PipelineSettings.from_env()
-    archive_uri = archive_uri or settings.archive_uri
-    paths = paths_for(db_path or settings.audit_db)
-    store = store or open_store(archive_uri)
-    started = time.perf_counter()
-    report = IngestReport(db_path=str(paths.published))
-    with writer_lock(paths):
-        published_seq = 0 if fresh else _published_seq(paths.published)
-        spare, how = prepare_spare(paths, fresh=fresh)
-        report.snapshot = how
-        con = duckdb.connect(str(spare))
-        try:
-            con.execute("SET TimeZone = 'UTC'")
-            # One transaction per manifest; at DuckDB's default 16 MB WAL threshold nearly
-            # every commit also checkpointed (half of a rebuild's time). The explicit
-            # CHECKPOINT below still runs before the snapshot is published.
-            con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
-            ingest_into(
-                con,
-                store,
-                archive_uri,
-                report,
-                published_seq,
-                published=paths.published if how == "reused" else None,
-                bulk=how == "new",
-            )
-            if how == "new":
-                cluster_search_index(con)
-            con.execute("CHECKPOINT")
-        finally:
-            con.close()
-        publish(paths)
-    report.seconds = time.perf_counter() - started
-    return report
-
-
-def refresh_audit_db(
-    archive_uri: str | None = None,
-    db_path: str | os.PathLike[str] | None = None,
-    *,
-    store: ObjectStore | None = None,
-) -> IngestReport:
-    """Ingest manifests committed since the last refresh and publish a new snapshot.
-
-    Defaults come from SPINE_ARCHIVE_URI / SPINE_AUDIT_DB. Idempotent: with nothing new it
-    only refreshes the submissions and in-flight tables. Raises IngestError (the published
-    snapshot untouched) on a broken chain, a tampered or missing file, or a duplicate run.
-    """
-    return _run(archive_uri, db_path, fresh=False, store=store)
-
-
-def rebuild_audit_db(
-    archive_uri: str | None = None,
-    db_path: str | os.PathLike[str] | None = None,
-    *,
-    store: ObjectStore | None = None,
-) -> IngestReport:
-    """Recreate the audit database from the archive alone (full chain check from seq 1)."""
-    return _run(archive_uri, db_path, fresh=True, store=store)
+    report.last_seq = last_ingested(con)[0]

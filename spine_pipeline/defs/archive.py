@@ -16,8 +16,9 @@ import warnings
 
 import dagster as dg
 
-from spine_pipeline.archive.archiver import Archiver, ArchiveRequest, RunOutcome
+from spine_pipeline.archive.archiver import Archiver, RunOutcome
 from spine_pipeline.archive.checks import CHECKS, CheckResults, check_batch
+from spine_pipeline.archive.ledger import Ledger, TrackedRun, tracked_from_doc
 from spine_pipeline.defs.names import ARCHIVE_BATCH_OP
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
 from spine_pipeline.spine import canvas_url
@@ -70,10 +71,31 @@ BATCH_CHECKS = [
 _LISTED_FAILURES = 50
 
 
+class TrackedRecord(dg.Config):
+    """A run's tracking record, as the poll sensor read it from the ledger."""
+
+    run_id: str
+    tracked_at: str
+    request_name: str | None = None
+    submitted_at: str | None = None
+    source: str | None = None
+
+
 class ArchiveBatchConfig(dg.Config):
-    """The Spine runs this Dagster run archives (set by the poll sensor)."""
+    """The Spine runs this Dagster run archives (set by the poll sensor).
+
+    `tracked` carries the runs' tracking records so that the run need not read the ledger
+    again (a HEAD and a GET per run); runs without one (a manual launch, a run queued by an
+    older sensor) are looked up in the ledger.
+    """
 
     run_ids: list[str]
+    tracked: list[TrackedRecord] | None = None
+
+    def tracked_runs(self) -> list[TrackedRun]:
+        """The given records the ledger's decoding rule accepts."""
+        docs = ({k: v for k, v in vars(r).items() if v is not None} for r in self.tracked or ())
+        return [t for t in map(tracked_from_doc, docs) if t is not None]
 
 
 def _verdict(result: tuple[bool, str] | None) -> str:
@@ -140,17 +162,7 @@ def archive_batch(
     archive: ArchiveResource,
 ) -> dg.MaterializeResult:
     store = archive.store()
-    ledger = archive.ledger()
-    requests = []
-    for run_id in dict.fromkeys(config.run_ids):
-        tracked = ledger.find_tracked(run_id)
-        requests.append(
-            ArchiveRequest(
-                run_id,
-                request_name=tracked.request_name if tracked else None,
-                submitted_at=tracked.submitted_time if tracked else None,
-            )
-        )
+    requests = Ledger(store).archive_requests(config.run_ids, config.tracked_runs())
     result = Archiver(store, spine.async_client).archive(requests)
     archived = result.by_outcome("archived")
     known = set(context.instance.get_dynamic_partitions(spine_runs.name))

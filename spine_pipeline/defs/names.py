@@ -5,6 +5,14 @@ exactly what the definitions declare instead of repeating string literals that c
 These names are contracts: renaming one orphans sensor cursors and run history.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from spine_pipeline.archive.ledger import TrackedRun
+
 POLL_SENSOR = "spine_poll_sensor"
 ARCHIVE_JOB = "archive_spine_runs"
 AUDIT_JOB = "refresh_audit_db"
@@ -13,9 +21,19 @@ SUBMIT_ALL_JOB = "submit_catalog"
 ARCHIVE_BATCH_OP = "archive_batch"
 
 
-def archive_run_config(run_ids: list[str]) -> dict[str, object]:
-    """The run config of one `archive_spine_runs` run for these Spine run ids."""
-    return {"ops": {ARCHIVE_BATCH_OP: {"config": {"run_ids": list(run_ids)}}}}
+def archive_run_config(run_ids: list[str], tracked: Iterable[TrackedRun] = ()) -> dict[str, object]:
+    """The run config of one `archive_spine_runs` run for these Spine run ids.
+
+    `tracked` are the runs' tracking records as the caller already holds them (the poll
+    sensor does): the archive run then names and times the runs from its config instead of
+    reading the ledger again per run. Only records of `run_ids` go in, without empty fields.
+    """
+    config: dict[str, object] = {"run_ids": list(run_ids)}
+    wanted = set(run_ids)
+    records = [t.compact() for t in tracked if t.run_id in wanted]
+    if records:
+        config["tracked"] = records
+    return {"ops": {ARCHIVE_BATCH_OP: {"config": config}}}
 
 
 def archive_run_ids(run_config: dict[str, object]) -> list[str]:

@@ -53,7 +53,10 @@ def spine_poll_sensor(
         dg.RunRequest(
             job_name=archive_job.name,
             run_key=f"archive-{stamp}-{i}",
-            run_config=archive_run_config(batch),
+            # The tracking records this tick loaded: the archive run need not re-read them.
+            run_config=archive_run_config(
+                batch, [report.tracked[r] for r in batch if r in report.tracked]
+            ),
             tags={"spine/run_count": str(len(batch))},
         )
         for i, batch in enumerate(_batches(report.to_archive, archive.batch_size))

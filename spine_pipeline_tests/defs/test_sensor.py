@@ -6,9 +6,17 @@ import time
 import dagster as dg
 import pytest
 
+from spine_pipeline.archive.ledger import Ledger
+from spine_pipeline.archive.read import read_committed
 from spine_pipeline.archive.service import archive_now
 from spine_pipeline.definitions import build_definitions
-from spine_pipeline.defs.names import ARCHIVE_JOB, AUDIT_JOB, archive_run_ids
+from spine_pipeline.defs.names import (
+    ARCHIVE_BATCH_OP,
+    ARCHIVE_JOB,
+    AUDIT_JOB,
+    archive_run_config,
+    archive_run_ids,
+)
 from spine_pipeline.driver import execute_request
 from spine_pipeline.spine import AsyncSpineClient
 
@@ -159,3 +167,35 @@ def test_429_stops_the_tick_early_without_failing_it(pipeline):
     time.sleep(0.7)
     later = pipeline.tick(result.cursor)
     assert sorted(r for b in _requested(later) for r in b) == sorted(ids)
+
+
+def _no_ledger_reads(*args, **kwargs):
+    raise AssertionError("the archive run read the ledger again")
+
+
+def test_the_archive_run_takes_the_tracking_records_from_its_config(pipeline, monkeypatch):
+    ids = pipeline.submit("[scenario:completed] named from config")
+    pipeline.wait_terminal(ids)
+    (request,) = [r for r in pipeline.tick().run_requests if r.job_name == ARCHIVE_JOB]
+    assert archive_run_ids(request.run_config) == ids
+    (record,) = request.run_config["ops"][ARCHIVE_BATCH_OP]["config"]["tracked"]
+    assert record["run_id"] == ids[0] and record["request_name"] == "test"
+    assert json.loads(json.dumps(request.run_config)) == request.run_config  # JSON-able
+    # The sensor's records are all the run needs: no lookup of the ledger per run.
+    monkeypatch.setattr(Ledger, "find_tracked", _no_ledger_reads)
+    monkeypatch.setattr(Ledger, "tracked", _no_ledger_reads)
+    assert _execute(pipeline, request).success
+    (run,) = read_committed(pipeline.store, "runs").to_pylist()
+    assert run["request_name"] == "test"
+    assert run["submitted_at"].isoformat().replace("+00:00", "Z") == record["submitted_at"]
+
+
+def test_an_archive_run_without_records_reads_them_from_the_ledger(pipeline):
+    """A manual launch (or a run queued by an older sensor) has only the run ids."""
+    ids = pipeline.submit("[scenario:completed] named from the ledger")
+    pipeline.wait_terminal(ids)
+    request = dg.RunRequest(job_name=ARCHIVE_JOB, run_config=archive_run_config(ids))
+    assert "tracked" not in request.run_config["ops"][ARCHIVE_BATCH_OP]["config"]
+    assert _execute(pipeline, request).success
+    (run,) = read_committed(pipeline.store, "runs").to_pylist()
+    assert run["request_name"] == "test" and run["submitted_at"] is not None

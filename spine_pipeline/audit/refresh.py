@@ -1,0 +1,177 @@
+"""Refresh or rebuild the audit database: one snapshot, built and published.
+
+A refresh catches up the spare snapshot (`snapshot.py`) with the manifests committed since
+(`ingest.py`, which also extends the search index, `search_index.py`), mirrors the ledger
+(`ledger_mirror.py`) and publishes it; a rebuild does the same into a new file from the
+archive alone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import duckdb
+
+from spine_pipeline.archive.stores import ObjectStore, open_store
+from spine_pipeline.audit.duck import load_extension, sql_str
+from spine_pipeline.audit.ingest import (
+    IngestError,
+    IngestReport,
+    get_state,
+    ingest_manifests,
+    refuse_repeated_runs_bulk,
+    set_state,
+)
+from spine_pipeline.audit.ledger_mirror import (
+    adopt_ledger_records,
+    mirror_submissions,
+    refresh_inflight,
+)
+from spine_pipeline.audit.schema import ensure_schema, recount_search_stats, refill_run_facts
+from spine_pipeline.audit.search_index import cluster_search_index
+from spine_pipeline.audit.snapshot import paths_for, prepare_spare, publish, writer_lock
+from spine_pipeline.config import PipelineSettings
+
+
+def _normal_uri(uri: str) -> str:
+    uri = uri.strip()
+    if uri.lower().startswith("s3://"):
+        return uri.rstrip("/")
+    return str(Path(uri.removeprefix("file://")).absolute())
+
+
+def ingest_into(
+    con: duckdb.DuckDBPyConnection,
+    store: ObjectStore,
+    archive_uri: str,
+    report: IngestReport,
+    published_seq: int = 0,
+    published: Path | None = None,
+    bulk: bool = False,
+) -> None:
+    """Bring an open read-write audit database up to date with the archive.
+
+    Manifests up to `published_seq` are already visible to readers (a reused spare catches
+    up on them); only later ones count as new in the report. `published` (the snapshot a
+    reused spare lags behind) lends its ledger records, so none is fetched twice. `bulk`
+    (a new file, unseen until published) derives the search statistics and run facts once
+    at the end instead of per manifest.
+    """
+    load_extension(con, "fts")
+    ensure_schema(con)
+    uri = _normal_uri(archive_uri)
+    recorded = get_state(con, "archive_uri")
+    if recorded is not None and recorded != uri:
+        raise IngestError(
+            f"the audit database was built from {recorded}, not {uri}; "
+            "run `spine-pipeline audit rebuild`"
+        )
+    set_state(con, "archive_uri", uri)
+    ingest_manifests(con, store, report, published_seq, bulk)
+    if published is not None:
+        adopt_ledger_records(con, published, uri)
+    mirror_submissions(con, store, report, bulk)
+    refresh_inflight(con, store, report)
+    if bulk:
+        refuse_repeated_runs_bulk(con)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            recount_search_stats(con)
+            refill_run_facts(con)
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+
+
+CHECKPOINT_THRESHOLD = "256MB"
+
+
+def _published_seq(published: Path) -> int:
+    """The last manifest readers can see now (0 without a published snapshot)."""
+    if not published.exists():
+        return 0
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"ATTACH {sql_str(str(published))} AS pub (READ_ONLY)")
+        row = con.execute("SELECT max(seq) FROM pub.manifests").fetchone()
+    except duckdb.Error:
+        return 0
+    finally:
+        con.close()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _build_snapshot(
+    archive_uri: str | None,
+    db_path: str | os.PathLike[str] | None,
+    *,
+    fresh: bool,
+    store: ObjectStore | None,
+) -> IngestReport:
+    """Build the next snapshot of the audit database and publish it, under the writer lock.
+
+    `fresh` builds it from the archive alone in a new file (a rebuild); otherwise the spare
+    is reused or copied from the published snapshot and caught up (`snapshot.prepare_spare`).
+    """
+    settings = PipelineSettings.from_env()
+    archive_uri = archive_uri or settings.archive_uri
+    paths = paths_for(db_path or settings.audit_db)
+    store = store or open_store(archive_uri)
+    started = time.perf_counter()
+    report = IngestReport(db_path=str(paths.published))
+    with writer_lock(paths):
+        published_seq = 0 if fresh else _published_seq(paths.published)
+        spare, how = prepare_spare(paths, fresh=fresh)
+        report.snapshot = how
+        con = duckdb.connect(str(spare))
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            # One transaction per manifest; at DuckDB's default 16 MB WAL threshold nearly
+            # every commit also checkpointed (half of a rebuild's time). The explicit
+            # CHECKPOINT below still runs before the snapshot is published.
+            con.execute(f"SET checkpoint_threshold = '{CHECKPOINT_THRESHOLD}'")
+            ingest_into(
+                con,
+                store,
+                archive_uri,
+                report,
+                published_seq,
+                published=paths.published if how == "reused" else None,
+                bulk=how == "new",
+            )
+            if how == "new":
+                cluster_search_index(con)
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+        publish(paths)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def refresh_audit_db(
+    archive_uri: str | None = None,
+    db_path: str | os.PathLike[str] | None = None,
+    *,
+    store: ObjectStore | None = None,
+) -> IngestReport:
+    """Ingest manifests committed since the last refresh and publish a new snapshot.
+
+    Defaults come from SPINE_ARCHIVE_URI / SPINE_AUDIT_DB. Idempotent: with nothing new it
+    only refreshes the submissions and in-flight tables. Raises IngestError (the published
+    snapshot untouched) on a broken chain, a tampered or missing file, or a duplicate run.
+    """
+    return _build_snapshot(archive_uri, db_path, fresh=False, store=store)
+
+
+def rebuild_audit_db(
+    archive_uri: str | None = None,
+    db_path: str | os.PathLike[str] | None = None,
+    *,
+    store: ObjectStore | None = None,
+) -> IngestReport:
+    """Recreate the audit database from the archive alone (full chain check from seq 1)."""
+    return _build_snapshot(archive_uri, db_path, fresh=True, store=store)
