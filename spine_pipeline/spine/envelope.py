@@ -145,9 +145,12 @@ class ApiResponse:
 
     def _materialise(self) -> tuple[Any, str]:
         if self._full is None:
-            envelope = parse_envelope(self.body, lean=False)
-            assert envelope.data is not None  # the lean parse found it
-            self._full = (envelope.members["data"], envelope.data.text)
+            # The whole body decoded and parsed as `parse_envelope` does, without masking (and
+            # without the original bytes: the lean form has them).
+            text = lossy_decode(self.body)[0]
+            members, data = _members(text, None)
+            assert data is not None  # the lean parse found it
+            self._full = (members["data"], text[data[0] : data[1]])
         return self._full
 
 
@@ -207,15 +210,14 @@ def _members(
     return out, data
 
 
-def parse_envelope(body: bytes, *, lean: bool = True) -> Envelope:
+def parse_envelope(body: bytes) -> Envelope:
     """Parse a response body as a JSON object and slice out the exact text of its `data`.
 
-    The data text is sliced from the body, never re-serialised. With `lean` (the default) a
-    body with big string values is parsed in its masked form (see the module docstring);
-    `lean=False` decodes it whole. Raises `ValueError` (often a `json.JSONDecodeError`) if the
-    body is not a JSON object.
+    The data text is sliced from the body, never re-serialised. A body with big string values
+    is parsed in its masked form (see the module docstring). Raises `ValueError` (often a
+    `json.JSONDecodeError`) if the body is not a JSON object.
     """
-    source = mask_big_strings(body) if lean else None
+    source = mask_big_strings(body)
     if source is None:
         text, utf8_valid = lossy_decode(body)
         source = LeanText(text, None if utf8_valid else body, ())
