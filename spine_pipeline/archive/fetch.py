@@ -26,6 +26,7 @@ from spine_pipeline.spine import (
 from spine_pipeline.spine.envelope import ApiResponse
 from spine_pipeline.spine.rawjson import BigString
 from spine_pipeline.spine.redact import redact
+from spine_pipeline.spine.textfidelity import encode_original, original_text
 
 T = TypeVar("T")
 MALFORMED_ATTEMPTS = 5
@@ -57,21 +58,13 @@ async def _patiently(call: Callable[[], Awaitable[T]]) -> T:
 def raw_doc(response: ApiResponse) -> RawDoc:
     """The exact `data` of a response, as the archive stores it.
 
-    For a valid UTF-8 body the client has already sliced the exact `data` text and parsed
-    it; reusing both avoids decoding and parsing the body a second time (three more copies
-    of a 20 MiB block held at once). A body with big strings is taken in its lean form (the
-    big strings stay in the body). Invalid UTF-8 otherwise needs the original bytes: re-split.
+    The client has already parsed the body once (`spine.envelope.parse_envelope`), sliced
+    the exact `data` text and kept its original bytes when the body was not valid UTF-8;
+    reusing them avoids decoding and parsing the body a second time (three more copies of a
+    20 MiB block held at once). A body with big strings is taken in its lean form (the big
+    strings stay in the body).
     """
-    if response.bigs:
-        return RawDoc(
-            text=response.lean_text,
-            value=response.lean_data,
-            raw_bytes=response.lean_original,
-            bigs=response.bigs,
-        )
-    if response.utf8_valid:
-        return RawDoc(text=response.data_text, value=response.data)
-    return RawDoc.from_envelope(response.body)
+    return RawDoc.sliced(response.lean_data, response.source)
 
 
 def _materialised(value: Any) -> Any:
@@ -125,9 +118,9 @@ def verbatim_doc(body: bytes) -> RawDoc:
     key): an error page from a proxy may echo request headers, and invariant 5 keeps keys out
     of every Parquet file. Nothing else is changed.
     """
-    text = body.decode("utf-8", "surrogateescape")
+    text = original_text(body)
     clean = redact(text)
-    return RawDoc.verbatim_body(body if clean == text else clean.encode("utf-8", "surrogateescape"))
+    return RawDoc.verbatim_body(body if clean == text else encode_original(clean))
 
 
 def _persistent(exc: SpineAPIError) -> bool:
@@ -182,7 +175,7 @@ async def fetch_canvas(
                 raise TransientFetchError(f"{part} of canvas {canvas_id}: {exc}") from None
             errors.append(f"{part}: {exc.message} (HTTP {exc.status_code})")
             docs.append(None)
-        except ValueError as exc:  # the envelope parsed for the view but not for the archive
+        except ValueError as exc:  # e.g. a canvas id that cannot be encoded as a path segment
             errors.append(f"{part}: unreadable response ({exc})")
             docs.append(None)
     return docs[0], docs[1], errors

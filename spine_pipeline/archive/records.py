@@ -14,8 +14,8 @@ Two hostile-input problems are solved here, once, for every consumer:
   no thread or platform-specific stack sizing.
 * **Invalid UTF-8.** Arrow strings must be valid UTF-8, so `RawDoc.text` replaces every invalid
   byte with U+FFFD (one per byte, so character offsets match the original) and `RawDoc.raw_bytes`
-  keeps the exact original bytes. Flattening maps row spans back onto those bytes (`raw_bytes`
-  columns), so nothing is lost.
+  keeps the exact original bytes (the rules are `spine.textfidelity`'s). Flattening maps row
+  spans back onto those bytes (`raw_bytes` columns), so nothing is lost.
 
 A third one is size: a document with string values of `rawjson.BIG_STRING_BYTES` or more (a
 20 MiB block) is held *lean* (`RawDoc.bigs`): `text` has `""` in place of each big literal, and
@@ -25,25 +25,16 @@ column needs it. Small documents, the common case, take the ordinary path unchan
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
 from typing import Any
 
 from spine_pipeline.spine import rawjson
-from spine_pipeline.spine.rawjson import (
-    BigString,
-    LeanText,
-    Span,
-    json_error,
-    mask_big_strings,
-    parse_json,
-    parse_key,
-    skip_ws,
-)
+from spine_pipeline.spine.envelope import parse_envelope
+from spine_pipeline.spine.rawjson import BigString, LeanText, Span, mask_big_strings, parse_json
 from spine_pipeline.spine.rawjson import loads as _loads
-from spine_pipeline.spine.rawjson import scan_value as _scan_value
+from spine_pipeline.spine.textfidelity import encode_original, normalise, original_text
 
 __all__ = [
     "ArtifactOutcome",
@@ -56,41 +47,6 @@ __all__ = [
     "split_envelope",
 ]
 
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _lossy_decode(raw: bytes) -> str:
-    """UTF-8 decode with one U+FFFD per invalid byte, so offsets match the surrogateescape view."""
-    escaped = raw.decode("utf-8", "surrogateescape")
-    return _ESCAPED_BYTE.sub("\ufffd", escaped)
-
-
-def _encode_original(text: str) -> bytes:
-    """Bytes of a (possibly surrogate-carrying) original-text slice."""
-    try:
-        return text.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass")
-
-
-def _normalise(data: str | bytes | bytearray | memoryview) -> tuple[str, bytes | None]:
-    """Return (valid Unicode text, original bytes if the text is not their exact decoding)."""
-    if isinstance(data, str):
-        if data.isascii():
-            return data, None
-        try:
-            data.encode("utf-8")
-            return data, None
-        except UnicodeEncodeError:
-            raw = _encode_original(data)  # e.g. text decoded with surrogateescape
-    else:
-        raw = bytes(data)
-    try:
-        return raw.decode("utf-8"), None
-    except UnicodeDecodeError:
-        return _lossy_decode(raw), raw
-
 
 def _lean(data: str | bytes | bytearray | memoryview) -> LeanText | None:
     """The lean form of a document with big string values, or None (the common case)."""
@@ -98,10 +54,7 @@ def _lean(data: str | bytes | bytearray | memoryview) -> LeanText | None:
     if isinstance(data, str):
         if 4 * len(data) < limit:  # a character is at most 4 UTF-8 bytes
             return None
-        try:
-            raw = data.encode("utf-8")
-        except UnicodeEncodeError:
-            raw = _encode_original(data)
+        raw = encode_original(data)
     else:
         if len(data) < limit:
             return None
@@ -133,11 +86,11 @@ class RawDoc:
     def __post_init__(self) -> None:
         # Safety net for hand-built instances: Arrow cannot hold lone surrogates.
         if self.raw_bytes is None:
-            text, raw = _normalise(self.text)
+            text, raw = normalise(self.text)
             if raw is not None:
                 object.__setattr__(self, "text", text)
                 object.__setattr__(self, "raw_bytes", raw)
-        elif len(self.raw_bytes.decode("utf-8", "surrogateescape")) != len(self.text):
+        elif len(original_text(self.raw_bytes)) != len(self.text):
             raise ValueError("RawDoc.raw_bytes does not correspond to RawDoc.text")
         for pos, _ in self.bigs:
             if self.text[pos : pos + 2] != '""':
@@ -159,14 +112,23 @@ class RawDoc:
         if lean is not None:
             value, _ = parse_json(lean.text, bigs=lean.big_map())
             return cls(text=lean.text, value=value, raw_bytes=lean.original, bigs=lean.bigs)
-        text, raw = _normalise(data)
+        text, raw = normalise(data)
         return cls(text=text, value=_loads(text), raw_bytes=raw)
 
     @classmethod
     def verbatim_body(cls, body: str | bytes | bytearray | memoryview) -> RawDoc:
         """A response body kept as received because it is not a JSON envelope with `data`."""
-        text, raw = _normalise(body)
+        text, raw = normalise(body)
         return cls(text=text, value=None, raw_bytes=raw, verbatim=True)
+
+    @classmethod
+    def sliced(cls, value: Any, source: LeanText) -> RawDoc:
+        """A `data` value with the exact text the envelope parser sliced for it.
+
+        This is how a client response becomes a record (`archive.fetch.raw_doc`): the text,
+        original bytes and big strings the client kept are reused, never parsed again.
+        """
+        return cls(text=source.text, value=value, raw_bytes=source.original, bigs=source.bigs)
 
     @classmethod
     def from_envelope(cls, body: str | bytes | bytearray | memoryview) -> RawDoc:
@@ -181,7 +143,7 @@ class RawDoc:
         """The original characters, invalid bytes as lone surrogates (offsets match `text`)."""
         if self.raw_bytes is None:
             return self.text
-        return self.raw_bytes.decode("utf-8", "surrogateescape")
+        return original_text(self.raw_bytes)
 
     @cached_property
     def big_map(self) -> dict[int, BigString]:
@@ -221,64 +183,20 @@ def split_envelope(
 ) -> tuple[dict[str, Any], RawDoc | None]:
     """Split an API body into its envelope members (success, error, ...) and the `data` RawDoc.
 
-    The data text and bytes are sliced from the body, never re-serialised. Raises `ValueError`
-    if the body is not a JSON object.
+    The body is parsed by the client's envelope parser (`spine.envelope.parse_envelope`); the
+    data text and bytes are sliced from the body, never re-serialised. A str body is taken
+    as original text (see `textfidelity.normalise`). Raises `ValueError` if the body is not a
+    JSON object.
     """
-    lean = _lean(body)
-    if lean is not None:
-        return _split_lean(lean)
-    text, raw = _normalise(body)
-    pos = skip_ws(text, 0)
-    if pos >= len(text) or text[pos] != "{":
-        raise ValueError("Malformed response: expected a JSON object")
-    out: dict[str, Any] = {}
-    data_span: tuple[int, int] | None = None
-    data_value: Any = None
-    pos = skip_ws(text, pos + 1)
-    if pos < len(text) and text[pos] == "}":
-        pos += 1
+    if isinstance(body, str):
+        raw = encode_original(body)
     else:
-        while True:
-            key, _, pos = parse_key(text, pos)
-            value, end = _scan_value(text, pos)
-            if key == "data":
-                data_span, data_value = (pos, end), value
-            else:
-                out[key] = value
-            pos = skip_ws(text, end)
-            if pos < len(text) and text[pos] == ",":
-                pos = skip_ws(text, pos + 1)
-                continue
-            if pos < len(text) and text[pos] == "}":
-                pos += 1
-                break
-            raise json_error("Expecting ',' delimiter", text, pos)
-    if skip_ws(text, pos) != len(text):
-        raise json_error("Extra data", text, pos)
-    if data_span is None:
-        return out, None
-    a, b = data_span
-    data_raw: bytes | None = None
-    if raw is not None:
-        original = raw.decode("utf-8", "surrogateescape")[a:b]
-        if original != text[a:b]:
-            data_raw = _encode_original(original)
-    return out, RawDoc(text=text[a:b], value=data_value, raw_bytes=data_raw)
-
-
-def _split_lean(lean: LeanText) -> tuple[dict[str, Any], RawDoc | None]:
-    """`split_envelope` for a body with big strings: the envelope and the lean `data` RawDoc."""
-    value, span = parse_json(lean.text, bigs=lean.big_map())
-    if not isinstance(value, dict):
-        raise ValueError("Malformed response: expected a JSON object")
-    out = {k: v for k, v in value.items() if k != "data"}
-    data = span.last_member("data")
-    if data is None:
-        return out, None
-    piece = lean.slice(data.start, data.end)
-    return out, RawDoc(
-        text=piece.text, value=value["data"], raw_bytes=piece.original, bigs=piece.bigs
-    )
+        raw = body if isinstance(body, bytes) else bytes(body)
+    envelope = parse_envelope(raw)
+    members = {k: v for k, v in envelope.members.items() if k != "data"}
+    if envelope.data is None:
+        return members, None
+    return members, RawDoc.sliced(envelope.members["data"], envelope.data)
 
 
 @dataclass(frozen=True)

@@ -1,34 +1,44 @@
 """Unwrap Spine's `{"success": ..., "data": ...}` envelope without losing a byte.
 
-The typed views are conveniences; the archive needs the exact text Spine sent. So the
-`data` value is located in the body and sliced out verbatim (`data_text`), next to the
-parsed value. Bodies that are not valid UTF-8 are decoded with replacement characters for
-the parsed view, and the original bytes stay on `ApiResponse.body`.
+This is the one parser of response bodies: the client's typed views and the archive both
+read what `parse_envelope` found. The typed views are conveniences; the archive needs the
+exact text Spine sent. So the `data` value is located in the body and sliced out verbatim
+(`data_text`), next to the parsed value. A body that is not valid UTF-8 is decoded with one
+U+FFFD per invalid byte (`textfidelity`), and the exact bytes of `data` are kept next to its
+text (`lean_original`), so the archive needs no second pass over the body.
 
 A body with string values of `rawjson.BIG_STRING_BYTES` or more (a 20 MiB block) is never
 decoded whole: it is masked (`mask_big_strings`), its small lean text is parsed, and each big
 string stays in `body` as a `BigString`. `data` and `data_text` are then computed on first use
 (the typed views need real strings, so they pay for them), while the archive reads the lean
-form (`lean_data`, `lean_text`, `bigs`) and never holds such a string as a Python str.
+form (`lean_data`, `lean_text`, `lean_original`, `bigs`) and never holds such a string as a
+Python str.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from spine_pipeline.spine.errors import MalformedResponseError, SpineAPIError, error_for_status
 from spine_pipeline.spine.rawjson import (
     BigString,
     LeanText,
+    json_error,
     mask_big_strings,
     parse_json,
+    parse_key,
     scan_value,
+    skip_ws,
 )
+from spine_pipeline.spine.textfidelity import lossy_decode
 
-_WS = " \t\n\r"
+__all__ = ["MALFORMED_NOT_OBJECT", "ApiResponse", "Envelope", "parse_envelope", "unwrap"]
+
 _UNSET: Any = object()
 # Error bodies are kept for messages (truncated to 2,000 chars there); a huge one is cut first.
+# Decoded with "replace" (not textfidelity's rule): a message is for people, not the archive.
 _ERROR_BODY_BYTES = 16_384
 MALFORMED_NOT_OBJECT = "Malformed response: expected a JSON object"
 
@@ -36,19 +46,19 @@ MALFORMED_NOT_OBJECT = "Malformed response: expected a JSON object"
 class ApiResponse:
     """One decoded API answer: the parsed `data`, its exact text, and the whole body.
 
-    For an ordinary body `data`/`data_text` are computed once, here. For a body with big
-    strings (`bigs` not empty) `lean_data`/`lean_text` hold them as BigStrings and `""`
-    placeholders, and `data`/`data_text` are materialised (and cached) on first access.
+    `source` is the exact text of `data` as `parse_envelope` sliced it (a `LeanText`: the
+    text, its original bytes when the body was not valid UTF-8, and its big strings). For an
+    ordinary body `data`/`data_text` are that value and text. For a body with big strings
+    (`bigs` not empty) `lean_data`/`lean_text` hold them as BigStrings and `""` placeholders,
+    and `data`/`data_text` are materialised (and cached) on first access.
     """
 
     __slots__ = (
         "_full",
-        "_text",
+        "_source",
         "_value",
         "_view",
-        "bigs",
         "body",
-        "lean_original",
         "request_id",
         "status_code",
         "utf8_valid",
@@ -58,22 +68,17 @@ class ApiResponse:
         self,
         status_code: int,
         data: Any,
-        data_text: str,
+        source: LeanText,
         body: bytes,
         request_id: str | None = None,
         utf8_valid: bool = True,
-        *,
-        bigs: tuple[tuple[int, BigString], ...] = (),
-        lean_original: bytes | None = None,
     ) -> None:
         self.status_code = status_code
         self.body = body
         self.request_id = request_id
         self.utf8_valid = utf8_valid
-        self.bigs = bigs
-        self.lean_original = lean_original
         self._value = data
-        self._text = data_text
+        self._source = source
         self._view: Any = _UNSET
         self._full: tuple[Any, str] | None = None
 
@@ -97,8 +102,18 @@ class ApiResponse:
     def data_text(self) -> str:
         """The exact text of `data` (U+FFFD for each invalid byte)."""
         if not self.bigs:
-            return self._text
+            return self._source.text
         return self._materialise()[1]
+
+    @property
+    def bigs(self) -> tuple[tuple[int, BigString], ...]:
+        """Offset in `lean_text` of each big string's `""` placeholder, and the BigString."""
+        return self._source.bigs
+
+    @property
+    def source(self) -> LeanText:
+        """The exact text of `data` as parsed: lean text, original bytes, big strings."""
+        return self._source
 
     @property
     def lean_data(self) -> Any:
@@ -108,85 +123,108 @@ class ApiResponse:
     @property
     def lean_text(self) -> str:
         """`data_text` with each big string literal replaced by `""` (offsets in `bigs`)."""
-        return self._text
+        return self._source.text
+
+    @property
+    def lean_original(self) -> bytes | None:
+        """The exact bytes of `lean_text` when they are not valid UTF-8 (None when they are)."""
+        return self._source.original
 
     def viewing(self, data: Any) -> ApiResponse:
         """The same response with `data` replaced, for a typed view over a lean value."""
         copy = ApiResponse(
             self.status_code,
             self._value,
-            self._text,
+            self._source,
             self.body,
             self.request_id,
             self.utf8_valid,
-            bigs=self.bigs,
-            lean_original=self.lean_original,
         )
         copy._view = data
         return copy
 
     def _materialise(self) -> tuple[Any, str]:
         if self._full is None:
-            envelope, data_text = _slice_data(_decode(self.body)[0])
-            assert data_text is not None  # the lean parse found it
-            self._full = (envelope["data"], data_text)
+            # The whole body decoded and parsed as `parse_envelope` does, without masking (and
+            # without the original bytes: the lean form has them).
+            text = lossy_decode(self.body)[0]
+            members, data = _members(text, None)
+            assert data is not None  # the lean parse found it
+            self._full = (members["data"], text[data[0] : data[1]])
         return self._full
 
 
-def _decode(body: bytes) -> tuple[str, bool]:
-    try:
-        return body.decode("utf-8"), True
-    except UnicodeDecodeError:
-        return body.decode("utf-8", errors="replace"), False
+@dataclass(frozen=True)
+class Envelope:
+    """A response body parsed as a JSON object, with the exact text of its `data` member.
+
+    `members` are the object's members as `json.loads` gives them (the last of duplicate
+    keys wins; big string values are BigStrings). `data` is the source text of the `data`
+    member that `members["data"]` came from: its text, its exact bytes if they are not valid
+    UTF-8, and its big strings; None when there is no `data` member. `utf8_valid` is about
+    the whole body.
+    """
+
+    members: dict[str, Any]
+    data: LeanText | None
+    utf8_valid: bool
 
 
-def _skip_ws(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos] in _WS:
-        pos += 1
-    return pos
+def _value_at(text: str, pos: int, bigs: Mapping[int, BigString] | None) -> tuple[Any, int]:
+    """The JSON value at pos and its end (placeholders of a lean text become their BigStrings)."""
+    if bigs:
+        value, span = parse_json(text, pos, whole=False, bigs=bigs)
+        return value, span.end
+    return scan_value(text, pos)
 
 
-def _slice_data(text: str) -> tuple[dict[str, Any], str | None]:
-    """Parse a top-level JSON object, returning it and the exact source text of its `data`."""
-    pos = _skip_ws(text, 0)
-    if not text.startswith("{", pos):
-        raise ValueError("not a JSON object")
-    pos = _skip_ws(text, pos + 1)
+def _members(
+    text: str, bigs: Mapping[int, BigString] | None
+) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """The members of a top-level JSON object and the source span of its (last) `data`."""
+    pos = skip_ws(text, 0)
+    if pos >= len(text) or text[pos] != "{":
+        raise ValueError(MALFORMED_NOT_OBJECT)
     out: dict[str, Any] = {}
-    data_text: str | None = None
-    if text.startswith("}", pos):
-        return out, None
-    while True:
-        if not text.startswith('"', pos):
-            raise ValueError("expected a key")
-        key, pos = json.decoder.scanstring(text, pos + 1)  # type: ignore[attr-defined]
-        pos = _skip_ws(text, pos)
-        if not text.startswith(":", pos):
-            raise ValueError("expected ':'")
-        pos = _skip_ws(text, pos + 1)
-        value, end = scan_value(text, pos)
-        out[key] = value
-        if key == "data":
-            data_text = text[pos:end]
-        pos = _skip_ws(text, end)
-        if text.startswith(",", pos):
-            pos = _skip_ws(text, pos + 1)
-            continue
-        if text.startswith("}", pos):
-            break
-        raise ValueError("expected ',' or '}'")
-    if _skip_ws(text, pos + 1) != len(text):
-        raise ValueError("extra data after the JSON object")
-    return out, data_text
+    data: tuple[int, int] | None = None
+    pos = skip_ws(text, pos + 1)
+    if pos < len(text) and text[pos] == "}":
+        pos += 1
+    else:
+        while True:
+            key, _, pos = parse_key(text, pos)
+            value, end = _value_at(text, pos, bigs)
+            out[key] = value
+            if key == "data":
+                data = (pos, end)
+            pos = skip_ws(text, end)
+            if pos < len(text) and text[pos] == ",":
+                pos = skip_ws(text, pos + 1)
+                continue
+            if pos < len(text) and text[pos] == "}":
+                pos += 1
+                break
+            raise json_error("Expecting ',' delimiter", text, pos)
+    if skip_ws(text, pos) != len(text):
+        raise json_error("Extra data", text, pos)
+    return out, data
 
 
-def _slice_lean(lean: LeanText) -> tuple[dict[str, Any], LeanText | None]:
-    """`_slice_data` for a lean text: the envelope and the lean text of its (last) `data`."""
-    value, span = parse_json(lean.text, bigs=lean.big_map())
-    if not isinstance(value, dict):
-        raise ValueError("not a JSON object")
-    data = span.last_member("data")
-    return value, None if data is None else lean.slice(data.start, data.end)
+def parse_envelope(body: bytes) -> Envelope:
+    """Parse a response body as a JSON object and slice out the exact text of its `data`.
+
+    The data text is sliced from the body, never re-serialised. A body with big string values
+    is parsed in its masked form (see the module docstring). Raises `ValueError` (often a
+    `json.JSONDecodeError`) if the body is not a JSON object.
+    """
+    source = mask_big_strings(body)
+    if source is None:
+        text, utf8_valid = lossy_decode(body)
+        source = LeanText(text, None if utf8_valid else body, ())
+    else:
+        utf8_valid = source.original is None and all(b.utf8_valid for _, b in source.bigs)
+    members, data = _members(source.text, source.big_map() if source.bigs else None)
+    return Envelope(members, None if data is None else source.slice(*data), utf8_valid)
 
 
 def _message(value: Any) -> str | None:
@@ -196,37 +234,26 @@ def _message(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _error_text(body: bytes) -> str:
+    """The body as message text: errors keep 2,000 characters, so a huge body is cut first."""
+    return body[:_ERROR_BODY_BYTES].decode("utf-8", errors="replace")
+
+
 def unwrap(status_code: int, body: bytes, request_id: str | None) -> ApiResponse:
     """Turn an HTTP answer into an `ApiResponse`, or raise the matching `SpineAPIError`."""
-    envelope: dict[str, Any] | None
-    lean_data: LeanText | None = None
-    data_text: str | None = None
+    envelope: Envelope | None
     try:
-        lean = mask_big_strings(body)
-    except ValueError:  # a big string literal that is not a valid JSON string
-        lean, envelope = None, None
-        text = body[:_ERROR_BODY_BYTES].decode("utf-8", errors="replace")
-        utf8_valid = False
-    else:
-        if lean is None:
-            text, utf8_valid = _decode(body)
-            try:
-                envelope, data_text = _slice_data(text)
-            except (ValueError, RecursionError):
-                envelope, data_text = None, None
-        else:
-            text = body[:_ERROR_BODY_BYTES].decode("utf-8", errors="replace")
-            utf8_valid = lean.original is None and all(b.utf8_valid for _, b in lean.bigs)
-            try:
-                envelope, lean_data = _slice_lean(lean)
-            except (ValueError, RecursionError):
-                envelope = None
+        envelope = parse_envelope(body)
+    except (ValueError, RecursionError):
+        envelope = None
     if status_code >= 400:
         message = f"HTTP {status_code}"
-        error = _message(envelope.get("error")) if envelope is not None else None
+        error = _message(envelope.members.get("error")) if envelope is not None else None
         if error is not None:
             message = error
-        raise error_for_status(status_code, message, request_id=request_id, response_body=text)
+        raise error_for_status(
+            status_code, message, request_id=request_id, response_body=_error_text(body)
+        )
     if envelope is None:
         # The status code is an attribute of the error, not part of its message: callers
         # that show it add it once (an earlier message did, and fetch_errors read
@@ -235,41 +262,30 @@ def unwrap(status_code: int, body: bytes, request_id: str | None) -> ApiResponse
             MALFORMED_NOT_OBJECT,
             status_code=status_code,
             request_id=request_id,
-            response_body=text,
+            response_body=_error_text(body),
             raw_body=body,
         )
-    if envelope.get("success") is False:
-        error = _message(envelope.get("error"))
+    if envelope.members.get("success") is False:
+        error = _message(envelope.members.get("error"))
         raise SpineAPIError(
             error if error else f"HTTP {status_code}: success=false",
             status_code=status_code,
             request_id=request_id,
-            response_body=text,
+            response_body=_error_text(body),
         )
-    if lean is not None and lean_data is not None:
-        return ApiResponse(
-            status_code=status_code,
-            data=envelope["data"],
-            data_text=lean_data.text,
-            body=body,
-            request_id=request_id,
-            utf8_valid=utf8_valid,
-            bigs=lean_data.bigs,
-            lean_original=lean_data.original,
-        )
-    if "data" not in envelope or data_text is None:
+    if envelope.data is None:
         raise MalformedResponseError(
             "Malformed response: envelope has no 'data'",
             status_code=status_code,
             request_id=request_id,
-            response_body=text,
+            response_body=_error_text(body),
             raw_body=body,
         )
     return ApiResponse(
         status_code=status_code,
-        data=envelope["data"],
-        data_text=data_text,
+        data=envelope.members["data"],
+        source=envelope.data,
         body=body,
         request_id=request_id,
-        utf8_valid=utf8_valid,
+        utf8_valid=envelope.utf8_valid,
     )

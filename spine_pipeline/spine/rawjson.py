@@ -27,6 +27,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from spine_pipeline.spine.textfidelity import (
+    lossy_decode,
+    original_if_changed,
+    original_text,
+    utf8_replacing_surrogates,
+)
+
 __all__ = [
     "BIG_STRING_BYTES",
     "CHUNK_BYTES",
@@ -282,8 +289,6 @@ _WS_BYTES = re.compile(rb"[ \t\n\r]*")
 # the last escape matched, so a match ending right after a high surrogate can be cut before it.
 _ESCAPE_SAFE = re.compile(rb"[^\\]*+(?:(\\(?:u[0-9a-fA-F]{4}|[^u]))[^\\]*+)*+")
 _HIGH_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
-_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
-_ANY_SURROGATE = re.compile("[\ud800-\udfff]")
 _Buffer = bytes | bytearray | memoryview
 
 
@@ -293,22 +298,6 @@ def _bytes_error(msg: str, pos: int) -> json.JSONDecodeError:
     err.pos = pos
     err.args = (f"{msg}: byte {pos}",)
     return err
-
-
-def _lossy(raw: bytes) -> tuple[str, bool]:
-    """UTF-8 decode with one U+FFFD per invalid byte (the archive's rule); True if it was valid."""
-    try:
-        return raw.decode("utf-8"), True
-    except UnicodeDecodeError:
-        return _ESCAPED_BYTE.sub("\ufffd", raw.decode("utf-8", "surrogateescape")), False
-
-
-def _encoded(value: str) -> bytes:
-    """UTF-8 of a decoded chunk, lone surrogates (from `\\udXXX` escapes) as U+FFFD."""
-    try:
-        return value.encode("utf-8")
-    except UnicodeEncodeError:
-        return _ANY_SURROGATE.sub("\ufffd", value).encode("utf-8")
 
 
 def _utf8_safe(buf: bytes, pos: int, stop: int) -> int:
@@ -363,7 +352,7 @@ class BigString:
         size = 0
         for value, ok in self._chunks():
             valid = valid and ok
-            size += len(_encoded(value))
+            size += len(utf8_replacing_surrogates(value))
         self.utf8_valid = valid
         self.utf8_len = size  # so `utf8` allocates once: a growing buffer fragments the heap
 
@@ -372,7 +361,7 @@ class BigString:
         buf, pos, end = self.source, self.start + 1, self.end - 1
         while pos < end:
             stop = _escape_safe(buf, pos, end) if self.escaped else self._utf8_chunk(pos, end)
-            text, ok = _lossy(buf[pos:stop])
+            text, ok = lossy_decode(buf[pos:stop])
             try:
                 value, used = _scanstring(text + '"', 0, True)
             except json.JSONDecodeError as exc:
@@ -403,7 +392,7 @@ class BigString:
         view = memoryview(out)
         pos = 0
         for value, _ in self._chunks():
-            data = _encoded(value)
+            data = utf8_replacing_surrogates(value)
             view[pos : pos + len(data)] = data
             pos += len(data)
         view.release()
@@ -417,7 +406,7 @@ class BigString:
         buf, pos, end = self.source, self.start, self.end
         while pos < end:
             stop = self._utf8_chunk(pos, end)
-            out += _lossy(buf[pos:stop])[0].encode("utf-8")
+            out += lossy_decode(buf[pos:stop])[0].encode("utf-8")
             pos = stop
         return out
 
@@ -470,9 +459,8 @@ class LeanText:
         """The lean text of [start, end), with its own offsets and original bytes."""
         original = None
         if self.original is not None:
-            piece = self.original.decode("utf-8", "surrogateescape")[start:end]
-            if piece != self.text[start:end]:
-                original = piece.encode("utf-8", "surrogateescape")
+            piece = original_text(self.original)[start:end]
+            original = original_if_changed(piece, self.text[start:end])
         bigs = tuple((p - start, b) for p, b in self.bigs if start <= p < end)
         return LeanText(self.text[start:end], original, bigs)
 
@@ -505,7 +493,7 @@ def mask_big_strings(buf: bytes, threshold: int | None = None) -> LeanText | Non
     chars = prev = 0
     for start, end in spans:
         segment = buf[prev:start]
-        text, ok = _lossy(segment)
+        text, ok = lossy_decode(segment)
         lossy = lossy or not ok
         texts.append(text)
         originals.append(segment)
@@ -515,7 +503,7 @@ def mask_big_strings(buf: bytes, threshold: int | None = None) -> LeanText | Non
         originals.append(b'""')
         chars += 2
         prev = end
-    text, ok = _lossy(buf[prev:])
+    text, ok = lossy_decode(buf[prev:])
     texts.append(text)
     originals.append(buf[prev:])
     lossy = lossy or not ok

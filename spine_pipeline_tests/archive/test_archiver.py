@@ -7,7 +7,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from spine_pipeline.archive.flatten import _redact_unparsed
+from spine_pipeline.archive.flatten.urls import redact_unparsed
 from spine_pipeline.archive.layout import (
     CHAINED_PREFIXES,
     TABLE_PREFIX,
@@ -239,7 +239,7 @@ def test_a_dag_body_that_is_not_json_is_kept_verbatim_with_one_clear_error(kit):
     ]
     truth = kit.sim.world.ground_truth(run_id)
     body = truth.dag_body.decode("utf-8")
-    assert run_row["dag_raw_json"] == _redact_unparsed(body)
+    assert run_row["dag_raw_json"] == redact_unparsed(body)
     assert run_row["dag_raw_json"].endswith("<!-- upstream timeout -->")
     assert "sig=" not in run_row["dag_raw_json"]  # signed node urls lost their query string
     assert run_row["dag_raw_bytes"] is None  # the body was valid UTF-8

@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from spine_pipeline.archive.fetch import raw_doc
 from spine_pipeline.archive.flatten import (
     flatten_batch,
     flatten_batch_by_dt,
@@ -27,6 +28,7 @@ from spine_pipeline.archive.records import (
     split_envelope,
 )
 from spine_pipeline.archive.schemas import TABLES
+from spine_pipeline.spine.envelope import unwrap
 
 CANVAS = "11111111-1111-4111-8111-111111111111"
 NODE_A = "22222222-2222-4222-8222-222222222222"
@@ -877,6 +879,14 @@ def test_rawdoc_from_envelope_slices_exact_bytes():
         RawDoc.from_envelope(b'{"success": true}')
     with pytest.raises(ValueError):
         RawDoc.from_envelope(b"[1]")
+
+
+def test_the_archive_takes_the_client_parse_of_the_envelope():
+    body = b' {"success": true, "data": {"content": "x\xffy\xe2\x82", "n": 1.0}, "error": null} '
+    d = raw_doc(unwrap(200, body, None))
+    assert d == RawDoc.from_envelope(body)
+    assert d.raw_bytes == b'{"content": "x\xffy\xe2\x82", "n": 1.0}'
+    assert d.value == {"content": "x\ufffdy\ufffd\ufffd", "n": 1.0}
 
 
 def test_rawdoc_from_envelope_with_a_deep_data_value():

@@ -36,6 +36,17 @@ def test_invalid_utf8_keeps_original_bytes():
     assert answer.data["c"] == "ok \ufffd\ufffd end"
 
 
+def test_invalid_utf8_is_one_replacement_per_byte_and_the_data_bytes_are_kept():
+    # A truncated 3-byte sequence: errors="replace" would give one U+FFFD; the archive's rule
+    # (textfidelity) gives one per byte, so text offsets match byte offsets.
+    body = b'{"success":true,"data":{"c":"a\xe2\x82b \xff"}, "error":null}'
+    answer = unwrap(200, body, None)
+    assert answer.data == {"c": "a\ufffd\ufffdb \ufffd"}
+    assert answer.data_text == '{"c":"a\ufffd\ufffdb \ufffd"}'
+    assert answer.lean_original == b'{"c":"a\xe2\x82b \xff"}'
+    assert unwrap(200, b'{"success":true,"data":{"c":"ok"}}', None).lean_original is None
+
+
 def test_deeply_nested_data_parses_without_recursion_error():
     depth = 6000
     data = '{"c":' * depth + "1" + "}" * depth
