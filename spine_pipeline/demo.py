@@ -25,8 +25,8 @@ from spine_pipeline.archive.store import open_store
 from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline.audit import credit_report
 from spine_pipeline.audit.sql import format_table
-from spine_pipeline.config import PipelineSettings
 from spine_pipeline.defs.names import SUBMIT_ALL_JOB
+from spine_pipeline.settings import Settings
 
 DEFAULT_DAGSTER_HOME = Path("data/dagster_home")
 # Dagster's console logger at WARNING: the demo prints its own progress lines.
@@ -54,7 +54,7 @@ def prepare_dagster_home() -> Path:
     A directory created here is private (0700): Dagster's SQLite files inside take the
     process umask, and run storage holds run configs (Spine run ids, request names).
     """
-    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
+    home = Path(Settings.from_env().dagster_home or DEFAULT_DAGSTER_HOME).resolve()
     if not home.exists():
         home.mkdir(parents=True, mode=0o700)
         home.chmod(0o700)  # mkdir's mode is masked by the umask
@@ -228,7 +228,7 @@ def run_demo(
     return report
 
 
-def summary_lines(report: DemoReport, settings: PipelineSettings) -> list[str]:
+def summary_lines(report: DemoReport, settings: Settings) -> list[str]:
     """This demo's runs by status; credits by template from the audit database."""
     runs = read_committed(open_store(settings.archive_uri), "runs", columns=["run_id", "status"])
     mine = set(report.submitted)
@@ -247,7 +247,7 @@ def summary_lines(report: DemoReport, settings: PipelineSettings) -> list[str]:
 
 
 def demo_on_simulator(
-    settings: PipelineSettings,
+    settings: Settings,
     *,
     timeout: float,
     run_seconds: str,

@@ -218,9 +218,7 @@ def _raw(environ: Mapping[str, str], name: str) -> str | None:
     return value.strip() or None
 
 
-def _optional(
-    environ: Mapping[str, str], name: str, parse: Callable[[str, str], T]
-) -> T | None:
+def _optional(environ: Mapping[str, str], name: str, parse: Callable[[str, str], T]) -> T | None:
     raw = _raw(environ, name)
     return None if raw is None else parse(name, raw)
 
@@ -311,7 +309,9 @@ class Settings:
                 "SPINE_S3_OBJECT_LOCK_DAYS",
                 lambda n, r: parse_positive_int(n, r, maximum=MAX_OBJECT_LOCK_DAYS),
             ),
-            s3_endpoint_url=_first(env, ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), parse_http_url),
+            s3_endpoint_url=_first(
+                env, ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), parse_http_url
+            ),
             aws_region=_first(env, ("AWS_REGION", "AWS_DEFAULT_REGION"), parse_region),
             dagster_home=_optional(env, "DAGSTER_HOME", parse_path),
         )

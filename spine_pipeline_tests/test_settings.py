@@ -30,9 +30,24 @@ class Case(NamedTuple):
 
 
 CASES = [
-    Case("SPINE_API_KEY", " sk_spine_abc123 ", "api_key", "sk_spine_abc123", "sk_spine_ab c123", echoed=False),
-    Case("SPINE_BASE_URL", "http://127.0.0.1:8765/", "base_url", "http://127.0.0.1:8765/", "ftp://x"),
-    Case("SPINE_ARCHIVE_URI", "s3://bucket/spine", "archive_uri", "s3://bucket/spine", "gs://bucket/x"),
+    Case(
+        "SPINE_API_KEY",
+        " sk_spine_abc123 ",
+        "api_key",
+        "sk_spine_abc123",
+        "sk_spine_ab c123",
+        echoed=False,
+    ),
+    Case(
+        "SPINE_BASE_URL", "http://127.0.0.1:8765/", "base_url", "http://127.0.0.1:8765/", "ftp://x"
+    ),
+    Case(
+        "SPINE_ARCHIVE_URI",
+        "s3://bucket/spine",
+        "archive_uri",
+        "s3://bucket/spine",
+        "gs://bucket/x",
+    ),
     Case("SPINE_AUDIT_DB", "/srv/audit.duckdb", "audit_db", "/srv/audit.duckdb", "audit\n.duckdb"),
     Case("SPINE_CATALOG", "conf/requests.yaml", "catalog_path", "conf/requests.yaml", "a\tb\x07"),
     Case("SPINE_ARCHIVE_BATCH_SIZE", "7", "archive_batch_size", 7, "0"),
@@ -61,7 +76,13 @@ CASES = [
         "http://127.0.0.1:9000",
         "127.0.0.1:9000",
     ),
-    Case("AWS_ENDPOINT_URL", "https://minio.internal", "s3_endpoint_url", "https://minio.internal", "https://"),
+    Case(
+        "AWS_ENDPOINT_URL",
+        "https://minio.internal",
+        "s3_endpoint_url",
+        "https://minio.internal",
+        "https://",
+    ),
     Case("AWS_REGION", "eu-west-1", "aws_region", "eu-west-1", "eu west 1"),
     Case("AWS_DEFAULT_REGION", "auto", "aws_region", "auto", "eu/west"),
     Case("DAGSTER_HOME", "/srv/dagster", "dagster_home", "/srv/dagster", "dagster\nhome"),

@@ -51,7 +51,7 @@ from spine_pipeline.audit.schema import (
     run_facts_select,
 )
 from spine_pipeline.audit.snapshot import paths_for, prepare_spare, publish, writer_lock
-from spine_pipeline.config import PipelineSettings
+from spine_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -787,7 +787,7 @@ def _run(
     fresh: bool,
     store: ObjectStore | None,
 ) -> IngestReport:
-    settings = PipelineSettings.from_env()
+    settings = Settings.from_env()
     archive_uri = archive_uri or settings.archive_uri
     paths = paths_for(db_path or settings.audit_db)
     store = store or open_store(archive_uri)
