@@ -24,6 +24,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 from urllib.parse import urlsplit
 
@@ -231,7 +232,8 @@ def _first(
     return next((v for v in values if v is not None), None)
 
 
-def _or(value: T | None, default: T) -> T:
+def _get(environ: Mapping[str, str], name: str, parse: Callable[[str, str], T], default: T) -> T:
+    value = _optional(environ, name, parse)
     return default if value is None else value
 
 
@@ -267,53 +269,43 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
         """Parse and validate every variable; the first bad one raises `ConfigurationError`."""
-        env = environ
-
-        def seconds(name: str, default: float, *, allow_zero: bool) -> float:
-            parse = lambda n, r: parse_seconds(n, r, allow_zero=allow_zero)  # noqa: E731
-            return _or(_optional(env, name, parse), default)
-
+        e = environ
+        duration = partial(parse_seconds, allow_zero=False)
+        wait = partial(parse_seconds, allow_zero=True)
         settings = cls(
-            api_key=_optional(env, "SPINE_API_KEY", parse_api_key),
-            base_url=_or(_optional(env, "SPINE_BASE_URL", parse_http_url), DEFAULT_BASE_URL),
-            archive_uri=_or(
-                _optional(env, "SPINE_ARCHIVE_URI", parse_archive_uri), DEFAULT_ARCHIVE_URI
+            api_key=_optional(e, "SPINE_API_KEY", parse_api_key),
+            base_url=_get(e, "SPINE_BASE_URL", parse_http_url, DEFAULT_BASE_URL),
+            archive_uri=_get(e, "SPINE_ARCHIVE_URI", parse_archive_uri, DEFAULT_ARCHIVE_URI),
+            audit_db=_get(e, "SPINE_AUDIT_DB", parse_path, DEFAULT_AUDIT_DB),
+            catalog_path=_get(e, "SPINE_CATALOG", parse_path, DEFAULT_CATALOG),
+            archive_batch_size=_get(
+                e, "SPINE_ARCHIVE_BATCH_SIZE", parse_positive_int, DEFAULT_ARCHIVE_BATCH_SIZE
             ),
-            audit_db=_or(_optional(env, "SPINE_AUDIT_DB", parse_path), DEFAULT_AUDIT_DB),
-            catalog_path=_or(_optional(env, "SPINE_CATALOG", parse_path), DEFAULT_CATALOG),
-            archive_batch_size=_or(
-                _optional(env, "SPINE_ARCHIVE_BATCH_SIZE", parse_positive_int),
-                DEFAULT_ARCHIVE_BATCH_SIZE,
+            poll_budget_seconds=_get(
+                e, "SPINE_POLL_BUDGET_SECONDS", duration, DEFAULT_POLL_BUDGET_SECONDS
             ),
-            poll_budget_seconds=seconds(
-                "SPINE_POLL_BUDGET_SECONDS", DEFAULT_POLL_BUDGET_SECONDS, allow_zero=False
+            poll_min_interval_seconds=_get(
+                e, "SPINE_POLL_MIN_INTERVAL_SECONDS", wait, DEFAULT_POLL_MIN_INTERVAL
             ),
-            poll_min_interval_seconds=seconds(
-                "SPINE_POLL_MIN_INTERVAL_SECONDS", DEFAULT_POLL_MIN_INTERVAL, allow_zero=True
+            poll_max_interval_seconds=_get(
+                e, "SPINE_POLL_MAX_INTERVAL_SECONDS", wait, DEFAULT_POLL_MAX_INTERVAL
             ),
-            poll_max_interval_seconds=seconds(
-                "SPINE_POLL_MAX_INTERVAL_SECONDS", DEFAULT_POLL_MAX_INTERVAL, allow_zero=True
+            poll_rerequest_seconds=_get(
+                e, "SPINE_POLL_REREQUEST_SECONDS", wait, DEFAULT_POLL_REREQUEST
             ),
-            poll_rerequest_seconds=seconds(
-                "SPINE_POLL_REREQUEST_SECONDS", DEFAULT_POLL_REREQUEST, allow_zero=True
-            ),
-            audit_retry_seconds=seconds(
-                "SPINE_AUDIT_RETRY_SECONDS", DEFAULT_AUDIT_RETRY, allow_zero=True
-            ),
-            credit_budget_daily=_optional(env, "SPINE_CREDIT_BUDGET_DAILY", parse_credits),
-            credit_budget_monthly=_optional(env, "SPINE_CREDIT_BUDGET_MONTHLY", parse_credits),
-            s3_sse=_optional(env, "SPINE_S3_SSE", lambda n, r: parse_choice(n, r, SSE_MODES)),
-            s3_sse_kms_key_id=_optional(env, "SPINE_S3_SSE_KMS_KEY_ID", parse_token),
+            audit_retry_seconds=_get(e, "SPINE_AUDIT_RETRY_SECONDS", wait, DEFAULT_AUDIT_RETRY),
+            credit_budget_daily=_optional(e, "SPINE_CREDIT_BUDGET_DAILY", parse_credits),
+            credit_budget_monthly=_optional(e, "SPINE_CREDIT_BUDGET_MONTHLY", parse_credits),
+            s3_sse=_optional(e, "SPINE_S3_SSE", partial(parse_choice, choices=SSE_MODES)),
+            s3_sse_kms_key_id=_optional(e, "SPINE_S3_SSE_KMS_KEY_ID", parse_token),
             s3_object_lock_days=_optional(
-                env,
+                e,
                 "SPINE_S3_OBJECT_LOCK_DAYS",
-                lambda n, r: parse_positive_int(n, r, maximum=MAX_OBJECT_LOCK_DAYS),
+                partial(parse_positive_int, maximum=MAX_OBJECT_LOCK_DAYS),
             ),
-            s3_endpoint_url=_first(
-                env, ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), parse_http_url
-            ),
-            aws_region=_first(env, ("AWS_REGION", "AWS_DEFAULT_REGION"), parse_region),
-            dagster_home=_optional(env, "DAGSTER_HOME", parse_path),
+            s3_endpoint_url=_first(e, ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), parse_http_url),
+            aws_region=_first(e, ("AWS_REGION", "AWS_DEFAULT_REGION"), parse_region),
+            dagster_home=_optional(e, "DAGSTER_HOME", parse_path),
         )
         settings._check_combinations()
         return settings
