@@ -11,7 +11,7 @@ import click
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.cli_errors import expected_errors, fail
-from spine_pipeline.config import PipelineSettings
+from spine_pipeline.settings import Settings
 from spine_pipeline.spine import SpineClient, UploadFile
 from spine_pipeline.submission import SubmitSpec, submit_and_record
 
@@ -127,7 +127,7 @@ def archive(run_ids: tuple[str, ...], wait: bool, timeout: float) -> None:
     """Archive runs now (no daemon needed). Exit 1 if any run could not be archived."""
     from spine_pipeline.archive.service import archive_now
 
-    settings = PipelineSettings.from_env()
+    settings = Settings.from_env()
     outcomes = archive_now(
         settings.archive_uri,
         list(dict.fromkeys(run_ids)),
@@ -158,7 +158,7 @@ def verify() -> None:
     """Re-check the manifest hash chain, file hashes and artifact hashes."""
     from spine_pipeline.archive.verify import verify_archive
 
-    report = verify_archive(open_store(PipelineSettings.from_env().archive_uri))
+    report = verify_archive(open_store(Settings.from_env().archive_uri))
     for problem in report.problems:
         click.echo(f"FAIL {problem}", err=True)
     click.echo(
@@ -192,7 +192,7 @@ def gc(grace_hours: float, dry_run: bool, include_artifacts: bool) -> None:
     from spine_pipeline.archive.gc import collect_garbage
 
     report = collect_garbage(
-        open_store(PipelineSettings.from_env().archive_uri),
+        open_store(Settings.from_env().archive_uri),
         grace=timedelta(hours=grace_hours),
         dry_run=dry_run,
         include_artifacts=include_artifacts,
@@ -213,7 +213,7 @@ def status(run_ids: tuple[str, ...]) -> None:
     """In-flight and archived runs with their state."""
     from spine_pipeline.archive.service import run_states
 
-    rows = run_states(open_store(PipelineSettings.from_env().archive_uri), list(run_ids))
+    rows = run_states(open_store(Settings.from_env().archive_uri), list(run_ids))
     if not rows:
         click.echo("no tracked or archived runs")
         return
@@ -242,7 +242,7 @@ def demo(timeout: float, run_seconds: str) -> None:
     from spine_pipeline.demo import demo_on_simulator
 
     ok = demo_on_simulator(
-        PipelineSettings.from_env(), timeout=timeout, run_seconds=run_seconds, say=click.echo
+        Settings.from_env(), timeout=timeout, run_seconds=run_seconds, say=click.echo
     )
     if not ok:
         fail("demo did not archive every run cleanly")
@@ -259,7 +259,7 @@ def dev(port: int) -> None:
 
 
 def _ledger() -> Ledger:
-    return Ledger(open_store(PipelineSettings.from_env().archive_uri))
+    return Ledger(open_store(Settings.from_env().archive_uri))
 
 
 from spine_pipeline.cli_audit import audit, cited, report, search, sql  # noqa: E402

@@ -18,9 +18,9 @@ DATE = click.DateTime(formats=["%Y-%m-%d"])
 
 
 def _db(db: str | None) -> str:
-    from spine_pipeline.config import PipelineSettings
+    from spine_pipeline.settings import Settings
 
-    return db or PipelineSettings.from_env().audit_db
+    return db or Settings.from_env().audit_db
 
 
 def _day(value: datetime | None) -> date | None:

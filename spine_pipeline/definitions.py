@@ -1,12 +1,12 @@
 """Root Definitions: the only object workspace.yaml loads.
 
-Everything is chosen from the environment (see `defs/resources.py`); the catalog path
-from `SPINE_CATALOG` (default `data/requests.yaml`).
+Everything is chosen from the environment, parsed once by `spine_pipeline.settings` (a bad
+setting fails the load with one line naming it): resources in `defs/resources.py`, the
+catalog path from `SPINE_CATALOG` (default `data/requests.yaml`).
 """
 
 import dagster as dg
 
-from spine_pipeline.config import PipelineSettings
 from spine_pipeline.defs.archive import archive_batch, recheck_job, spine_run, spine_run_check
 from spine_pipeline.defs.audit import (
     archive_job,
@@ -19,17 +19,18 @@ from spine_pipeline.defs.audit import (
 from spine_pipeline.defs.poll import spine_poll_sensor
 from spine_pipeline.defs.resources import build_resources
 from spine_pipeline.defs.submit import submit_definitions
+from spine_pipeline.settings import Settings
 
 
 def build_definitions() -> dg.Definitions:
-    settings = PipelineSettings.from_env()
+    settings = Settings.from_env()
     core = dg.Definitions(
         assets=[spine_run, archive_batch, audit_database, credit_report],
         asset_checks=[spine_run_check, no_overdue_runs],
         jobs=[archive_job, audit_job, recheck_job],
         sensors=[spine_poll_sensor],
         schedules=[credit_report_schedule],
-        resources=build_resources(),
+        resources=build_resources(settings),
     )
     return dg.Definitions.merge(submit_definitions(settings.catalog_path), core)
 

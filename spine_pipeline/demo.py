@@ -24,7 +24,6 @@ from spine_pipeline.archive.stores import open_store
 from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline.audit import credit_report
 from spine_pipeline.audit.sql import format_table
-from spine_pipeline.config import PipelineSettings
 from spine_pipeline.defs.names import SUBMIT_ALL_JOB
 from spine_pipeline.driver import (
     execute_submit_catalog,
@@ -33,6 +32,7 @@ from spine_pipeline.driver import (
     submitted_runs,
     tick_and_launch,
 )
+from spine_pipeline.settings import Settings
 
 
 @dataclass
@@ -133,7 +133,7 @@ def run_demo(
     return report
 
 
-def summary_lines(report: DemoReport, settings: PipelineSettings) -> list[str]:
+def summary_lines(report: DemoReport, settings: Settings) -> list[str]:
     """This demo's runs by status; credits by template from the audit database."""
     runs = read_committed(open_store(settings.archive_uri), "runs", columns=["run_id", "status"])
     mine = set(report.submitted)
@@ -152,7 +152,7 @@ def summary_lines(report: DemoReport, settings: PipelineSettings) -> list[str]:
 
 
 def demo_on_simulator(
-    settings: PipelineSettings,
+    settings: Settings,
     *,
     timeout: float,
     run_seconds: str,

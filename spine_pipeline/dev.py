@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from spine_pipeline.driver import prepare_dagster_home
+from spine_pipeline.settings import Settings
 
 SIMULATOR_PORT = 8765
 
@@ -17,7 +18,7 @@ SIMULATOR_PORT = 8765
 @contextlib.contextmanager
 def _spine_endpoint(say: Callable[[str], None]) -> Iterator[dict[str, str]]:
     """Real Spine when SPINE_API_KEY is set; otherwise a simulator for the session."""
-    if os.environ.get("SPINE_API_KEY"):
+    if Settings.from_env().api_key:
         say("using SPINE_API_KEY / SPINE_BASE_URL from the environment")
         yield {}
         return

@@ -25,6 +25,7 @@ from spine_pipeline.defs.names import (
     SUBMIT_ALL_JOB,
     archive_run_ids,
 )
+from spine_pipeline.settings import Settings
 
 DEFAULT_DAGSTER_HOME = Path("data/dagster_home")
 #: One audit-database writer at a time: the only pool is spine_audit_db.
@@ -48,7 +49,7 @@ def prepare_dagster_home() -> Path:
     A directory created here is private (0700): Dagster's SQLite files inside take the
     process umask, and run storage holds run configs (Spine run ids, request names).
     """
-    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
+    home = Path(Settings.from_env().dagster_home or DEFAULT_DAGSTER_HOME).resolve()
     if not home.exists():
         home.mkdir(parents=True, mode=0o700)
         home.chmod(0o700)  # mkdir's mode is masked by the umask

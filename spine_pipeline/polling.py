@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,15 +24,20 @@ from datetime import UTC, datetime, timedelta
 from spine_pipeline.archive.layout import manifest_key
 from spine_pipeline.archive.ledger import ABANDON_AFTER, Ledger, TrackedRun
 from spine_pipeline.archive.manifest import ManifestLog
+from spine_pipeline.settings import (
+    DEFAULT_POLL_MAX_INTERVAL,
+    DEFAULT_POLL_MIN_INTERVAL,
+    DEFAULT_POLL_REREQUEST,
+    Settings,
+)
 from spine_pipeline.spine import AsyncSpineClient
 from spine_pipeline.spine.poll import PollResult, poll_runs
 
-MIN_INTERVAL = 15.0
-MAX_INTERVAL = 60.0
-REREQUEST_AFTER = 600.0
-ENV_MIN_INTERVAL = "SPINE_POLL_MIN_INTERVAL_SECONDS"  # tests and demos shorten the schedule
-ENV_MAX_INTERVAL = "SPINE_POLL_MAX_INTERVAL_SECONDS"
-ENV_REREQUEST = "SPINE_POLL_REREQUEST_SECONDS"  # the soak re-requests crashed batches sooner
+# Defaults of SPINE_POLL_MIN/MAX_INTERVAL_SECONDS and SPINE_POLL_REREQUEST_SECONDS (tests and
+# demos shorten the schedule; the soak re-requests crashed batches sooner).
+MIN_INTERVAL = DEFAULT_POLL_MIN_INTERVAL
+MAX_INTERVAL = DEFAULT_POLL_MAX_INTERVAL
+REREQUEST_AFTER = DEFAULT_POLL_REREQUEST
 OVERDUE_AFTER = timedelta(hours=3)
 PLAN_VERSION = 1
 
@@ -71,25 +75,12 @@ class RunSchedule:
         )
 
 
-def _env_seconds(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value < 0:
-        raise ValueError(f"{name} must not be negative, got {raw!r}")
-    return value
-
-
 def _default_min() -> float:
-    return _env_seconds(ENV_MIN_INTERVAL, MIN_INTERVAL)
+    return Settings.from_env().poll_min_interval_seconds
 
 
 def _default_max() -> float:
-    return _env_seconds(ENV_MAX_INTERVAL, MAX_INTERVAL)
+    return Settings.from_env().poll_max_interval_seconds
 
 
 @dataclass
@@ -149,7 +140,7 @@ class PollPlan:
 
     def to_archive(self, now: float) -> list[str]:
         """Terminal runs not yet handed to archiving (or handed long ago and still not done)."""
-        rerequest = _env_seconds(ENV_REREQUEST, REREQUEST_AFTER)
+        rerequest = Settings.from_env().poll_rerequest_seconds
         out = [
             run_id
             for run_id, s in sorted(self.runs.items())

@@ -121,7 +121,7 @@ def test_bad_key_and_unreachable_endpoint(cli, monkeypatch):
     assert result.exit_code == 1 and "cannot reach Spine" in _one_error_line(result)[0]
     monkeypatch.delenv("SPINE_API_KEY")
     result = cli("submit", "--prompt", "x")
-    assert result.exit_code == 1 and "SPINE_API_KEY is not set" in result.stderr
+    assert result.exit_code == 2 and "SPINE_API_KEY is not set" in result.stderr
 
 
 def test_bad_usage_exits_2(cli):

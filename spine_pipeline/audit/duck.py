@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import duckdb
 
+from spine_pipeline.settings import Settings
+
 ATTACH_NAME = "audit"
 LOCK_RETRY_SECONDS = 5.0
 # A snapshot nobody reads stays open this long, so that calls in a row (a report, then its
@@ -59,7 +61,7 @@ def sql_str(value: str) -> str:
 
 
 def configure_s3(con: duckdb.DuckDBPyConnection) -> None:
-    """Create a temporary S3 secret from boto3's credential chain and AWS_ENDPOINT_URL_S3.
+    """Create a temporary S3 secret from boto3's credential chain and the S3 endpoint setting.
 
     The secret lives only in this connection's memory (never persisted), and its values
     are never logged or put into an error message.
@@ -76,11 +78,12 @@ def configure_s3(con: duckdb.DuckDBPyConnection) -> None:
         parts.append(f"SECRET {sql_str(frozen.secret_key)}")
         if frozen.token:
             parts.append(f"SESSION_TOKEN {sql_str(frozen.token)}")
-    region = os.environ.get("AWS_REGION") or session.region_name or "us-east-1"
+    settings = Settings.from_env()
+    region = settings.aws_region or session.region_name or "us-east-1"
     parts.append(f"REGION {sql_str(region)}")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    endpoint = settings.s3_endpoint_url  # an http(s) URL: the settings parser checked it
     if endpoint:
-        split = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        split = urlsplit(endpoint)
         parts.append(f"ENDPOINT {sql_str(split.netloc)}")
         parts.append("URL_STYLE 'path'")
         parts.append(f"USE_SSL {'true' if split.scheme == 'https' else 'false'}")

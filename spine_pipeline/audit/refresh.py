@@ -32,7 +32,7 @@ from spine_pipeline.audit.ledger_mirror import (
 from spine_pipeline.audit.schema import ensure_schema, recount_search_stats, refill_run_facts
 from spine_pipeline.audit.search_index import cluster_search_index
 from spine_pipeline.audit.snapshot import paths_for, prepare_spare, publish, writer_lock
-from spine_pipeline.config import PipelineSettings
+from spine_pipeline.settings import Settings
 
 
 def _normal_uri(uri: str) -> str:
@@ -116,7 +116,7 @@ def _build_snapshot(
     `fresh` builds it from the archive alone in a new file (a rebuild); otherwise the spare
     is reused or copied from the published snapshot and caught up (`snapshot.prepare_spare`).
     """
-    settings = PipelineSettings.from_env()
+    settings = Settings.from_env()
     archive_uri = archive_uri or settings.archive_uri
     paths = paths_for(db_path or settings.audit_db)
     store = store or open_store(archive_uri)

@@ -14,11 +14,10 @@ from typing import Any
 import duckdb
 
 from spine_pipeline.audit.duck import AuditError, reading
+from spine_pipeline.settings import Settings
 
 BY_CHOICES = ("day", "template", "model", "request")
 WARN_FRACTION = 0.8
-ENV_DAILY = "SPINE_CREDIT_BUDGET_DAILY"
-ENV_MONTHLY = "SPINE_CREDIT_BUDGET_MONTHLY"
 
 
 @dataclass(frozen=True)
@@ -34,30 +33,18 @@ class Table:
 
 @dataclass(frozen=True)
 class Budgets:
-    """Optional credit budgets; `from_env` reads SPINE_CREDIT_BUDGET_DAILY/_MONTHLY."""
+    """Optional credit budgets; `from_env` falls back to SPINE_CREDIT_BUDGET_DAILY/_MONTHLY."""
 
     daily: float | None = None
     monthly: float | None = None
 
     @classmethod
     def from_env(cls, daily: float | None = None, monthly: float | None = None) -> Budgets:
+        settings = Settings.from_env()
         return cls(
-            daily=daily if daily is not None else _env_number(ENV_DAILY),
-            monthly=monthly if monthly is not None else _env_number(ENV_MONTHLY),
+            daily=daily if daily is not None else settings.credit_budget_daily,
+            monthly=monthly if monthly is not None else settings.credit_budget_monthly,
         )
-
-
-def _env_number(name: str) -> float | None:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise AuditError(f"{name} must be a number of credits, not {raw!r}") from None
-    if value <= 0:
-        raise AuditError(f"{name} must be positive, not {raw!r}")
-    return value
 
 
 @dataclass(frozen=True)

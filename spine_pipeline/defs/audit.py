@@ -8,7 +8,6 @@ in the `spine_audit_db` pool, limited to one (see docs/operations.md). Readers n
 the library publishes snapshots.
 """
 
-import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +26,7 @@ from spine_pipeline.audit import (
 from spine_pipeline.defs.archive import archive_batch
 from spine_pipeline.defs.names import ARCHIVE_JOB, AUDIT_JOB
 from spine_pipeline.defs.resources import ArchiveResource
+from spine_pipeline.settings import Settings
 
 AUDIT_POOL = "spine_audit_db"
 
@@ -119,8 +119,6 @@ audit_job = dg.define_asset_job(
     "by the poll sensor when the archive is ahead; one at a time).",
 )
 
-ENV_AUDIT_RETRY = "SPINE_AUDIT_RETRY_SECONDS"
-AUDIT_RETRY_SECONDS = 300.0  # after a failed refresh, wait this long before the next
 AUDIT_STALE_SECONDS = 3600.0  # a refresh "running" this long has probably lost its worker
 _IN_PROGRESS = [
     dg.DagsterRunStatus.QUEUED,
@@ -171,7 +169,7 @@ def audit_lag(instance: dg.DagsterInstance, committed_seq: int, now: float) -> A
         return AuditLag(False, "a refresh is already in progress", seq, warning)
     latest = instance.get_run_records(dg.RunsFilter(job_name=AUDIT_JOB), limit=1)
     if latest and latest[0].dagster_run.status == dg.DagsterRunStatus.FAILURE:
-        retry = float(os.environ.get(ENV_AUDIT_RETRY) or AUDIT_RETRY_SECONDS)
+        retry = Settings.from_env().audit_retry_seconds  # SPINE_AUDIT_RETRY_SECONDS
         ended = latest[0].end_time or now
         if now - ended < retry:
             return AuditLag(False, f"last refresh failed; retrying after {retry:.0f}s", seq)

@@ -6,7 +6,6 @@ manifests wait for the audit database, and stores the poll schedule as its curso
 fails a tick because of Spine: errors are logged and the runs are polled again later.
 """
 
-import os
 import time
 
 import dagster as dg
@@ -16,8 +15,7 @@ from spine_pipeline.defs.audit import archive_job, audit_job, audit_lag, audit_r
 from spine_pipeline.defs.names import POLL_SENSOR, archive_run_config
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
 from spine_pipeline.polling import run_tick
-
-ENV_BUDGET = "SPINE_POLL_BUDGET_SECONDS"
+from spine_pipeline.settings import Settings
 
 
 def _batches(items: list[str], size: int) -> list[list[str]]:
@@ -38,7 +36,7 @@ def spine_poll_sensor(
         archive.in_flight_source(),
         spine.polling_client,
         context.cursor,
-        budget_seconds=float(os.environ.get(ENV_BUDGET) or 40.0),
+        budget_seconds=Settings.from_env().poll_budget_seconds,
     )
     if report.cursor_recovered:
         context.log.warning("poll cursor was unreadable; rebuilt it from the ledger")

@@ -2,11 +2,11 @@
 
 `SPINE_API_KEY` / `SPINE_BASE_URL` pick real Spine or the simulator, `SPINE_ARCHIVE_URI`
 local disk or S3 (`AWS_*` through `S3Resource` and boto3's chain), `SPINE_AUDIT_DB` the
-DuckDB file. Secrets are `EnvVar`s: Dagster resolves them at run time and never stores the
-values in run config or the event log.
+DuckDB file; all parsed by `spine_pipeline.settings`. Secrets are `EnvVar`s: Dagster
+resolves them at run time and never stores the values in run config or the event log (the
+key is still validated here, so a malformed one fails the code location at load).
 """
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,8 +17,8 @@ from dagster_duckdb import DuckDBResource
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.stores import ObjectStore, open_store
-from spine_pipeline.config import DEFAULT_ARCHIVE_URI, DEFAULT_AUDIT_DB
 from spine_pipeline.polling import InFlightSource
+from spine_pipeline.settings import DEFAULT_ARCHIVE_BATCH_SIZE, DEFAULT_ARCHIVE_URI, Settings
 from spine_pipeline.spine import AsyncSpineClient, RetryPolicy, SpineClient
 
 POLL_RETRY = RetryPolicy(max_retries=1, base_delay=0.5, max_delay=2.0)
@@ -73,7 +73,7 @@ class ArchiveResource(dg.ConfigurableResource):
 
     uri: str = DEFAULT_ARCHIVE_URI
     s3: dg.ResourceDependency[LazyS3Resource]
-    batch_size: int = 100
+    batch_size: int = DEFAULT_ARCHIVE_BATCH_SIZE
 
     def store(self) -> ObjectStore:
         if self.uri.startswith("s3://"):
@@ -97,35 +97,15 @@ def _new_source(store: ObjectStore) -> InFlightSource:
     return InFlightSource(Ledger(store), ManifestLog(store))
 
 
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, got {value}")
-    return value
-
-
-def build_resources() -> dict[str, object]:
-    """The resource set for this process, from the environment."""
-    s3 = LazyS3Resource(
-        endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None,
-        region_name=os.environ.get("AWS_REGION") or None,
-    )
+def build_resources(settings: Settings | None = None) -> dict[str, object]:
+    """The resource set for this process, from `settings` (default: the environment)."""
+    settings = settings or Settings.from_env()
+    s3 = LazyS3Resource(endpoint_url=settings.s3_endpoint_url, region_name=settings.aws_region)
     return {
-        "spine": SpineResource(
-            api_key=dg.EnvVar("SPINE_API_KEY"),
-            base_url=os.environ.get("SPINE_BASE_URL") or None,
-        ),
+        "spine": SpineResource(api_key=dg.EnvVar("SPINE_API_KEY"), base_url=settings.base_url),
         "archive": ArchiveResource(
-            uri=os.environ.get("SPINE_ARCHIVE_URI") or DEFAULT_ARCHIVE_URI,
-            s3=s3,
-            batch_size=_env_int("SPINE_ARCHIVE_BATCH_SIZE", 100),
+            uri=settings.archive_uri, s3=s3, batch_size=settings.archive_batch_size
         ),
-        "audit_db": DuckDBResource(database=os.environ.get("SPINE_AUDIT_DB") or DEFAULT_AUDIT_DB),
+        "audit_db": DuckDBResource(database=settings.audit_db),
         "s3": s3,
     }

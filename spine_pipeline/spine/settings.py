@@ -1,28 +1,39 @@
-"""Where the client's configuration comes from: arguments first, then the environment."""
+"""Where the client's configuration comes from: arguments first, then the environment.
+
+The environment is parsed by `spine_pipeline.settings`, the one reader of every variable;
+this module adds what only the client needs: the `/v1` API root, the key as a `Secret`,
+the timeouts.
+"""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import httpx
 
+from spine_pipeline.settings import (
+    DEFAULT_BASE_URL,
+    ConfigurationError,
+    Settings,
+    parse_api_key,
+    parse_http_url,
+)
 from spine_pipeline.spine.redact import Secret
 
-DEFAULT_BASE_URL = "https://api.getspine.ai"
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_TIMEOUT",
+    "ConfigurationError",
+    "SpineSettings",
+    "normalise_base_url",
+]
+
 DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0, pool=10.0)
-
-
-class ConfigurationError(ValueError):
-    """A setting is missing or malformed; the message names it."""
 
 
 def normalise_base_url(url: str) -> str:
     """API root ending in `/v1`, accepting it with or without (like spine-sdk)."""
-    url = url.strip().rstrip("/")
-    parsed = httpx.URL(url)
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise ConfigurationError(f"SPINE_BASE_URL must be an http(s) URL, got {url!r}")
+    url = parse_http_url("SPINE_BASE_URL", url.strip()).rstrip("/")
     return url if url.endswith("/v1") else url + "/v1"
 
 
@@ -41,15 +52,16 @@ class SpineSettings:
         base_url: str | None = None,
         timeout: httpx.Timeout | float | None = None,
     ) -> SpineSettings:
-        key = api_key if api_key is not None else os.environ.get("SPINE_API_KEY")
+        env = Settings.from_env() if api_key is None or not base_url else None
+        key: str | Secret | None = api_key
         if isinstance(key, str):
-            key = key.strip()
-            if not key:
-                key = None
+            key = parse_api_key("api_key", key.strip()) if key.strip() else None
+        elif key is None and env is not None:
+            key = env.api_key
         if key is None:
             raise ConfigurationError("SPINE_API_KEY is not set (pass api_key or set the variable)")
         secret = key if isinstance(key, Secret) else Secret(key)
-        url = base_url or os.environ.get("SPINE_BASE_URL") or DEFAULT_BASE_URL
+        url = base_url or (env.base_url if env is not None else DEFAULT_BASE_URL)
         if isinstance(timeout, int | float):
             timeout = httpx.Timeout(float(timeout), connect=min(10.0, float(timeout)))
         return cls(

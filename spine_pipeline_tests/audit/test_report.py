@@ -59,7 +59,7 @@ def test_budgets_warn_and_alert(world: World, monkeypatch: pytest.MonkeyPatch) -
     assert Budgets.from_env() == Budgets(daily=spent_today * 10, monthly=None)
     monkeypatch.setenv("SPINE_CREDIT_BUDGET_DAILY", "lots")
     result = CliRunner().invoke(main, ["report", "credits"], env={"SPINE_AUDIT_DB": str(world.db)})
-    assert result.exit_code == 1 and "SPINE_CREDIT_BUDGET_DAILY must be a number" in result.output
+    assert result.exit_code == 2 and "SPINE_CREDIT_BUDGET_DAILY must be a number" in result.output
 
 
 def test_headline_markdown(world: World) -> None:

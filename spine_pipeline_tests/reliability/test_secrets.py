@@ -13,9 +13,9 @@ import dagster as dg
 
 from spine_pipeline.archive.layout import REPORTS_PREFIX
 from spine_pipeline.archive.stores import open_store
-from spine_pipeline.config import PipelineSettings
 from spine_pipeline.demo import run_demo, summary_lines
 from spine_pipeline.driver import prepare_dagster_home
+from spine_pipeline.settings import Settings
 from spine_pipeline.simulator import SimulatorConfig, SimulatorServer
 from spine_pipeline_tests.reliability.conftest import CANARY_API_KEY, CANARY_AWS_SECRET
 from spine_pipeline_tests.reliability.logs import capture_logs
@@ -55,7 +55,7 @@ def test_demo_and_credit_report_leak_no_secret(canary_s3_server, tmp_path, monke
         defs = build_definitions()
         with dg.DagsterInstance.get() as instance:
             report = run_demo(defs, instance, uri, timeout=120, tick_every=1.0, say=lines.append)
-            lines.extend(summary_lines(report, PipelineSettings.from_env()))
+            lines.extend(summary_lines(report, Settings.from_env()))
             credit = defs.resolve_implicit_global_asset_job_def().execute_in_process(
                 instance=instance, asset_selection=[dg.AssetKey("credit_report")]
             )

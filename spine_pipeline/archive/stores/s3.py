@@ -67,6 +67,7 @@ from spine_pipeline.archive.stores.base import (
     validate_prefix,
     validate_sha256_hex,
 )
+from spine_pipeline.settings import MAX_OBJECT_LOCK_DAYS, SSE_MODES, Settings
 
 __all__ = ["S3Store", "S3WriteOptions", "parse_s3_uri"]
 
@@ -86,10 +87,9 @@ _NON_ATOMIC_COMPLETE_SERVERS = ("seaweedfs",)
 ENV_SSE = "SPINE_S3_SSE"
 ENV_SSE_KMS_KEY_ID = "SPINE_S3_SSE_KMS_KEY_ID"
 ENV_OBJECT_LOCK_DAYS = "SPINE_S3_OBJECT_LOCK_DAYS"
-SSE_MODES = ("AES256", "aws:kms")
 #: Keys that get the Object Lock retention: the commit log and the artifact evidence.
 LOCKED_PREFIXES = (MANIFEST_PREFIX, ARTIFACT_AREA)
-_MAX_LOCK_DAYS = 36_500
+_MAX_LOCK_DAYS = MAX_OBJECT_LOCK_DAYS
 
 
 @dataclass(frozen=True)
@@ -120,20 +120,14 @@ class S3WriteOptions:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> S3WriteOptions:
-        """Read `SPINE_S3_SSE`, `SPINE_S3_SSE_KMS_KEY_ID`, `SPINE_S3_OBJECT_LOCK_DAYS`."""
-        env = os.environ if environ is None else environ
-        sse = (env.get(ENV_SSE) or "").strip() or None
-        key_id = (env.get(ENV_SSE_KMS_KEY_ID) or "").strip() or None
-        raw_days = (env.get(ENV_OBJECT_LOCK_DAYS) or "").strip()
-        days: int | None = None
-        if raw_days:
-            try:
-                days = int(raw_days)
-            except ValueError:
-                raise ValueError(
-                    f"{ENV_OBJECT_LOCK_DAYS} must be a whole number of days, got {raw_days!r}"
-                ) from None
-        return cls(sse=sse, kms_key_id=key_id, object_lock_days=days)
+        """`SPINE_S3_SSE`, `SPINE_S3_SSE_KMS_KEY_ID`, `SPINE_S3_OBJECT_LOCK_DAYS`, as parsed by
+        `spine_pipeline.settings` (from the process environment unless `environ` is given)."""
+        settings = Settings.from_env() if environ is None else Settings.from_env(environ)
+        return cls(
+            sse=settings.s3_sse,
+            kms_key_id=settings.s3_sse_kms_key_id,
+            object_lock_days=settings.s3_object_lock_days,
+        )
 
     def args_for(self, key: str, *, now: datetime | None = None) -> dict[str, Any]:
         """Extra PutObject / CreateMultipartUpload arguments for `key` (relative to the root)."""
@@ -231,10 +225,9 @@ class S3Store:
         self.endpoint = _safe_endpoint(getattr(self._client.meta, "endpoint_url", None))
 
     def _make_client(self, max_attempts: int) -> Any:
-        custom_endpoint = bool(
-            os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        )
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        settings = Settings.from_env()  # boto3 itself reads the endpoint variables
+        custom_endpoint = settings.s3_endpoint_url is not None
+        region = settings.aws_region or "us-east-1"
         config = Config(
             region_name=region,
             retries={"mode": "standard", "max_attempts": max_attempts},

@@ -1,0 +1,323 @@
+"""Every environment variable the product reads, parsed and validated in one place.
+
+Each variable used to be read where it was used, with its own parser or none: a typo in
+one failed at load with a clear message, in another as a float() traceback in the middle of
+a sensor tick, and a third was silently ignored. Here each variable has one typed parser,
+one default and one error wording, and `Settings.from_env` validates the whole environment
+at once, so a bad setting stops a command (exit 2) or the code location before anything
+runs, rather than half-way through.
+
+A leaf module: it imports nothing from the project, so the libraries (`spine/`, `archive/`,
+`audit/`) read their settings here without importing upwards. Settings are resolved per
+call from the mapping given (the process environment by default), never cached at import:
+the demo, the tests and the soak change the environment between calls, and a parse is a
+few dictionary look-ups.
+
+Errors are one line naming the variable and, except for the API key, the value (shortened,
+any URL credentials masked). The API key is only ever "not set" or "malformed".
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
+
+DEFAULT_BASE_URL = "https://api.getspine.ai"
+DEFAULT_ARCHIVE_URI = "data/archive"
+DEFAULT_AUDIT_DB = "data/audit.duckdb"
+DEFAULT_CATALOG = "data/requests.yaml"
+DEFAULT_ARCHIVE_BATCH_SIZE = 100
+DEFAULT_POLL_BUDGET_SECONDS = 40.0
+DEFAULT_POLL_MIN_INTERVAL = 15.0
+DEFAULT_POLL_MAX_INTERVAL = 60.0
+DEFAULT_POLL_REREQUEST = 600.0
+DEFAULT_AUDIT_RETRY = 300.0
+SSE_MODES = ("AES256", "aws:kms")
+MAX_OBJECT_LOCK_DAYS = 36_500
+
+#: Every variable `Settings.from_env` reads, in the order of README's configuration table.
+VARIABLES = (
+    "SPINE_API_KEY",
+    "SPINE_BASE_URL",
+    "SPINE_ARCHIVE_URI",
+    "SPINE_AUDIT_DB",
+    "SPINE_CATALOG",
+    "SPINE_ARCHIVE_BATCH_SIZE",
+    "SPINE_POLL_BUDGET_SECONDS",
+    "SPINE_POLL_MIN_INTERVAL_SECONDS",
+    "SPINE_POLL_MAX_INTERVAL_SECONDS",
+    "SPINE_POLL_REREQUEST_SECONDS",
+    "SPINE_AUDIT_RETRY_SECONDS",
+    "SPINE_CREDIT_BUDGET_DAILY",
+    "SPINE_CREDIT_BUDGET_MONTHLY",
+    "SPINE_S3_SSE",
+    "SPINE_S3_SSE_KMS_KEY_ID",
+    "SPINE_S3_OBJECT_LOCK_DAYS",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "DAGSTER_HOME",
+)
+
+
+class ConfigurationError(ValueError):
+    """A setting is missing or malformed; the message names it, on one line.
+
+    A `ValueError`, as it always was, so callers that treat bad input as `ValueError` keep
+    doing so; the CLI maps it to exit code 2 (bad usage) before its other errors.
+    """
+
+
+# ----------------------------------------------------------------------------- messages
+
+_SHOWN_CHARS = 60
+_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+
+
+def _shown(raw: str) -> str:
+    """The value for a message: credentials in a URL masked, long values cut, one line."""
+    text = _USERINFO.sub("***@", raw)
+    if len(text) > _SHOWN_CHARS:
+        return f"{text[:_SHOWN_CHARS]!r} (cut)"
+    return repr(text)
+
+
+def _bad(name: str, expected: str, raw: str) -> ConfigurationError:
+    return ConfigurationError(f"{name} must be {expected}, got {_shown(raw)}")
+
+
+def _has_control(raw: str) -> bool:
+    return any(ord(c) < 32 or ord(c) == 127 for c in raw)
+
+
+# ----------------------------------------------------------------------------- parsers
+# Each takes the variable's name (for the message) and its stripped, non-empty value.
+
+_DIGITS = re.compile(r"\+?[0-9]+")
+_REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+
+
+def parse_positive_int(name: str, raw: str, *, maximum: int | None = None) -> int:
+    """A whole number from 1 (to `maximum`): batch sizes, retention days."""
+    expected = f"a whole number from 1 to {maximum}" if maximum else "a whole number at least 1"
+    if not _DIGITS.fullmatch(raw):
+        raise _bad(name, expected, raw)
+    value = int(raw)
+    if value < 1 or (maximum is not None and value > maximum):
+        raise _bad(name, expected, raw)
+    return value
+
+
+def _finite(raw: str) -> float | None:
+    try:
+        value = float(raw)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def parse_seconds(name: str, raw: str, *, allow_zero: bool = False) -> float:
+    """A duration in seconds: above 0, or 0 or more where 0 means "no wait"."""
+    value = _finite(raw)
+    if value is None or value < 0 or (value == 0 and not allow_zero):
+        expected = "a number of seconds, 0 or more" if allow_zero else "a number of seconds above 0"
+        raise _bad(name, expected, raw)
+    return value
+
+
+def parse_credits(name: str, raw: str) -> float:
+    """A credit budget: a number above 0."""
+    value = _finite(raw)
+    if value is None or value <= 0:
+        raise _bad(name, "a number of credits above 0", raw)
+    return value
+
+
+def parse_choice(name: str, raw: str, choices: tuple[str, ...]) -> str:
+    """One of `choices`, exactly (S3 spells `AES256` and `aws:kms` this way)."""
+    if raw not in choices:
+        raise _bad(name, "one of " + ", ".join(choices), raw)
+    return raw
+
+
+def parse_http_url(name: str, raw: str) -> str:
+    """An http(s) URL with a host, returned as given (userinfo is allowed, never echoed)."""
+    ok = not _has_control(raw) and " " not in raw
+    if ok:
+        try:
+            parts = urlsplit(raw)
+            parts.port  # noqa: B018 -- raises ValueError for a port that is not a number
+        except ValueError:
+            ok = False
+        else:
+            ok = parts.scheme.lower() in ("http", "https") and bool(parts.hostname)
+    if not ok:
+        raise _bad(name, "an http(s) URL with a host", raw)
+    return raw
+
+
+def parse_path(name: str, raw: str) -> str:
+    """A file or directory path (relative to the working directory, or absolute)."""
+    if _has_control(raw):
+        raise _bad(name, "a path without control characters", raw)
+    return raw
+
+
+def parse_archive_uri(name: str, raw: str) -> str:
+    """A local path (optionally `file://`) or `s3://bucket[/prefix]`."""
+    scheme, sep, rest = raw.partition("://")
+    if _has_control(raw) or (
+        sep and (scheme.lower() not in ("s3", "file") or not rest.split("/", 1)[0])
+    ):
+        raise _bad(name, "a path or s3://bucket[/prefix]", raw)
+    return raw
+
+
+def parse_region(name: str, raw: str) -> str:
+    """An AWS-style region name (`eu-west-1`; S3-compatible stores also use e.g. `auto`)."""
+    if not _REGION.fullmatch(raw):
+        raise _bad(name, "a region name (letters, digits and '-')", raw)
+    return raw
+
+
+def parse_token(name: str, raw: str) -> str:
+    """An identifier such as a KMS key id, alias or ARN: no spaces or control characters."""
+    if _has_control(raw) or any(c.isspace() for c in raw):
+        raise _bad(name, "an identifier without spaces", raw)
+    return raw
+
+
+def parse_api_key(name: str, raw: str) -> str:
+    """An API key: printable ASCII without spaces (it goes into an HTTP header).
+
+    The message never contains the value, not even part of it.
+    """
+    if not (raw.isascii() and raw.isprintable()) or " " in raw:
+        raise ConfigurationError(
+            f"{name} is malformed (spaces, control or non-ASCII characters); value not shown"
+        )
+    return raw
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def _raw(environ: Mapping[str, str], name: str) -> str | None:
+    """The stripped value, or None when the variable is unset or blank (blank = unset)."""
+    value = environ.get(name)
+    if value is None:
+        return None
+    return value.strip() or None
+
+
+def _optional(environ: Mapping[str, str], name: str, parse: Callable[[str, str], T]) -> T | None:
+    raw = _raw(environ, name)
+    return None if raw is None else parse(name, raw)
+
+
+def _first(
+    environ: Mapping[str, str], names: tuple[str, ...], parse: Callable[[str, str], T]
+) -> T | None:
+    """The first set variable of `names` (every one is still validated)."""
+    values = [_optional(environ, name, parse) for name in names]
+    return next((v for v in values if v is not None), None)
+
+
+def _get(environ: Mapping[str, str], name: str, parse: Callable[[str, str], T], default: T) -> T:
+    value = _optional(environ, name, parse)
+    return default if value is None else value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The product's settings, typed and validated; see README's configuration table.
+
+    `api_key` is the raw key (kept out of `repr`); the Spine client wraps it in a `Secret`.
+    `s3_endpoint_url` is `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`; `aws_region` is
+    `AWS_REGION`, else `AWS_DEFAULT_REGION` (None: boto3's chain decides).
+    """
+
+    api_key: str | None = field(default=None, repr=False)
+    base_url: str = DEFAULT_BASE_URL
+    archive_uri: str = DEFAULT_ARCHIVE_URI
+    audit_db: str = DEFAULT_AUDIT_DB
+    catalog_path: str = DEFAULT_CATALOG
+    archive_batch_size: int = DEFAULT_ARCHIVE_BATCH_SIZE
+    poll_budget_seconds: float = DEFAULT_POLL_BUDGET_SECONDS
+    poll_min_interval_seconds: float = DEFAULT_POLL_MIN_INTERVAL
+    poll_max_interval_seconds: float = DEFAULT_POLL_MAX_INTERVAL
+    poll_rerequest_seconds: float = DEFAULT_POLL_REREQUEST
+    audit_retry_seconds: float = DEFAULT_AUDIT_RETRY
+    credit_budget_daily: float | None = None
+    credit_budget_monthly: float | None = None
+    s3_sse: str | None = None
+    s3_sse_kms_key_id: str | None = None
+    s3_object_lock_days: int | None = None
+    s3_endpoint_url: str | None = None
+    aws_region: str | None = None
+    dagster_home: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        """Parse and validate every variable; the first bad one raises `ConfigurationError`."""
+        e = environ
+        duration = partial(parse_seconds, allow_zero=False)
+        wait = partial(parse_seconds, allow_zero=True)
+        settings = cls(
+            api_key=_optional(e, "SPINE_API_KEY", parse_api_key),
+            base_url=_get(e, "SPINE_BASE_URL", parse_http_url, DEFAULT_BASE_URL),
+            archive_uri=_get(e, "SPINE_ARCHIVE_URI", parse_archive_uri, DEFAULT_ARCHIVE_URI),
+            audit_db=_get(e, "SPINE_AUDIT_DB", parse_path, DEFAULT_AUDIT_DB),
+            catalog_path=_get(e, "SPINE_CATALOG", parse_path, DEFAULT_CATALOG),
+            archive_batch_size=_get(
+                e, "SPINE_ARCHIVE_BATCH_SIZE", parse_positive_int, DEFAULT_ARCHIVE_BATCH_SIZE
+            ),
+            poll_budget_seconds=_get(
+                e, "SPINE_POLL_BUDGET_SECONDS", duration, DEFAULT_POLL_BUDGET_SECONDS
+            ),
+            poll_min_interval_seconds=_get(
+                e, "SPINE_POLL_MIN_INTERVAL_SECONDS", wait, DEFAULT_POLL_MIN_INTERVAL
+            ),
+            poll_max_interval_seconds=_get(
+                e, "SPINE_POLL_MAX_INTERVAL_SECONDS", wait, DEFAULT_POLL_MAX_INTERVAL
+            ),
+            poll_rerequest_seconds=_get(
+                e, "SPINE_POLL_REREQUEST_SECONDS", wait, DEFAULT_POLL_REREQUEST
+            ),
+            audit_retry_seconds=_get(e, "SPINE_AUDIT_RETRY_SECONDS", wait, DEFAULT_AUDIT_RETRY),
+            credit_budget_daily=_optional(e, "SPINE_CREDIT_BUDGET_DAILY", parse_credits),
+            credit_budget_monthly=_optional(e, "SPINE_CREDIT_BUDGET_MONTHLY", parse_credits),
+            s3_sse=_optional(e, "SPINE_S3_SSE", partial(parse_choice, choices=SSE_MODES)),
+            s3_sse_kms_key_id=_optional(e, "SPINE_S3_SSE_KMS_KEY_ID", parse_token),
+            s3_object_lock_days=_optional(
+                e,
+                "SPINE_S3_OBJECT_LOCK_DAYS",
+                partial(parse_positive_int, maximum=MAX_OBJECT_LOCK_DAYS),
+            ),
+            s3_endpoint_url=_first(e, ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), parse_http_url),
+            aws_region=_first(e, ("AWS_REGION", "AWS_DEFAULT_REGION"), parse_region),
+            dagster_home=_optional(e, "DAGSTER_HOME", parse_path),
+        )
+        settings._check_combinations()
+        return settings
+
+    def _check_combinations(self) -> None:
+        """Rules between variables, after each one parsed on its own."""
+        if self.s3_sse_kms_key_id is not None and self.s3_sse != "aws:kms":
+            raise ConfigurationError(
+                "SPINE_S3_SSE_KMS_KEY_ID is only valid with SPINE_S3_SSE=aws:kms"
+            )
+        if self.poll_min_interval_seconds > self.poll_max_interval_seconds:
+            raise ConfigurationError(
+                f"SPINE_POLL_MIN_INTERVAL_SECONDS ({self.poll_min_interval_seconds:g}) must not "
+                f"exceed SPINE_POLL_MAX_INTERVAL_SECONDS ({self.poll_max_interval_seconds:g})"
+            )
