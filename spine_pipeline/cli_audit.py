@@ -241,6 +241,3 @@ def report_credits(
     if html_path is not None:
         html_path.write_text(render_report_data_html(data), encoding="utf-8")
         click.echo(f"wrote {html_path}", err=True)
-
-
-COMMANDS = [audit, sql, search, cited, report]

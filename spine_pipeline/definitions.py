@@ -16,7 +16,7 @@ from spine_pipeline.defs.audit import (
     credit_report_schedule,
     no_overdue_runs,
 )
-from spine_pipeline.defs.poll import spine_poll_sensor
+from spine_pipeline.defs.poll_sensor import spine_poll_sensor
 from spine_pipeline.defs.resources import build_resources
 from spine_pipeline.defs.submit import submit_definitions
 from spine_pipeline.settings import Settings

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from spine_pipeline.archive.arrow_schemas import SCHEMA_VERSION
 from spine_pipeline.archive.artifacts import download_artifact
 from spine_pipeline.archive.fetch import (
     NotTerminalError,
@@ -41,13 +42,11 @@ from spine_pipeline.archive.manifest import (
 )
 from spine_pipeline.archive.parquet import encode_table
 from spine_pipeline.archive.records import BatchContext, FetchedRun
-from spine_pipeline.archive.schemas import SCHEMA_VERSION
 from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
 from spine_pipeline.spine import AsyncSpineClient, SpineError
 
 log = logging.getLogger(__name__)
 COMMIT_ATTEMPTS = 20
-PARQUET_TYPE = "application/vnd.apache.parquet"
 
 
 @dataclass(frozen=True)

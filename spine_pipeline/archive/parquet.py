@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from spine_pipeline.archive.schemas import parquet_metadata
+from spine_pipeline.archive.arrow_schemas import parquet_metadata
 from spine_pipeline.spine import rawjson
 
 ROW_GROUP_ROWS = 64_000

@@ -11,8 +11,8 @@ import io
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from spine_pipeline.archive.arrow_schemas import TABLES
 from spine_pipeline.archive.manifest import ManifestLog
-from spine_pipeline.archive.schemas import TABLES
 from spine_pipeline.archive.stores import ObjectStore
 
 

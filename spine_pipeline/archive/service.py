@@ -13,7 +13,7 @@ from spine_pipeline.archive.ledger import Ledger, in_flight, inflight_since
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.stores import ObjectStore, open_store
 from spine_pipeline.spine import AsyncSpineClient
-from spine_pipeline.spine.poll import poll_runs
+from spine_pipeline.spine.poll_pass import poll_runs
 
 ClientFactory = Callable[[], AsyncSpineClient]
 

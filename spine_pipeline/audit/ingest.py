@@ -40,8 +40,8 @@ from spine_pipeline.archive.manifest import (
     sha256_hex,
 )
 from spine_pipeline.archive.stores import ObjectStore
+from spine_pipeline.audit.ddl import DATA_TABLES, data_columns, run_facts_select
 from spine_pipeline.audit.duck import AuditError, configure_s3
-from spine_pipeline.audit.schema import DATA_TABLES, data_columns, run_facts_select
 from spine_pipeline.audit.search_index import index_manifests
 
 log = logging.getLogger(__name__)

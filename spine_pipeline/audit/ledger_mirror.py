@@ -31,9 +31,9 @@ from spine_pipeline.archive.ledger import (
     parse_ts,
 )
 from spine_pipeline.archive.stores import ObjectStore
+from spine_pipeline.audit.ddl import run_facts_select
 from spine_pipeline.audit.duck import sql_str
 from spine_pipeline.audit.ingest import IngestReport, get_state, set_state
-from spine_pipeline.audit.schema import run_facts_select
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 
 from spine_pipeline.archive.stores import ObjectStore, open_store
+from spine_pipeline.audit.ddl import ensure_schema, recount_search_stats, refill_run_facts
 from spine_pipeline.audit.duck import load_extension, sql_str
 from spine_pipeline.audit.ingest import (
     IngestError,
@@ -29,7 +30,6 @@ from spine_pipeline.audit.ledger_mirror import (
     mirror_submissions,
     refresh_inflight,
 )
-from spine_pipeline.audit.schema import ensure_schema, recount_search_stats, refill_run_facts
 from spine_pipeline.audit.search_index import cluster_search_index
 from spine_pipeline.audit.snapshot import paths_for, prepare_spare, publish, writer_lock
 from spine_pipeline.settings import Settings

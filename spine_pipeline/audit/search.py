@@ -30,8 +30,8 @@ from typing import Any
 
 import duckdb
 
+from spine_pipeline.audit.ddl import MACROS
 from spine_pipeline.audit.duck import AuditError, load_extension, reading
-from spine_pipeline.audit.schema import MACROS
 
 SNIPPET_CHARS = 160
 K1 = 1.2
@@ -75,7 +75,7 @@ class CitedSource:
 
 
 @dataclass(frozen=True)
-class _Doc:
+class _Candidate:
     """A ranked candidate, as `search_docs` describes it."""
 
     doc_id: int
@@ -215,7 +215,7 @@ def _rank(
     since: date | None,
     limit: int | None,
     needle: str | None = None,
-) -> tuple[list[_Doc], bool]:
+) -> tuple[list[_Candidate], bool]:
     """The ranked candidates, and whether their row pointers can be used.
 
     `needle` (an ASCII phrase, lower-cased) lets a query whose terms are all common find
@@ -240,7 +240,7 @@ def _rank(
     if scan:
         params["needle"] = needle
     rows = con.execute(_rank_sql(by_df, pointers, limit, scan), params).fetchall()
-    return [_Doc(*r) for r in rows], pointers
+    return [_Candidate(*r) for r in rows], pointers
 
 
 # ----------------------------------------------------------------------------- texts
@@ -263,8 +263,8 @@ def _by_rowid(
 
 
 def _texts_by_pointer(
-    con: duckdb.DuckDBPyConnection, docs: list[_Doc]
-) -> tuple[_Texts, list[_Doc]]:
+    con: duckdb.DuckDBPyConnection, docs: list[_Candidate]
+) -> tuple[_Texts, list[_Candidate]]:
     """Texts through the row pointers, each row's key checked; the rest need a key join."""
     blocks = _by_rowid(
         con,
@@ -285,7 +285,7 @@ def _texts_by_pointer(
         {d.text_row for d in docs if d.kind == "source_title" and d.text_row is not None},
     )
     out: _Texts = {}
-    rest: list[_Doc] = []
+    rest: list[_Candidate] = []
     for d in docs:
         block = blocks.get(d.block_row) if d.block_row is not None else None
         if block is not None and block[:2] != (d.run_id, d.block_ordinal):
@@ -308,7 +308,9 @@ def _texts_by_pointer(
     return out, rest
 
 
-def _texts_by_key(con: duckdb.DuckDBPyConnection, docs: list[_Doc], needle: str | None) -> _Texts:
+def _texts_by_key(
+    con: duckdb.DuckDBPyConnection, docs: list[_Candidate], needle: str | None
+) -> _Texts:
     """Texts by row key, one hash join per document kind; `needle` (lower-case ASCII) keeps
     only texts that may contain it (a superset of Python's case-insensitive match)."""
 
@@ -362,7 +364,7 @@ LEFT JOIN blocks b ON b.run_id = t.run_id AND b.ordinal = t.block_ordinal"""
 
 
 def _texts(
-    con: duckdb.DuckDBPyConnection, docs: list[_Doc], pointers: bool, needle: str | None
+    con: duckdb.DuckDBPyConnection, docs: list[_Candidate], pointers: bool, needle: str | None
 ) -> _Texts:
     """Text and block name of each document (absent: the row is gone or fails `needle`)."""
     out: _Texts = {}
@@ -407,15 +409,15 @@ def snippet(text: str | None, words: list[str], width: int = SNIPPET_CHARS) -> s
 
 def _with_phrase(
     con: duckdb.DuckDBPyConnection,
-    ranked: list[_Doc],
+    ranked: list[_Candidate],
     pointers: bool,
     phrase: str,
     limit: int,
-) -> list[tuple[_Doc, str | None, str | None]]:
+) -> list[tuple[_Candidate, str | None, str | None]]:
     """The first `limit` candidates, in rank order, whose text contains `phrase`."""
     needle = phrase.lower()
     prefilter = needle if needle.isascii() else None  # see the module docstring
-    out: list[tuple[_Doc, str | None, str | None]] = []
+    out: list[tuple[_Candidate, str | None, str | None]] = []
     pos, rounds = 0, 0
     while pos < len(ranked) and len(out) < limit:
         if rounds < POINTER_ROUNDS and pointers:

@@ -30,7 +30,6 @@ import pyarrow.parquet as pq
 from spine_pipeline.audit.duck import AuditError, reading
 
 ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-FORMATS = ("table", "csv", "json", "parquet")
 CELL_WIDTH = 60
 
 

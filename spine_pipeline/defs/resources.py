@@ -17,7 +17,7 @@ from dagster_duckdb import DuckDBResource
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.stores import ObjectStore, open_store
-from spine_pipeline.polling import InFlightSource
+from spine_pipeline.poll_plan import InFlightSource
 from spine_pipeline.settings import DEFAULT_ARCHIVE_BATCH_SIZE, DEFAULT_ARCHIVE_URI, Settings
 from spine_pipeline.spine import AsyncSpineClient, RetryPolicy, SpineClient
 

@@ -91,11 +91,6 @@ IMAGE_CONTENT_TYPES: frozenset[str] = frozenset(
     {"image/png", "image/jpeg", "image/gif", "image/webp", "image/svg+xml"}
 )
 
-SOURCE_BLOCKS: frozenset[str] = frozenset(
-    {"web-block", "web-research-block", "deep-research-block", "prompt-block", "yt-block"}
-)
-"""Block types that usually carry source attributions."""
-
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "partial", "failed"})
 
 MSG_MISSING_KEY = "X-API-KEY header required"

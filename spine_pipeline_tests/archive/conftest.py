@@ -5,9 +5,9 @@ import time
 import pytest
 
 from spine_pipeline.archive.archiver import Archiver
+from spine_pipeline.archive.arrow_schemas import TABLES
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.read import read_committed
-from spine_pipeline.archive.schemas import TABLES
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.spine import AsyncSpineClient, RetryPolicy, SpineClient
 

@@ -7,6 +7,7 @@ import json
 import pyarrow as pa
 import pytest
 
+from spine_pipeline.archive.arrow_schemas import TABLES
 from spine_pipeline.archive.flatten.urls import redact_unparsed
 from spine_pipeline.archive.layout import (
     CHAINED_PREFIXES,
@@ -18,7 +19,6 @@ from spine_pipeline.archive.layout import (
     table_key,
 )
 from spine_pipeline.archive.manifest import ManifestLog
-from spine_pipeline.archive.schemas import TABLES
 from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline_tests.archive.conftest import ArchiveKit
 

@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
+from spine_pipeline.archive.arrow_schemas import TABLES
 from spine_pipeline.archive.fetch import raw_doc
 from spine_pipeline.archive.flatten import (
     flatten_batch,
@@ -27,7 +28,6 @@ from spine_pipeline.archive.records import (
     parse_json,
     split_envelope,
 )
-from spine_pipeline.archive.schemas import TABLES
 from spine_pipeline.spine.envelope import unwrap
 
 CANVAS = "11111111-1111-4111-8111-111111111111"

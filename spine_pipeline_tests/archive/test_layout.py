@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from spine_pipeline.archive import layout
+from spine_pipeline.archive.arrow_schemas import TABLES
 from spine_pipeline.archive.gc import collect_garbage
 from spine_pipeline.archive.layout import (
     TableKey,
@@ -32,7 +33,6 @@ from spine_pipeline.archive.layout import (
     tracked_run_id,
 )
 from spine_pipeline.archive.manifest import ArtifactEntry, FileEntry, Manifest, ManifestLog
-from spine_pipeline.archive.schemas import TABLES
 from spine_pipeline.archive.stores import ObjectStore, open_store, validate_key
 from spine_pipeline.archive.stores.s3 import LOCKED_PREFIXES
 from spine_pipeline.archive.verify import verify_archive

@@ -14,7 +14,7 @@ from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.service import run_states
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.audit import connect_readonly, refresh_audit_db
-from spine_pipeline.polling import InFlightSource
+from spine_pipeline.poll_plan import InFlightSource
 from spine_pipeline_tests.audit.conftest import World, rows
 
 

@@ -26,8 +26,8 @@ from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.records import FetchedRun, RawDoc
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.audit import AuditError, rebuild_audit_db, refresh_audit_db, search
+from spine_pipeline.audit.ddl import run_facts_select
 from spine_pipeline.audit.duck import REGISTRY, load_extension, reading
-from spine_pipeline.audit.schema import run_facts_select
 from spine_pipeline_tests.audit.conftest import World
 
 S = importlib.import_module("spine_pipeline.audit.search")

@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from spine_pipeline.archive.arrow_schemas import TABLES
 from spine_pipeline.archive.flatten.columns import Cols
 from spine_pipeline.archive.flatten.dag import artifact_node_ids, flatten_dag
 from spine_pipeline.archive.flatten.runs import add_run, flatten_artifacts, flatten_run_doc
@@ -19,7 +20,6 @@ from spine_pipeline.archive.flatten.slicing import SourceDoc, load_doc, unparsed
 from spine_pipeline.archive.flatten.tasks import flatten_tasks
 from spine_pipeline.archive.flatten.values import Buffer, as_utc, first_str
 from spine_pipeline.archive.records import BatchContext, FetchedRun
-from spine_pipeline.archive.schemas import TABLES
 
 __all__ = ["flatten_batch", "flatten_batch_by_dt", "flatten_run", "partition_dt"]
 

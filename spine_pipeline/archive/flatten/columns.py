@@ -13,8 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from spine_pipeline.archive.arrow_schemas import TABLES
 from spine_pipeline.archive.flatten.values import BUFFERS, Buffer
-from spine_pipeline.archive.schemas import TABLES
 from spine_pipeline.spine.textfidelity import replace_surrogates
 
 __all__ = ["ZERO_COPY_BYTES", "Cols"]

@@ -25,19 +25,11 @@ from spine_pipeline.archive.layout import manifest_key
 from spine_pipeline.archive.ledger import ABANDON_AFTER, Ledger, TrackedRun
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.settings import (
-    DEFAULT_POLL_MAX_INTERVAL,
-    DEFAULT_POLL_MIN_INTERVAL,
-    DEFAULT_POLL_REREQUEST,
     Settings,
 )
 from spine_pipeline.spine import AsyncSpineClient
-from spine_pipeline.spine.poll import PollResult, poll_runs
+from spine_pipeline.spine.poll_pass import PollResult, poll_runs
 
-# Defaults of SPINE_POLL_MIN/MAX_INTERVAL_SECONDS and SPINE_POLL_REREQUEST_SECONDS (tests and
-# demos shorten the schedule; the soak re-requests crashed batches sooner).
-MIN_INTERVAL = DEFAULT_POLL_MIN_INTERVAL
-MAX_INTERVAL = DEFAULT_POLL_MAX_INTERVAL
-REREQUEST_AFTER = DEFAULT_POLL_REREQUEST
 OVERDUE_AFTER = timedelta(hours=3)
 PLAN_VERSION = 1
 

@@ -11,14 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from spine_pipeline.archive.flatten import flatten_batch
-from spine_pipeline.archive.schemas import (
+from spine_pipeline.archive.arrow_schemas import (
     SCHEMA_VERSION,
     TABLES,
     parquet_metadata,
     render_tables_markdown,
     schema_for,
 )
+from spine_pipeline.archive.flatten import flatten_batch
 from spine_pipeline_tests.archive.test_flatten import (
     CTX,
     EXACT,

@@ -1,7 +1,10 @@
 """The poll plan: per-run backoff, batching inputs, cursor loss recovery."""
 
-from spine_pipeline.polling import MAX_INTERVAL, MIN_INTERVAL, REREQUEST_AFTER, PollPlan
-from spine_pipeline.spine.poll import PollResult
+from spine_pipeline.poll_plan import PollPlan
+from spine_pipeline.settings import DEFAULT_POLL_MAX_INTERVAL as MAX_INTERVAL
+from spine_pipeline.settings import DEFAULT_POLL_MIN_INTERVAL as MIN_INTERVAL
+from spine_pipeline.settings import DEFAULT_POLL_REREQUEST as REREQUEST_AFTER
+from spine_pipeline.spine.poll_pass import PollResult
 
 
 class FakeRun:
@@ -102,7 +105,7 @@ def test_a_hanging_store_fails_the_tick_within_its_budget_and_loses_nothing(tmp_
     from spine_pipeline.archive.ledger import Ledger
     from spine_pipeline.archive.manifest import ManifestLog
     from spine_pipeline.archive.stores import open_store
-    from spine_pipeline.polling import InFlightSource, StorageTimeout, run_tick
+    from spine_pipeline.poll_plan import InFlightSource, StorageTimeout, run_tick
     from spine_pipeline.spine import AsyncSpineClient, SpineClient
 
     store = open_store(str(tmp_path / "archive"))
@@ -135,7 +138,7 @@ def test_a_replaced_archive_root_is_read_afresh(tmp_path):
     from spine_pipeline.archive.ledger import Ledger
     from spine_pipeline.archive.manifest import Manifest, ManifestLog, RunEntry
     from spine_pipeline.archive.stores import open_store
-    from spine_pipeline.polling import InFlightSource
+    from spine_pipeline.poll_plan import InFlightSource
 
     root = tmp_path / "archive"
     store = open_store(str(root))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import duckdb
 import pyarrow as pa
 
-from spine_pipeline.archive.schemas import TABLES
+from spine_pipeline.archive.arrow_schemas import TABLES
 
 AUDIT_SCHEMA_VERSION = 2  # 2: no primary key on the tables that grow (UNKEYED_TABLES)
 DATA_TABLES = tuple(TABLES)  # runs, blocks, block_sources, edges, tasks, artifacts, run_errors

@@ -4,7 +4,7 @@ import asyncio
 import time
 
 from spine_pipeline.spine import AsyncSpineClient, SpineClient
-from spine_pipeline.spine.poll import poll_runs
+from spine_pipeline.spine.poll_pass import poll_runs
 
 
 def _runs(sim, n):

@@ -1,4 +1,4 @@
-"""The poll sensor: a thin shell around `spine_pipeline.polling.run_tick`.
+"""The poll sensor: a thin shell around `spine_pipeline.poll_plan.run_tick`.
 
 Each tick polls due in-flight runs (bounded concurrency, 40 s budget), hands terminal runs
 to `archive_spine_runs` in batches, asks for one `refresh_audit_db` run when committed
@@ -14,7 +14,7 @@ from spine_pipeline.defs.archive import spine_runs
 from spine_pipeline.defs.audit import archive_job, audit_job, audit_lag, audit_refresh_request
 from spine_pipeline.defs.names import POLL_SENSOR, archive_run_config
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
-from spine_pipeline.polling import run_tick
+from spine_pipeline.poll_plan import run_tick
 from spine_pipeline.settings import Settings
 
 
