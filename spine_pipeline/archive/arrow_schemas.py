@@ -1,6 +1,6 @@
 """Explicit Arrow schemas of the archive tables: the contract Parquet readers rely on.
 
-Every table has the columns design.md 4.4 fixes, plus extras that make the archive lossless
+Every table has the columns docs/contracts.md 4.4 fixes, plus extras that make the archive lossless
 (`raw_json`, `raw_bytes`) or easier to audit (`ordinal`, counts). Column descriptions live in
 field metadata so `docs/archive-format.md` is generated from (and tested against) this module.
 `dt` is not a column: it is the Hive partition in the path.
@@ -251,7 +251,7 @@ def parquet_metadata(table: str) -> dict[bytes, bytes]:
     }
 
 
-# runs lists archived_at/batch_id itself (design.md order); the other tables get them last.
+# runs lists archived_at/batch_id itself (docs/contracts.md order); the other tables get them last.
 TABLES: dict[str, pa.Schema] = {
     "runs": _schema("runs", _RUNS, load_cols=False),
     "blocks": _schema("blocks", _BLOCKS),

@@ -1,4 +1,4 @@
-"""The audit database's tables and report views (design.md 4.4).
+"""The audit database's tables and report views (docs/contracts.md 4.4).
 
 The seven data tables are generated from the archive's Arrow schemas, so every archived
 column is queryable and a column added to the archive appears here without a code change
@@ -49,8 +49,8 @@ def _create_data_table(table: str, name: str | None = None) -> str:
 
 
 # No primary key on the tables that grow with the archive (runs, submissions,
-# ledger_tracked): DuckDB rewrites a table's whole ART index at every checkpoint, 1.3 s per
-# refresh for the 100,000 run ids of `runs` alone (docs/benchmarks.md). Their keys are kept
+# ledger_tracked): DuckDB rewrites a table's whole ART index at every checkpoint, which
+# made each refresh grow with the archive (figures in docs/decisions.md). Their keys are kept
 # unique by the ingest instead: a manifest repeating a run is refused, and ledger records
 # are inserted only under keys not yet present.
 UNKEYED_TABLES = ("runs", "submissions", "ledger_tracked")
@@ -330,8 +330,7 @@ def _drop_growing_keys(con: duckdb.DuckDBPyConnection) -> None:
     """Migrate a database of an older layout: recreate UNKEYED_TABLES without their key.
 
     DuckDB cannot drop a constraint, so the rows are copied (in order: the search index
-    points at row ids) into a new table of the current layout; once per file, 2 s per
-    100,000 runs here.
+    points at row ids) into a new table of the current layout; once per file.
     """
     keyed = [
         r[0]
@@ -446,7 +445,7 @@ def _ensure_run_facts(con: duckdb.DuckDBPyConnection) -> None:
     """Create `run_facts_stored`, or rebuild it if its layout or row count is off.
 
     A database from before it existed, or one whose definition changed, gets it filled
-    from `runs` and `submissions` once (0.1 s per 100,000 runs); after that the ingest
+    from `runs` and `submissions` once; after that the ingest
     keeps it exact and this is two counts.
     """
     con.execute("BEGIN TRANSACTION")

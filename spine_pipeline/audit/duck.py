@@ -29,7 +29,7 @@ ATTACH_NAME = "audit"
 LOCK_RETRY_SECONDS = 5.0
 # A snapshot nobody reads stays open this long, so that calls in a row (a report, then its
 # headline; a notebook's queries) do not each pay DuckDB's instance start and the attach
-# of the catalog (together about 20 ms). Kept short: an idle snapshot still holds its read
+# of the catalog (figures in docs/decisions.md). Kept short: an idle snapshot holds its read
 # lock, and the writer can only reuse a file nobody holds (it closes this process's idle
 # ones itself; another process's keep the lock this long at most, after which the writer
 # copies instead of reusing, which is slower but correct).
@@ -200,7 +200,7 @@ def _open_snapshot(path: Path, stemmer: bool) -> _Snapshot:
     base = duckdb.connect(":memory:")
     try:
         base.execute("SET TimeZone = 'UTC'")
-        if stemmer:  # `audit_term` uses its stemmer; loading it costs ~20 ms per open
+        if stemmer:  # `audit_term` needs the stemmer; loaded only then (it costs each open)
             load_extension(base, "fts")
         base.execute(f"ATTACH {sql_str(str(path))} AS {ATTACH_NAME} (READ_ONLY)")
         base.execute(f"USE {ATTACH_NAME}")

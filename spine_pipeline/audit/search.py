@@ -42,7 +42,7 @@ POINTER_BATCH = 48
 # Pointer rounds for a phrase before the remaining candidates are checked in one join.
 POINTER_ROUNDS = 2
 # A phrase whose rarest term is in more documents than this finds its candidates with one
-# verbatim pass over the texts (about 0.2 s per 500 MB here) instead of the postings.
+# verbatim pass over the texts instead of the postings (cheaper there; docs/decisions.md).
 SCAN_ABOVE_DF = 50_000
 
 

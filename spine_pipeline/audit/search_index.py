@@ -33,8 +33,8 @@ def index_manifests(
 ) -> int:
     """Add the manifests' block contents, final outputs and source titles to the index.
 
-    DuckDB's `PRAGMA create_fts_index` rebuilds from scratch (about 20 s per 200,000
-    documents here), so the index is kept incrementally in tables of the same shape, with the
+    DuckDB's `PRAGMA create_fts_index` rebuilds from scratch on every call, so the index is
+    kept incrementally in tables of the same shape, with the
     fts extension's Porter stemmer; see docs/decisions.md. Each document keeps a pointer to
     the row of its text, and the per-term document frequencies and corpus statistics BM25
     needs are updated here, in the manifest's transaction (`bulk`, a rebuild nobody reads
@@ -111,9 +111,9 @@ def cluster_search_index(con: duckdb.DuckDBPyConnection) -> None:
     """Rewrite the postings sorted by term, so row-group statistics prune a term's scan.
 
     Terms are hashes, so appended postings span the whole range and every search scans the
-    column (about 0.9 s per 200 M postings here); sorted, a search reads a few row groups
-    (about 0.05 s). Sorting 200 M postings takes about 40 s, so only a rebuild does it;
-    refreshes append an unsorted tail until the next rebuild.
+    column; sorted, a search reads a few row groups. Sorting every posting is too slow for
+    a refresh, so only a rebuild does it; refreshes append an unsorted tail until the next
+    rebuild (figures in docs/decisions.md).
     """
     con.execute("BEGIN TRANSACTION")
     try:

@@ -58,8 +58,8 @@ class LazyS3Resource(S3Resource):
     """dagster-aws's `S3Resource`, without building a boto3 client when it is initialised.
 
     Dagster initialises a sensor's resources on every tick, and `S3Resource` builds its
-    client then (0.3 s: botocore loads its endpoint and service JSON), even for a
-    local-disk archive that never uses it; that was 40 % of a 100-run tick. Here the
+    client then (botocore loads its endpoint and service JSON), even for a local-disk
+    archive that never uses it: a large share of a tick (figures in docs/decisions.md). Here the
     resource itself is what `context.resources.s3` gives; `get_client()` builds a client
     when one is needed.
     """

@@ -116,7 +116,7 @@ class Upload:
 
     @property
     def is_image(self) -> bool:
-        """Images become image-blocks, everything else file-blocks (spine-api.md 2.1)."""
+        """Images become image-blocks, everything else file-blocks (docs/spine-api.md 2.1)."""
         lower = self.name.lower()
         ext = lower[lower.rfind(".") :] if "." in lower else ""
         ctype = self.content_type.split(";")[0].strip().lower()

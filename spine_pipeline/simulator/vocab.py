@@ -1,4 +1,4 @@
-"""Closed vocabularies of the public Spine API (spine-api.md sections 3 and 4.2).
+"""Closed vocabularies of the public Spine API (docs/spine-api.md sections 3 and 4.2).
 
 Kept in one place so validation messages, generation rules and tests agree on the exact strings.
 """
@@ -53,7 +53,7 @@ TEMPLATE_BLOCKS: dict[str, frozenset[str]] = {
     "app": _blocks("prompt", "app", "text"),
     "landing_page": _blocks("prompt", "web", "image", "yt", "landing-page", "text"),
 }
-"""Template -> allowed block types (spine-api.md 3.3)."""
+"""Template -> allowed block types (docs/spine-api.md 3.3)."""
 
 TEMPLATE_OUTPUT: dict[str, str] = {
     "deep_research": "memo-block",
@@ -104,12 +104,12 @@ MSG_BAD_CONTENT_TYPE = "Content-Type must be multipart/form-data"
 
 
 def invalid_template_message(value: str) -> str:
-    """Exact 400 message for an unknown template (spine-api.md 4.2)."""
+    """Exact 400 message for an unknown template (docs/spine-api.md 4.2)."""
     return f"Invalid template: {value}. Valid templates: {', '.join(sorted(TEMPLATES))}"
 
 
 def invalid_blocks_message(bad: list[str]) -> str:
-    """Exact 400 message for unknown block types (spine-api.md 4.2, list in full)."""
+    """Exact 400 message for unknown block types (docs/spine-api.md 4.2, list in full)."""
     return (
         f"Invalid block types: {', '.join(bad)}. "
         f"Valid block types: {', '.join(sorted(BLOCK_TYPES))}"

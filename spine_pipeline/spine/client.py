@@ -52,7 +52,7 @@ from spine_pipeline.spine.settings import SpineSettings
 USER_AGENT = "spine-pipeline/0.1 (+httpx)"
 _CHUNK = 1 << 20
 # httpcore asks `import sniffio` on every lock/event it sets up (several per request); when
-# sniffio is not installed, each failed import walks sys.path (~80 us). A None entry in
+# sniffio is not installed, each failed import walks sys.path again. A None entry in
 # sys.modules makes the same import fail at once, exactly as it would anyway.
 if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
     sys.modules["sniffio"] = None  # type: ignore[assignment]
@@ -461,8 +461,8 @@ class SpineClient(_Base):
 def _tls_context() -> ssl.SSLContext:
     """One TLS context per process, shared by every async client and its pools.
 
-    httpx builds a new one for every client created without one (20-40 ms: certifi's CA
-    bundle), and each sensor tick creates a client. A context is safe to share.
+    httpx builds a new one for every client created without one (it loads certifi's CA
+    bundle each time), and each sensor tick creates a client. A context is safe to share.
     """
     return httpx.create_ssl_context()
 
@@ -470,8 +470,8 @@ def _tls_context() -> ssl.SSLContext:
 def _read_transport(max_connections: int, tls: ssl.SSLContext) -> httpx.AsyncBaseTransport:
     """aiohttp's HTTP/1.1 (C parser) under httpx for the API's GETs: half the CPU per request.
 
-    httpcore spent ~0.9 ms of CPU per GET here, so a 1,000-run poll tick was bound by the
-    client; through aiohttp it is ~0.4 ms (docs/benchmarks.md). Only idempotent reads go
+    Through httpcore a 1,000-run poll tick was bound by the client's CPU; through aiohttp
+    it takes about half (docs/decisions.md, docs/benchmarks.md). Only idempotent reads go
     this way: httpx-aiohttp maps a connection dropped after the request was sent to
     `httpx.ConnectTimeout`, which for a submit would read as "never sent" and be repeated.
     """

@@ -1,4 +1,4 @@
-"""Archive table schemas: the design.md 4.4 contract, Parquet round trips, docs in sync."""
+"""Archive table schemas: the docs/contracts.md 4.4 contract, Parquet round trips, docs in sync."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from spine_pipeline_tests.archive.test_flatten import (
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "archive-format.md"
 
-# design.md 4.4: names and listed columns are fixed.
+# docs/contracts.md 4.4: names and listed columns are fixed.
 REQUIRED = {
     "runs": "run_id, canvas_id, canvas_name, canvas_url, status, prompt, template, template_used, "
     "models_used, credits_consumed, duration_ms, final_output, error_count, block_count, "

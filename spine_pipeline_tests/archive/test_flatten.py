@@ -35,7 +35,7 @@ NODE_A = "22222222-2222-4222-8222-222222222222"
 NODE_B = "33333333-3333-4333-8333-333333333333"
 RUN_ID = "550e8400-e29b-41d4-a716-446655440000"
 
-# spine-api.md section 8, verbatim (including its line breaks and indentation).
+# docs/spine-api.md section 8, verbatim (including its line breaks and indentation).
 FIXTURE_DAG = """{"canvas_id":"11111111-1111-4111-8111-111111111111","canvas_name":"Q1 report",
  "nodes":[
   {"id":"22222222-2222-4222-8222-222222222222","name":"Market scan","type":"web-research-block",
