@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from benchmarks.common import BENCH_DIR, Result, Row, interleave, median, say
@@ -77,9 +78,7 @@ def run(reps: int = 5, quick: bool = False) -> Result:
 
                 cold = tick()
                 if n == HEADLINE:
-                    measured, baseline = interleave(
-                        tick, lambda subset=subset: _sdk_loop(sim, subset), reps
-                    )
+                    measured, baseline = interleave(tick, partial(_sdk_loop, sim, subset), reps)
                     result.rows.append(
                         Row(
                             "poll",
