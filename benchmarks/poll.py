@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 
+import dagster as dg
+
 from benchmarks.common import BENCH_DIR, Result, Row, interleave, median, say
 from benchmarks.dagster_env import pipeline_env
 from benchmarks.sim import SimProcess
@@ -71,7 +73,11 @@ def run(reps: int = 5, quick: bool = False) -> Result:
                 instance,
             ):
 
-                def tick(subset: list[str] = subset, defs=defs, instance=instance) -> float:
+                def tick(
+                    subset: list[str] = subset,
+                    defs: dg.Definitions = defs,
+                    instance: dg.DagsterInstance = instance,
+                ) -> float:
                     start = time.perf_counter()
                     evaluate_poll_sensor(defs, instance, None)
                     return time.perf_counter() - start
