@@ -40,10 +40,11 @@ bench: $(VENV_STAMP)  ## benchmarks; writes docs/benchmarks.md
 lint: $(VENV_STAMP)
 	$(UV) run --frozen ruff check $(PY_DIRS)
 	$(UV) run --frozen ruff format --check $(PY_DIRS)
+	$(UV) run --frozen mypy
 
 fmt: $(VENV_STAMP)
 	$(UV) run --frozen ruff check --fix $(PY_DIRS)
 	$(UV) run --frozen ruff format $(PY_DIRS)
 
 clean:
-	rm -rf .venv .pytest_cache .ruff_cache data/archive data/audit.duckdb data/dagster_home
+	rm -rf .venv .pytest_cache .ruff_cache .mypy_cache data/archive data/audit.duckdb data/dagster_home

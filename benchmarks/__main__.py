@@ -15,6 +15,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable
+from types import ModuleType
 
 from benchmarks.common import BENCH_DIR, Result, say
 from benchmarks.report import ORDER, load_all, table, write_doc
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"{name}: start")
         t0 = time.perf_counter()
 
-        def go(module=module) -> Result:  # type: ignore[no-untyped-def]
+        def go(module: ModuleType = module) -> Result:
             return module.run(reps=args.reps, quick=args.quick)
 
         result = _profiled(name, go) if args.profile else go()

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import duckdb
@@ -106,9 +108,9 @@ def _duck(sql: str) -> float:
     return time.perf_counter() - start
 
 
-def _timed(fn: object) -> float:
+def _timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
-    fn()  # type: ignore[operator]
+    fn()
     return time.perf_counter() - start
 
 
@@ -203,6 +205,11 @@ class _Queries:
     def measure(self, reps: int, *, when: str, only_search: bool = False) -> None:
         db, phrase = self.db, f'"{synth.PHRASE}"'
         self.result.facts[f"search_hits ({when})"] = len(search(db, phrase))
+
+        def credits_snapshot_closed() -> object:
+            REGISTRY.close_idle()
+            return credit_report(db, by="template")
+
         cases = [
             (
                 "report credits --by template",
@@ -215,7 +222,7 @@ class _Queries:
             # call starts DuckDB and attaches the snapshot, as the baseline starts DuckDB.
             (
                 "report credits --by template, snapshot not kept open",
-                lambda: (REGISTRY.close_idle(), credit_report(db, by="template")),
+                credits_snapshot_closed,
                 self.credits_sql,
             ),
         ]
@@ -239,9 +246,7 @@ class _Queries:
             self.result.facts["ideal_phrase_scan_without_limit_s"] = round(median(full), 3)
         for name, fn, sql in cases[1:2] if only_search else cases:
             _timed(fn)  # the first call attaches the snapshot
-            measured, baseline = interleave(
-                lambda fn=fn: _timed(fn), lambda sql=sql: _duck(sql), reps
-            )
+            measured, baseline = interleave(partial(_timed, fn), partial(_duck, sql), reps)
             value, base = median(measured), median(baseline)
             self.result.rows.append(
                 Row(

@@ -14,7 +14,10 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+
+import dagster as dg
 
 from benchmarks.common import BENCH_DIR, Result, Row, interleave, median, say
 from benchmarks.dagster_env import pipeline_env
@@ -70,16 +73,18 @@ def run(reps: int = 5, quick: bool = False) -> Result:
                 instance,
             ):
 
-                def tick(subset: list[str] = subset, defs=defs, instance=instance) -> float:
+                def tick(
+                    subset: list[str] = subset,
+                    defs: dg.Definitions = defs,
+                    instance: dg.DagsterInstance = instance,
+                ) -> float:
                     start = time.perf_counter()
                     evaluate_poll_sensor(defs, instance, None)
                     return time.perf_counter() - start
 
                 cold = tick()
                 if n == HEADLINE:
-                    measured, baseline = interleave(
-                        tick, lambda subset=subset: _sdk_loop(sim, subset), reps
-                    )
+                    measured, baseline = interleave(tick, partial(_sdk_loop, sim, subset), reps)
                     result.rows.append(
                         Row(
                             "poll",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             workdir=workdir,
             keep_workdir=workdir is not None,
         )
-        report = run_soak(config, say=lambda line, b=backend: _say(b, line))
+        report = run_soak(config, say=partial(_say, backend))
         text = render(report)
         print(text, flush=True)
         texts.append(text)

@@ -221,11 +221,11 @@ def _check_audit_db(
             ).fetchall()
         }
         counts = {
-            table: con.execute(f"select count(*) from {table}").fetchone()[0]
+            table: (con.execute(f"select count(*) from {table}").fetchone() or (0,))[0]
             for table in ("edges", "tasks", "run_errors")
         }
-        (manifests,) = con.execute("select count(*) from manifests").fetchone()
-        (submissions,) = con.execute("select count(*) from submissions").fetchone()
+        (manifests,) = con.execute("select count(*) from manifests").fetchone() or (0,)
+        (submissions,) = con.execute("select count(*) from submissions").fetchone() or (0,)
     finally:
         con.close()
     dups = [r for r, n in runs.items() if n > 1]

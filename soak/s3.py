@@ -14,10 +14,12 @@ from typing import Any, Protocol
 class S3ServerLike(Protocol):
     """What the soak needs from an S3 server it may stop and restart."""
 
-    endpoint_url: str
     access_key: str
     secret_key: str
     region: str
+
+    @property
+    def endpoint_url(self) -> str: ...
 
     @property
     def running(self) -> bool: ...

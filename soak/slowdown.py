@@ -56,6 +56,7 @@ class SlowDownProxy:
         if self._server is None:
             raise RuntimeError("proxy is not running")
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)  # AF_INET gives a str; typeshed allows bytes too
         return f"http://{host}:{port}"
 
     def set_rate(self, rate: float) -> None:

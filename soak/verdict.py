@@ -130,7 +130,7 @@ def _job_timings(rig: Rig) -> None:
         for record in records:
             meta = record.asset_materialization.metadata if record.asset_materialization else {}
             for name in fields:
-                if name in meta:
+                if name in meta and isinstance(value := meta[name].value, int | float):
                     label = f"{key}.{name}"
-                    found.setdefault(label, []).append(float(meta[name].value))
+                    found.setdefault(label, []).append(float(value))
     rig.report.figures["phase_seconds"] = found

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import dagster as dg
 
@@ -63,9 +63,28 @@ def prepare_dagster_home() -> Path:
 # -- the sensor ---------------------------------------------------------------------------
 
 
+class SensorTick(Protocol):
+    """What one evaluation returns, as the daemon reads it.
+
+    `evaluate_tick` returns Dagster's `SensorExecutionData`, which public `dagster` does not
+    export (it lives in `dagster._core`); this names the fields the callers read.
+    """
+
+    @property
+    def run_requests(self) -> Sequence[dg.RunRequest] | None: ...
+    @property
+    def skip_message(self) -> str | None: ...
+    @property
+    def cursor(self) -> str | None: ...
+    @property
+    def dynamic_partitions_requests(
+        self,
+    ) -> Sequence[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] | None: ...
+
+
 def evaluate_poll_sensor(
     defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
-) -> dg.SensorResult:
+) -> SensorTick:
     """One evaluation of the poll sensor, exactly as the daemon performs it."""
     sensor = defs.resolve_sensor_def(POLL_SENSOR)
     with dg.build_sensor_context(
@@ -106,7 +125,7 @@ def tick(
     instance: dg.DagsterInstance,
     cursor: str | None,
     launch: Callable[[dg.RunRequest], None],
-) -> dg.SensorResult:
+) -> SensorTick:
     """One daemon tick: evaluate the sensor, then `launch_requested` what it asked for."""
     result = evaluate_poll_sensor(defs, instance, cursor)
     launch_requested(instance, result, launch)
@@ -115,7 +134,7 @@ def tick(
 
 def launch_requested(
     instance: dg.DagsterInstance,
-    result: dg.SensorResult,
+    result: SensorTick,
     launch: Callable[[dg.RunRequest], None],
 ) -> None:
     """Apply a tick's partition requests, then hand each run request to `launch` in order.
@@ -186,9 +205,9 @@ def execute_submit_catalog(
 
 def submitted_runs(result: dg.ExecuteInProcessResult) -> list[tuple[str, str]]:
     """(submit asset, Spine run id) of each submit asset a run materialised."""
+    materializations = [e.materialization for e in result.get_asset_materialization_events()]
     return [
-        (e.asset_key.to_user_string(), str(e.materialization.metadata["run_id"].value))
-        for e in result.get_asset_materialization_events()
+        (m.asset_key.to_user_string(), str(m.metadata["run_id"].value)) for m in materializations
     ]
 
 
@@ -205,7 +224,7 @@ def step_failures(result: dg.ExecuteInProcessResult) -> list[StepFailure]:
     failures = []
     for event in result.all_events:
         if event.is_step_failure:
-            data = event.event_specific_data
+            data = event.step_failure_data
             described = data.user_failure_data.description if data.user_failure_data else None
             message = described or (data.error.message if data.error else event.message)
             failures.append(StepFailure(event.step_key or "?", str(message or "")))

@@ -59,11 +59,11 @@ class RunSchedule:
             raise ValueError("bad entry")
         next_poll, interval, status, requested, errors = raw
         return cls(
-            float(next_poll),  # type: ignore[arg-type]
-            float(interval),  # type: ignore[arg-type]
+            float(next_poll),
+            float(interval),
             status if isinstance(status, str) else None,
-            float(requested),  # type: ignore[arg-type]
-            int(errors),  # type: ignore[arg-type]
+            float(requested),
+            int(errors),
         )
 
 

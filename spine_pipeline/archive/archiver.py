@@ -287,7 +287,7 @@ def _archived(run: FetchedRun, manifest: Manifest) -> RunOutcome:
     dag = run.dag.value if run.dag is not None and isinstance(run.dag.value, dict) else {}
     nodes = dag.get("nodes")
     edges = dag.get("edges")
-    metadata = value.get("metadata") if isinstance(value.get("metadata"), dict) else {}
+    metadata = m if isinstance(m := value.get("metadata"), dict) else {}
     credits = metadata.get("credits_consumed")
     return RunOutcome(
         run_id=run.run_id,

@@ -67,7 +67,7 @@ async def download_artifact(
             break
         with tempfile.NamedTemporaryFile(dir=workdir, prefix="artifact-", delete=True) as fh:
             try:
-                got = await client.download(url, fh, max_bytes=max_bytes)  # type: ignore[arg-type]
+                got = await client.download(url, fh, max_bytes=max_bytes)
             except DownloadExpiredError as exc:
                 error = f"URL refused: {exc.message}"
                 if attempt == URL_REFRESHES:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 from spine_pipeline.archive.records import RawDoc
@@ -160,7 +161,7 @@ async def fetch_canvas(
     docs: list[RawDoc | None] = []
     for part, call in (("dag", client.get_dag), ("tasks", client.get_tasks)):
         try:
-            response = await _patiently(lambda call=call: call(canvas_id))
+            response = await _patiently(partial(call, canvas_id))
             docs.append(raw_doc(response.response))
         except MalformedResponseError as exc:
             error = f"{part}: {exc.message} (HTTP {exc.status_code})"

@@ -13,6 +13,7 @@ per run, which on Dagster's SQLite storage were most of the time of a 1,000-run 
 """
 
 import warnings
+from collections.abc import Iterator
 
 import dagster as dg
 
@@ -44,7 +45,7 @@ spine_run_checks = [
 
 
 @dg.multi_asset_check(specs=spine_run_checks, required_resource_keys={"spine", "archive"})
-def spine_run_check(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+def spine_run_check(context: dg.AssetCheckExecutionContext) -> Iterator[dg.AssetCheckResult]:
     """Re-run the checks on demand for the selected partitions, against the archive."""
     from spine_pipeline.archive.checks import recheck_runs
 
@@ -105,7 +106,9 @@ def _verdict(result: tuple[bool, str] | None) -> str:
     return "pass" if passed else f"FAIL: {detail[:300]}"
 
 
-def _run_metadata(o: RunOutcome, checks: dict[str, tuple[bool, str]]) -> dict[str, object]:
+def _run_metadata(
+    o: RunOutcome, checks: dict[str, tuple[bool, str]]
+) -> dict[str, dg.MetadataValue | str | int | None]:
     link = canvas_url(o.canvas_id)
     return {
         "status": o.status or "unknown",

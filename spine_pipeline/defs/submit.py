@@ -55,7 +55,7 @@ def submit_asset(request: CatalogRequest) -> dg.AssetsDefinition:
                 raise dg.Failure(description=str(exc), allow_retries=False) from None
         created = result.created
         context.log.info("submitted %s as run %s", request.name, created.run_id)
-        metadata: dict[str, object] = {
+        metadata: dict[str, dg.MetadataValue | str | list[str]] = {
             "run_id": created.run_id,
             "template": request.template,
             "submitted_at": result.submission.submitted_at,

@@ -198,7 +198,7 @@ class SimulatorConfig:
             raise ValueError(
                 "outcome_weights must be three non-negative numbers with a positive sum"
             )
-        self.outcome_weights = weights  # type: ignore[assignment]
+        self.outcome_weights = weights
 
     def __repr__(self) -> str:
         # Never show the API key (it ends up in logs and tracebacks otherwise).

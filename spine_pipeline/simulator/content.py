@@ -264,7 +264,7 @@ def _block_types(ctx: RunContext, rng: random.Random) -> tuple[list[str], str]:
     n_sources = max(1, round(n * rng.uniform(0.15, 0.35)))
     artifact_types = [t for t in generated if t in ARTIFACT_TYPE]
     n_outputs = min(rng.choice((1, 2, 2, 3, 3, 3, 4)), n - n_sources - 1) if artifact_types else 0
-    types: list[str] = []
+    types = []
     types += [_pick(rng, generated, _SOURCE_LAYER, generated) for _ in range(n_sources)]
     types += [
         _pick(
@@ -462,7 +462,7 @@ def _apply_outcome(ctx: RunContext, rng: random.Random, nodes: list[Node]) -> li
     if ctx.outcome == "partial" and work:
         safe = [n for n in work if not n.artifact_type] or work
         failing = rng.sample(safe, min(len(safe), rng.randint(1, 3)))
-        errors = []
+        errors: list[dict[str, Any]] = []
         for node in failing:
             node.final_status = "error"
             recoverable = rng.random() < 0.6
@@ -486,7 +486,7 @@ def _apply_outcome(ctx: RunContext, rng: random.Random, nodes: list[Node]) -> li
             errors.append({"error": "Some sources could not be retrieved"})
         return errors
     if ctx.outcome == "failed":
-        errors: list[dict[str, Any]] = [{"error": "Agent execution failed"}]
+        errors = [{"error": "Agent execution failed"}]
         if work:
             cut = rng.randrange(len(work))
             work[cut].final_status = "error"
@@ -792,7 +792,7 @@ def _final_output(plan: Plan, writer: Writer, ctx: RunContext) -> str:
         "",
         writer.bullets(3, 6),
     ]
-    deliverables = [n.artifact_name for n in plan.artifact_nodes]
+    deliverables = [n.artifact_name for n in plan.artifact_nodes if n.artifact_name is not None]
     if deliverables:
         lines += ["", "## Deliverables", ""] + [f"- {name[:120]}" for name in deliverables[:20]]
     if ctx.outcome == "partial":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-_encode_str = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_encode_str = json.encoder.encode_basestring
 
 
 def dumps(obj: Any) -> str:

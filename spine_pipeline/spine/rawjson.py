@@ -22,6 +22,7 @@ multi-byte UTF-8 sequences, so the lean text has exactly the structure of the or
 from __future__ import annotations
 
 import json
+import json.scanner
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -51,7 +52,8 @@ __all__ = [
 ]
 
 _scanstring = json.decoder.scanstring  # type: ignore[attr-defined]  # the C implementation
-_c_scan_once = json.scanner.make_scanner(json.JSONDecoder())
+# typeshed types the context as a scanner; it takes any object with a decoder's attributes.
+_c_scan_once = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
 _WS = re.compile(r"[ \t\n\r]*")
 # ASCII digits only: the C scanner (what json.loads uses) does not accept Unicode digits.
 _NUMBER = re.compile(r"(-?(?:0|[1-9][0-9]*))(\.[0-9]+)?([eE][-+]?[0-9]+)?")

@@ -55,10 +55,10 @@ def flatten_run_doc(doc: SourceDoc | None, raw: RawDoc, errors: Cols) -> dict[st
     A run document that could not be parsed (`doc` None) is kept verbatim in `raw_json`.
     """
     if doc is None:
-        raw_json, raw_bytes = unparsed_row(raw)
+        text, original = unparsed_row(raw)
         return {
-            "raw_json": raw_json,
-            "raw_bytes": raw_bytes,
+            "raw_json": text,
+            "raw_bytes": original,
             "blocks_json": None,
             "progress_json": None,
         }
@@ -106,8 +106,8 @@ def add_run(
     texts: Mapping[str, Any],
 ) -> None:
     """The `runs` row; `texts` are its JSON columns (`flatten_run_doc`, DAG and task tree)."""
-    result = run_value.get("result") if isinstance(run_value.get("result"), dict) else {}
-    meta = run_value.get("metadata") if isinstance(run_value.get("metadata"), dict) else {}
+    result = r if isinstance(r := run_value.get("result"), dict) else {}
+    meta = m if isinstance(m := run_value.get("metadata"), dict) else {}
     models = meta.get("models_used")
     final_output = result.get("final_output", run_value.get("final_output"))
     runs.add(

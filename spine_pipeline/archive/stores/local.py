@@ -22,7 +22,7 @@ import hashlib
 import os
 import stat
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -227,7 +227,7 @@ class LocalStore:
         *dirs, partial = prefix.split("/")
         return self._list(dirs, partial, prefix)
 
-    def _list(self, dirs: list[str], partial: str, prefix: str) -> Iterator[ObjectInfo]:
+    def _list(self, dirs: Sequence[str], partial: str, prefix: str) -> Iterator[ObjectInfo]:
         dir_fd = self._open_dir(dirs, prefix, create=False)
         if dir_fd is None:
             return
@@ -284,7 +284,7 @@ class LocalStore:
 
     # -- paths ----------------------------------------------------------------------------
 
-    def _open_dir(self, dirs: list[str], key: str, *, create: bool) -> int | None:
+    def _open_dir(self, dirs: Sequence[str], key: str, *, create: bool) -> int | None:
         """An fd of the directory holding `key`, walked without following any symlink.
 
         Returns None if a directory is missing and `create` is false. Directories created here

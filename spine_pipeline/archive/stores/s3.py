@@ -540,7 +540,7 @@ class S3Store:
         full = self._full(key)
         response = self._call("get", key, self._client.get_object, Bucket=self.bucket, Key=full)
         raw = _BodyReader(response["Body"], lambda exc: self._fail("get", key, exc))
-        return io.BufferedReader(raw, buffer_size=_READ_CHUNK)  # type: ignore[return-value]
+        return io.BufferedReader(raw, buffer_size=_READ_CHUNK)
 
     def exists(self, key: str) -> bool:
         """HeadObject."""
