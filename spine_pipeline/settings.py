@@ -19,6 +19,7 @@ any URL credentials masked). The API key is only ever "not set" or "malformed".
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -40,6 +41,7 @@ DEFAULT_POLL_MIN_INTERVAL = 15.0
 DEFAULT_POLL_MAX_INTERVAL = 60.0
 DEFAULT_POLL_REREQUEST = 600.0
 DEFAULT_AUDIT_RETRY = 300.0
+DEFAULT_ARTIFACT_MAX_BYTES = 2 * 1024**3
 SSE_MODES = ("AES256", "aws:kms")
 MAX_OBJECT_LOCK_DAYS = 36_500
 
@@ -58,6 +60,8 @@ VARIABLES = (
     "SPINE_AUDIT_RETRY_SECONDS",
     "SPINE_CREDIT_BUDGET_DAILY",
     "SPINE_CREDIT_BUDGET_MONTHLY",
+    "SPINE_ARTIFACT_MAX_BYTES",
+    "SPINE_ARTIFACT_ALLOWED_HOSTS",
     "SPINE_S3_SSE",
     "SPINE_S3_SSE_KMS_KEY_ID",
     "SPINE_S3_OBJECT_LOCK_DAYS",
@@ -103,6 +107,7 @@ def _has_control(raw: str) -> bool:
 # Each takes the variable's name (for the message) and its stripped, non-empty value.
 
 _DIGITS = re.compile(r"\+?[0-9]+")
+_HOSTNAME = re.compile(r"[a-z0-9_]([a-z0-9_.-]*[a-z0-9_])?")
 _REGION = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
 
 
@@ -196,6 +201,49 @@ def parse_token(name: str, raw: str) -> str:
     return raw
 
 
+def split_host_port(entry: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address -> (host, port or None).
+
+    Lower-cased, a trailing dot dropped; a ValueError for anything else (a scheme, a path,
+    credentials, a port outside 1-65535). The one reading of an allow-listed host entry.
+    """
+    text = entry.strip().lower()
+    port_text: str | None = None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"not a host: {entry!r}")
+        port_text = rest[1:] if rest else None
+        host = str(ipaddress.IPv6Address(host))
+    elif text.count(":") > 1:
+        host = str(ipaddress.IPv6Address(text))
+    else:
+        host, sep, after = text.partition(":")
+        port_text = after if sep else None
+        host = host.rstrip(".")
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"not a host: {entry!r}")
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"not a port: {entry!r}")
+        port = int(port_text)
+    return host, port
+
+
+def parse_host_list(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated hosts, each optionally with `:port` (no scheme, path or credentials)."""
+    entries = tuple(e.strip().lower() for e in raw.split(",") if e.strip())
+    try:
+        for entry in entries:
+            split_host_port(entry)
+    except ValueError:
+        entries = ()
+    if not entries:
+        raise _bad(name, "comma-separated hostnames, each optionally with :port", raw)
+    return entries
+
+
 def parse_api_key(name: str, raw: str) -> str:
     """An API key: printable ASCII without spaces (it goes into an HTTP header).
 
@@ -259,6 +307,8 @@ class Settings:
     audit_retry_seconds: float = DEFAULT_AUDIT_RETRY
     credit_budget_daily: float | None = None
     credit_budget_monthly: float | None = None
+    artifact_max_bytes: int = DEFAULT_ARTIFACT_MAX_BYTES
+    artifact_allowed_hosts: tuple[str, ...] = ()
     s3_sse: str | None = None
     s3_sse_kms_key_id: str | None = None
     s3_object_lock_days: int | None = None
@@ -296,6 +346,10 @@ class Settings:
             audit_retry_seconds=_get(e, "SPINE_AUDIT_RETRY_SECONDS", wait, DEFAULT_AUDIT_RETRY),
             credit_budget_daily=_optional(e, "SPINE_CREDIT_BUDGET_DAILY", parse_credits),
             credit_budget_monthly=_optional(e, "SPINE_CREDIT_BUDGET_MONTHLY", parse_credits),
+            artifact_max_bytes=_get(
+                e, "SPINE_ARTIFACT_MAX_BYTES", parse_positive_int, DEFAULT_ARTIFACT_MAX_BYTES
+            ),
+            artifact_allowed_hosts=_get(e, "SPINE_ARTIFACT_ALLOWED_HOSTS", parse_host_list, ()),
             s3_sse=_optional(e, "SPINE_S3_SSE", partial(parse_choice, choices=SSE_MODES)),
             s3_sse_kms_key_id=_optional(e, "SPINE_S3_SSE_KMS_KEY_ID", parse_token),
             s3_object_lock_days=_optional(

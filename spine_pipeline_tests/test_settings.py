@@ -58,6 +58,14 @@ CASES = [
     Case("SPINE_AUDIT_RETRY_SECONDS", "0", "audit_retry_seconds", 0.0, "-5"),
     Case("SPINE_CREDIT_BUDGET_DAILY", "1000", "credit_budget_daily", 1000.0, "lots"),
     Case("SPINE_CREDIT_BUDGET_MONTHLY", "2.5e4", "credit_budget_monthly", 25000.0, "0"),
+    Case("SPINE_ARTIFACT_MAX_BYTES", "1048576", "artifact_max_bytes", 1048576, "2GB"),
+    Case(
+        "SPINE_ARTIFACT_ALLOWED_HOSTS",
+        "minio.internal:9000, Files.Corp,[::1]:8080",
+        "artifact_allowed_hosts",
+        ("minio.internal:9000", "files.corp", "[::1]:8080"),
+        "https://minio.internal",
+    ),
     Case("SPINE_S3_SSE", "aws:kms", "s3_sse", "aws:kms", "aes256"),
     Case(
         "SPINE_S3_SSE_KMS_KEY_ID",

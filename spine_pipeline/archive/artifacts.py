@@ -6,6 +6,12 @@ into `artifacts/sha256/<2 hex>/<sha256>`; identical bytes from any run are store
 artifact that still cannot be fetched is recorded with `download_error`, never dropped.
 Names from the API are data: they never touch a path.
 
+What may be fetched (https, or the API's own origin, or an allow-listed host; never a
+private or metadata address) and how big it may be (SPINE_ARTIFACT_MAX_BYTES, after content
+decoding) is the client's rule (`spine/url_policy.py`, `AsyncSpineClient.download`); a
+refusal is a `DownloadRefusedError`, recorded on the artifact's row at once, and the run
+commits like any other.
+
 A run is committed once, so a recorded `download_error` is final: only persistent failures
 may end there. Transient ones (5xx, 429, a dropped or truncated transfer) get more rounds
 after the client's own retries, and a refresh of the run that fails raises
@@ -33,6 +39,7 @@ from spine_pipeline.spine import (
     Run,
     SpineError,
 )
+from spine_pipeline.spine.errors import DownloadRefusedError
 
 URL_REFRESHES = 4
 TRANSIENT_ROUNDS = 3  # rounds of the client's retries for a transient failure
@@ -129,6 +136,8 @@ async def _fresh_url(refresh: Callable[[], Awaitable[Run]], ref: ArtifactRef) ->
 
 def _transient(exc: DownloadError) -> bool:
     """A failure another round may not repeat (the client has already retried it)."""
+    if isinstance(exc, DownloadRefusedError):  # our own rule: another round decides the same
+        return False
     message = exc.message
     return message.startswith("download failed:") or any(
         m in message for m in ("truncated", "HTTP 5", "HTTP 429")

@@ -14,8 +14,10 @@ import hashlib
 import importlib.util
 import json
 import mimetypes
+import socket
 import ssl
 import sys
+import threading
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
@@ -27,10 +29,17 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from spine_pipeline.spine.content_coding import (
+    ACCEPT_ENCODING,
+    ContentCodingError,
+    IncompleteCodingError,
+    StreamDecoder,
+)
 from spine_pipeline.spine.envelope import ApiResponse, unwrap
 from spine_pipeline.spine.errors import (
     DownloadError,
     DownloadExpiredError,
+    DownloadRefusedError,
     MalformedResponseError,
     SpineConnectionError,
     SpineError,
@@ -48,6 +57,7 @@ from spine_pipeline.spine.retry import (
     status_is_retryable,
 )
 from spine_pipeline.spine.settings import SpineSettings
+from spine_pipeline.spine.url_policy import ArtifactUrlPolicy, IPAddress, Screened
 
 USER_AGENT = "spine-pipeline/0.1 (+httpx)"
 _CHUNK = 1 << 20
@@ -216,8 +226,12 @@ def _interpret(kind: RequestKind, request: httpx.Request, response: httpx.Respon
     return answer
 
 
+MAX_REDIRECTS = 5
+_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+
 class _DownloadSink:
-    """Writes a download to a seekable file, hashing as it goes, and checks its size."""
+    """Writes a decoded download to a seekable file, hashing it, within the size cap."""
 
     def __init__(self, fileobj: IO[bytes], expected_size: int | None, max_bytes: int | None):
         self.fileobj = fileobj
@@ -234,16 +248,32 @@ class _DownloadSink:
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
         if self.max_bytes is not None and self.size > self.max_bytes:
-            raise DownloadError(f"download exceeds the limit of {self.max_bytes} bytes")
+            raise _over_cap(self.max_bytes, "more than that after decoding")
         self.hash.update(chunk)
         self.fileobj.write(chunk)
 
-    def finish(self, response: httpx.Response) -> DownloadResult:
+    def feed(self, decoder: StreamDecoder, raw: bytes) -> None:
+        try:
+            for piece in decoder.feed(raw):
+                self.write(piece)
+        except ContentCodingError as exc:
+            raise DownloadError(f"download corrupt: {exc}") from None
+
+    def finish(self, response: httpx.Response, decoder: StreamDecoder) -> DownloadResult:
+        """Complete if the bytes received (still encoded) are the `Content-Length` declared."""
         declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) != self.size:
+        received = response.num_bytes_downloaded
+        if declared is not None and declared.isdigit() and int(declared) != received:
             raise DownloadError(
-                f"download truncated: got {self.size} of {declared} bytes declared by the server"
+                f"download truncated: got {received} of {declared} bytes declared by the server"
             )
+        try:
+            for piece in decoder.finish():
+                self.write(piece)
+        except IncompleteCodingError as exc:
+            # All declared bytes came, so the server sent a broken stream: retrying won't help.
+            what = "corrupt" if declared is not None else "truncated"
+            raise DownloadError(f"download {what}: {exc}") from None
         self.fileobj.flush()
         return DownloadResult(
             size_bytes=self.size,
@@ -252,23 +282,123 @@ class _DownloadSink:
         )
 
 
+def _over_cap(limit: int, what: str) -> DownloadRefusedError:
+    return DownloadRefusedError(
+        f"download stopped: the artifact is over the size cap of {limit} bytes "
+        f"(SPINE_ARTIFACT_MAX_BYTES): {what}"
+    )
+
+
+@dataclass(frozen=True)
+class _Target:
+    screened: Screened
+    address: IPAddress | None  # where to connect; None: by name (trusted, or a literal)
+
+
+def _download_request(http: httpx.Client | httpx.AsyncClient, target: _Target) -> httpx.Request:
+    """The GET for one hop: our headers only (never the API key), pinned when checked.
+
+    A host whose addresses were checked is connected to at the checked address: the URL
+    names the address, `Host` and TLS SNI/certificate checks name the host. Such requests
+    say `Connection: close`, so a connection verified for one name is never pooled and
+    reused for another name that resolves to the same address.
+    """
+    screened, address = target.screened, target.address
+    url = screened.url
+    headers = {"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING}
+    extensions: dict[str, Any] = {}
+    if not screened.trusted:
+        headers["Connection"] = "close"
+        if address is not None and screened.literal is None:
+            headers["Host"] = url.netloc.decode("ascii")
+            extensions["sni_hostname"] = url.raw_host.decode("ascii")
+            url = url.copy_with(host=str(address))
+    return http.build_request("GET", url, headers=headers, extensions=extensions)
+
+
+def _next_hop(target: _Target, response: httpx.Response, hop: int) -> httpx.URL | None:
+    """Where a redirect points, resolved against the URL asked for (not a pinned address)."""
+    status = response.status_code
+    if status not in _REDIRECT_STATUSES:
+        return None
+    location = response.headers.get("location")
+    if not location:
+        raise DownloadError(f"download failed with HTTP {status} and no Location")
+    if hop >= MAX_REDIRECTS:
+        raise DownloadRefusedError(f"download refused: more than {MAX_REDIRECTS} redirects")
+    try:
+        return target.screened.url.join(location)
+    except (httpx.InvalidURL, ValueError):
+        raise DownloadRefusedError(
+            f"download refused: redirect {hop + 1} is not a valid URL"
+        ) from None
+
+
+def _start_body(response: httpx.Response, limit: int | None) -> StreamDecoder:
+    """Status, coding and declared size of a final answer, checked before reading its body."""
+    _check_download_status(response)
+    try:
+        decoder = StreamDecoder(response.headers.get("content-encoding"), _CHUNK)
+    except ContentCodingError as exc:
+        raise DownloadError(f"download unreadable: {exc}") from None
+    declared = response.headers.get("content-length", "")
+    if decoder.identity and limit is not None and declared.isdigit() and int(declared) > limit:
+        raise _over_cap(limit, f"the server declared {declared} bytes")
+    return decoder
+
+
 def _check_download_status(response: httpx.Response) -> None:
     if response.status_code in (401, 403, 404, 410):
         raise DownloadExpiredError(
             f"download refused with HTTP {response.status_code} (expired or revoked URL)",
             status_code=response.status_code,
         )
-    if response.status_code >= 400:
+    if response.status_code >= 300:
         raise DownloadError(f"download failed with HTTP {response.status_code}")
 
 
 def _download_retryable(exc: Exception) -> bool:
-    if isinstance(exc, DownloadExpiredError):
+    if isinstance(exc, DownloadExpiredError | DownloadRefusedError):
         return False
     if isinstance(exc, DownloadError):
         # 429 is "slow down and repeat" on object stores too (S3 sends 503 SlowDown or 429).
         return any(m in exc.message for m in ("truncated", "HTTP 5", "HTTP 429"))
     return exception_is_retryable(RequestKind.READ, exc)
+
+
+def _getaddrinfo_within(host: str, port: int, timeout: float) -> list[Any]:
+    """`socket.getaddrinfo` for the blocking client, given up on after `timeout` seconds.
+
+    The lookup runs on a daemon thread, so a hung resolver costs the caller a timeout and
+    never holds up the interpreter's exit.
+    """
+    box: list[Any] = []
+
+    def lookup() -> None:
+        try:
+            box.append(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except Exception as exc:  # handed to the caller below
+            box.append(exc)
+
+    thread = threading.Thread(target=lookup, name="spine-dns", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not box:
+        raise TimeoutError(host)
+    if isinstance(box[0], Exception):
+        raise box[0]
+    return list(box[0])
+
+
+def _lookup_failure(host: str, exc: BaseException) -> DownloadError:
+    if isinstance(exc, TimeoutError):
+        return DownloadError(f"download failed: resolving {host} timed out")
+    reason = getattr(exc, "strerror", None) or type(exc).__name__
+    return DownloadError(f"download failed: cannot resolve {host} ({reason})")
+
+
+def _addresses(infos: list[Any]) -> list[str]:
+    return [str(info[4][0]) for info in infos]
 
 
 class _Base:
@@ -282,8 +412,19 @@ class _Base:
         timeout: httpx.Timeout | float | None = None,
         retry: RetryPolicy | None = None,
         create_retry: RetryPolicy | None = None,
+        artifact_max_bytes: int | None = None,
+        artifact_allowed_hosts: Sequence[str] | None = None,
     ) -> None:
-        self.settings = SpineSettings.resolve(api_key=api_key, base_url=base_url, timeout=timeout)
+        self.settings = SpineSettings.resolve(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            artifact_max_bytes=artifact_max_bytes,
+            artifact_allowed_hosts=artifact_allowed_hosts,
+        )
+        self.artifact_policy = ArtifactUrlPolicy.for_api(
+            self.settings.base_url, self.settings.artifact_allowed_hosts
+        )
         self.retry = retry or RetryPolicy()
         self.create_retry = create_retry or self.retry
         self._headers = {
@@ -301,6 +442,11 @@ class _Base:
 
     def _url(self, path: str) -> str:
         return self.settings.base_url + path
+
+    @property
+    def _lookup_timeout(self) -> float:
+        connect = self.settings.timeout.connect
+        return connect if connect is not None else 10.0
 
     def _get_flow(self, path: str, deadline: float | None) -> Flow[ApiResponse]:
         url = self._url(path)
@@ -368,8 +514,9 @@ class SpineClient(_Base):
         self._submit_http = httpx.Client(
             timeout=self.settings.timeout, limits=httpx.Limits(max_keepalive_connections=0)
         )
-        # Pre-signed download URLs get no API key: they may live on another host.
-        self._download_http = httpx.Client(timeout=self.settings.timeout, follow_redirects=True)
+        # Pre-signed download URLs get no API key: they may live on another host. Redirects
+        # are followed by `download` itself, each hop checked by the artifact URL policy.
+        self._download_http = httpx.Client(timeout=self.settings.timeout)
 
     def __enter__(self) -> SpineClient:
         return self
@@ -439,22 +586,53 @@ class SpineClient(_Base):
         expected_size: int | None = None,
         max_bytes: int | None = None,
     ) -> DownloadResult:
-        """Stream a pre-signed URL into a seekable file, hashing it; retries transient faults."""
-        sink = _DownloadSink(fileobj, expected_size, max_bytes)
+        """Stream an artifact URL into a seekable file, decoded and hashed; retries transients.
+
+        Every hop, the first and each redirect, passes `artifact_policy` before any
+        connection; the body is read raw (checked against `Content-Length` as sent) and
+        stored decoded, stopped at `max_bytes` (default: SPINE_ARTIFACT_MAX_BYTES).
+        """
+        limit = self.settings.artifact_max_bytes if max_bytes is None else max_bytes
+        sink = _DownloadSink(fileobj, expected_size, limit)
         attempt = 0
         while True:
             try:
-                with self._download_http.stream("GET", url) as response:
-                    _check_download_status(response)
-                    for chunk in response.iter_bytes(_CHUNK):
-                        sink.write(chunk)
-                    return sink.finish(response)
+                return self._download_once(url, sink)
             except (httpx.HTTPError, DownloadError) as exc:
                 if not _download_retryable(exc) or attempt >= self.retry.max_retries:
                     raise _download_failure(exc) from None
                 time.sleep(self.retry.delay(attempt))
                 attempt += 1
                 sink.reset()
+
+    def _download_once(self, url: str, sink: _DownloadSink) -> DownloadResult:
+        location: str | httpx.URL = url
+        hop = 0
+        while True:
+            target = self._target(location, hop)
+            request = _download_request(self._download_http, target)
+            response = self._download_http.send(request, stream=True)
+            try:
+                following = _next_hop(target, response, hop)
+                if following is None:
+                    decoder = _start_body(response, sink.max_bytes)
+                    for raw in response.iter_raw(_CHUNK):
+                        sink.feed(decoder, raw)
+                    return sink.finish(response, decoder)
+            finally:
+                response.close()
+            location, hop = following, hop + 1
+
+    def _target(self, location: str | httpx.URL, hop: int) -> _Target:
+        screened = self.artifact_policy.screen(location, hop=hop)
+        if not screened.needs_resolution:
+            return _Target(screened, None)
+        host, port = screened.origin.host, screened.origin.port
+        try:
+            infos = _getaddrinfo_within(host, port, self._lookup_timeout)
+        except (OSError, UnicodeError) as exc:  # TimeoutError is an OSError
+            raise _lookup_failure(host, exc) from None
+        return _Target(screened, self.artifact_policy.pin(screened, _addresses(infos), hop=hop))
 
 
 @functools.cache
@@ -499,7 +677,7 @@ class AsyncSpineClient(_Base):
             verify=tls,
         )
         self._download_http = httpx.AsyncClient(
-            timeout=self.settings.timeout, follow_redirects=True, limits=limits, verify=tls
+            timeout=self.settings.timeout, limits=limits, verify=tls
         )
 
     async def __aenter__(self) -> AsyncSpineClient:
@@ -572,21 +750,50 @@ class AsyncSpineClient(_Base):
         max_bytes: int | None = None,
     ) -> DownloadResult:
         """Async twin of `SpineClient.download` (file writes are small, blocking, buffered)."""
-        sink = _DownloadSink(fileobj, expected_size, max_bytes)
+        limit = self.settings.artifact_max_bytes if max_bytes is None else max_bytes
+        sink = _DownloadSink(fileobj, expected_size, limit)
         attempt = 0
         while True:
             try:
-                async with self._download_http.stream("GET", url) as response:
-                    _check_download_status(response)
-                    async for chunk in response.aiter_bytes(_CHUNK):
-                        sink.write(chunk)
-                    return sink.finish(response)
+                return await self._download_once(url, sink)
             except (httpx.HTTPError, DownloadError) as exc:
                 if not _download_retryable(exc) or attempt >= self.retry.max_retries:
                     raise _download_failure(exc) from None
                 await asyncio.sleep(self.retry.delay(attempt))
                 attempt += 1
                 sink.reset()
+
+    async def _download_once(self, url: str, sink: _DownloadSink) -> DownloadResult:
+        location: str | httpx.URL = url
+        hop = 0
+        while True:
+            target = await self._target(location, hop)
+            request = _download_request(self._download_http, target)
+            response = await self._download_http.send(request, stream=True)
+            try:
+                following = _next_hop(target, response, hop)
+                if following is None:
+                    decoder = _start_body(response, sink.max_bytes)
+                    async for raw in response.aiter_raw(_CHUNK):
+                        sink.feed(decoder, raw)
+                    return sink.finish(response, decoder)
+            finally:
+                await response.aclose()
+            location, hop = following, hop + 1
+
+    async def _target(self, location: str | httpx.URL, hop: int) -> _Target:
+        screened = self.artifact_policy.screen(location, hop=hop)
+        if not screened.needs_resolution:
+            return _Target(screened, None)
+        host, port = screened.origin.host, screened.origin.port
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), self._lookup_timeout
+            )
+        except (OSError, UnicodeError) as exc:  # TimeoutError is an OSError
+            raise _lookup_failure(host, exc) from None
+        return _Target(screened, self.artifact_policy.pin(screened, _addresses(infos), hop=hop))
 
 
 def _download_failure(exc: Exception) -> SpineError:

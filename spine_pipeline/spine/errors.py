@@ -117,6 +117,10 @@ class DownloadExpiredError(DownloadError):
         self.status_code = status_code
 
 
+class DownloadRefusedError(DownloadError):
+    """The pipeline itself refuses the download (URL policy, size cap): never retried."""
+
+
 _STATUS_ERRORS: dict[int, type[SpineAPIError]] = {
     400: BadRequestError,
     401: AuthenticationError,

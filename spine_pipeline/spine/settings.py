@@ -7,16 +7,19 @@ the timeouts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import httpx
 
 from spine_pipeline.settings import (
+    DEFAULT_ARTIFACT_MAX_BYTES,
     DEFAULT_BASE_URL,
     ConfigurationError,
     Settings,
     parse_api_key,
     parse_http_url,
+    split_host_port,
 )
 from spine_pipeline.spine.redact import Secret
 
@@ -44,6 +47,8 @@ class SpineSettings:
     api_key: Secret
     base_url: str = field(default=DEFAULT_BASE_URL + "/v1")
     timeout: httpx.Timeout = field(default_factory=lambda: DEFAULT_TIMEOUT)
+    artifact_max_bytes: int = DEFAULT_ARTIFACT_MAX_BYTES
+    artifact_allowed_hosts: tuple[str, ...] = ()
 
     @classmethod
     def resolve(
@@ -51,8 +56,11 @@ class SpineSettings:
         api_key: str | Secret | None = None,
         base_url: str | None = None,
         timeout: httpx.Timeout | float | None = None,
+        artifact_max_bytes: int | None = None,
+        artifact_allowed_hosts: Sequence[str] | None = None,
     ) -> SpineSettings:
-        env = Settings.from_env() if api_key is None or not base_url else None
+        given = (api_key, base_url or None, artifact_max_bytes, artifact_allowed_hosts)
+        env = Settings.from_env() if any(v is None for v in given) else None
         key: str | Secret | None = api_key
         if isinstance(key, str):
             key = parse_api_key("api_key", key.strip()) if key.strip() else None
@@ -64,8 +72,35 @@ class SpineSettings:
         url = base_url or (env.base_url if env is not None else DEFAULT_BASE_URL)
         if isinstance(timeout, int | float):
             timeout = httpx.Timeout(float(timeout), connect=min(10.0, float(timeout)))
+        if env is not None:
+            if artifact_max_bytes is None:
+                artifact_max_bytes = env.artifact_max_bytes
+            if artifact_allowed_hosts is None:
+                artifact_allowed_hosts = env.artifact_allowed_hosts
         return cls(
             api_key=secret,
             base_url=normalise_base_url(url),
             timeout=timeout or DEFAULT_TIMEOUT,
+            artifact_max_bytes=_byte_cap(artifact_max_bytes),
+            artifact_allowed_hosts=_hosts(artifact_allowed_hosts or ()),
         )
+
+
+def _byte_cap(value: int | None) -> int:
+    if value is None or isinstance(value, bool) or value < 1:
+        raise ConfigurationError(f"artifact_max_bytes must be a whole number at least 1: {value!r}")
+    return value
+
+
+def _hosts(entries: Sequence[str]) -> tuple[str, ...]:
+    """Allow-list entries as given in code: checked like SPINE_ARTIFACT_ALLOWED_HOSTS."""
+    if isinstance(entries, str):  # one comma-separated string, as the variable spells it
+        entries = [e for e in entries.split(",") if e.strip()]
+    for entry in entries:
+        try:
+            split_host_port(entry)
+        except ValueError:
+            raise ConfigurationError(
+                f"artifact_allowed_hosts entry {entry[:60]!r} is not a host or host:port"
+            ) from None
+    return tuple(entries)

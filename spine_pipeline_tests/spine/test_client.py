@@ -296,7 +296,11 @@ def test_downloads_never_send_the_api_key(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/file?sig=abc"
-        client = SpineClient(api_key="sk_spine_dont_leak", base_url="http://127.0.0.1:9")
+        client = SpineClient(
+            api_key="sk_spine_dont_leak",
+            base_url="http://127.0.0.1:9",
+            artifact_allowed_hosts=[f"127.0.0.1:{server.server_address[1]}"],
+        )
         with client, open(tmp_path / "x", "w+b") as fh:
             result = client.download(url, fh)
         assert result.size_bytes == 14
