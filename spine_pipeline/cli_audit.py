@@ -1,18 +1,29 @@
 """Audit commands of `spine-pipeline`: sql, search, cited, report credits, audit rebuild/refresh.
 
 Registered on the main group by `spine_pipeline/cli.py`. Every expected failure (missing
-database, broken archive, refused or bad SQL) is one line on stderr and exit code 1.
+database, broken archive, refused SQL, a timeout) is one line on stderr and exit code 1; bad
+SQL keeps DuckDB's own lines (message, candidates, caret), as docs/contracts.md section 7 says.
+Files written (`sql --output`, `report credits --html`) are private (0600 whatever the
+umask), never written through a symlink, and appear whole or not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import secrets
+from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import click
 
-from spine_pipeline.cli_errors import expected_errors
+from spine_pipeline.cli_errors import expected_errors, fail
+
+if TYPE_CHECKING:
+    from spine_pipeline.audit.sql import SqlStream, Written
 
 DATE = click.DateTime(formats=["%Y-%m-%d"])
 
@@ -30,6 +41,42 @@ def _day(value: datetime | None) -> date | None:
 _db_option = click.option(
     "--db", default=None, metavar="PATH", help="audit database (default: $SPINE_AUDIT_DB)"
 )
+
+
+@contextlib.contextmanager
+def private_output(path: Path) -> Iterator[BinaryIO]:
+    """A binary file for `path`: created 0600 next to it, renamed over it when complete.
+
+    Query results and reports are copies of the archive's content, so they get the owner
+    only whatever the umask. A symlink at `path` is refused rather than followed (a planted
+    link must not redirect the write); the rename replaces a link, never writes through it.
+    A failed or interrupted write leaves neither a partial file nor the temporary one.
+    """
+    if path.is_symlink():
+        fail(f"refusing to write {path}: it is a symlink")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            fd = -1
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+class _Echo(io.TextIOBase):
+    """stdout through click.echo, for the streaming writers."""
+
+    def write(self, text: str) -> int:
+        click.echo(text, nl=False)
+        return len(text)
 
 
 # ----------------------------------------------------------------------------- audit
@@ -84,31 +131,88 @@ def audit_refresh(archive: str | None, db: str | None) -> None:
     default=None,
     help="write to FILE instead of stdout (required for parquet)",
 )
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="stop the query after this long (its output included)",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="at most N rows (default: 100,000 on stdout, no limit with --output)",
+)
 @_db_option
 @expected_errors
-def sql(query: str, fmt: str, output: Path | None, db: str | None) -> None:
-    """Run one read-only SQL query over the audit database."""
+def sql(
+    query: str,
+    fmt: str,
+    output: Path | None,
+    timeout: float,
+    max_rows: int | None,
+    db: str | None,
+) -> None:
+    """Run one read-only SQL query over the audit database.
+
+    A query is SELECT, WITH, VALUES, DESCRIBE, SHOW, SUMMARIZE or EXPLAIN of one. Results
+    stream: --output FILE takes any size in bounded memory.
+    """
     from spine_pipeline.audit import sql as sqlmod
 
     if fmt == "parquet" and output is None:
         raise click.UsageError("--format parquet needs --output FILE")
-    result = sqlmod.run_sql_result(_db(db), query)
+    if max_rows is None and output is None:
+        max_rows = sqlmod.DEFAULT_MAX_ROWS
+    try:
+        with sqlmod.stream_sql(_db(db), query, timeout=timeout) as stream:
+            if output is None:
+                written = _sql_to_stdout(stream, fmt, max_rows)
+            else:
+                with private_output(output) as f:
+                    written = _sql_to_file(stream, fmt, max_rows, f)
+                click.echo(f"wrote {written.rows} row(s) to {output}", err=True)
+    except sqlmod.SqlError as exc:
+        fail(str(exc))  # DuckDB's whole text: its candidates and caret are the help
+    if written.capped:
+        more = "--output FILE" if output is None else "a larger --max-rows"
+        click.echo(
+            f"note: showing the first {written.rows:,} rows (--max-rows); use {more} for all",
+            err=True,
+        )
+
+
+def _sql_to_stdout(stream: SqlStream, fmt: str, max_rows: int | None) -> Written:
+    from spine_pipeline.audit import sql as sqlmod
+
+    if fmt == "table":
+        rows, written = sqlmod.collect(stream, max_rows)
+        click.echo(sqlmod.format_table(stream.columns, rows), nl=False)
+        return written
+    writer = sqlmod.write_csv if fmt == "csv" else sqlmod.write_json
+    return writer(stream, _Echo(), max_rows)
+
+
+def _sql_to_file(stream: SqlStream, fmt: str, max_rows: int | None, f: BinaryIO) -> Written:
+    from spine_pipeline.audit import sql as sqlmod
+
     if fmt == "parquet":
-        assert output is not None
-        sqlmod.write_parquet(result, output)
-        click.echo(f"wrote {result.arrow.num_rows} row(s) to {output}", err=True)
-        return
-    rows = result.rows
-    text = {
-        "table": sqlmod.format_table,
-        "csv": sqlmod.format_csv,
-        "json": sqlmod.format_json,
-    }[fmt](result.columns, rows)
-    if output is not None:
-        output.write_text(text, encoding="utf-8")
-        click.echo(f"wrote {len(rows)} row(s) to {output}", err=True)
-    else:
-        click.echo(text, nl=False)
+        return sqlmod.write_parquet(stream, f)
+    text = io.TextIOWrapper(f, encoding="utf-8", newline="", write_through=False)
+    try:
+        if fmt == "table":
+            rows, written = sqlmod.collect(stream, max_rows)
+            text.write(sqlmod.format_table(stream.columns, rows))
+        else:
+            writer = sqlmod.write_csv if fmt == "csv" else sqlmod.write_json
+            written = writer(stream, text, max_rows)
+        text.flush()
+    finally:
+        text.detach()
+    return written
 
 
 # ----------------------------------------------------------------------------- search
@@ -135,6 +239,7 @@ def search(
     Every word must match (stemmed); put words in double quotes for an exact phrase.
     """
     from spine_pipeline.audit import search as do_search
+    from spine_pipeline.audit.sql import visible
 
     hits = do_search(_db(db), text, block_type=block_type, since=_day(since), limit=limit)
     if not hits:
@@ -149,9 +254,10 @@ def search(
                 where += f" {h.block_name!r}"
             if h.kind == "source_title":
                 where += " (source title)"
-        click.echo(f"{h.run_id}  {where}  score={h.score:.2f}")
-        click.echo(f"    {h.snippet}")
-        click.echo(f"    {h.canvas_url or '(no canvas)'}")
+        # archived content may carry terminal escape sequences: shown, never sent raw
+        click.echo(visible(f"{h.run_id}  {where}  score={h.score:.2f}"))
+        click.echo(visible(f"    {h.snippet}"))
+        click.echo(visible(f"    {h.canvas_url or '(no canvas)'}"))
 
 
 @click.command("cited")
@@ -239,5 +345,6 @@ def report_credits(
         days = sorted({str(r[0]) for r in data.anomalies.rows})
         click.echo(f"anomalous days (credits > 3x trailing 7-day median): {', '.join(days)}")
     if html_path is not None:
-        html_path.write_text(render_report_data_html(data), encoding="utf-8")
+        with private_output(html_path) as f:
+            f.write(render_report_data_html(data).encode("utf-8"))
         click.echo(f"wrote {html_path}", err=True)

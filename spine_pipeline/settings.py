@@ -42,6 +42,7 @@ DEFAULT_POLL_MAX_INTERVAL = 60.0
 DEFAULT_POLL_REREQUEST = 600.0
 DEFAULT_AUDIT_RETRY = 300.0
 DEFAULT_ARTIFACT_MAX_BYTES = 2 * 1024**3
+DEFAULT_AUDIT_MEMORY_LIMIT = 1 << 30  # bytes
 SSE_MODES = ("AES256", "aws:kms")
 MAX_OBJECT_LOCK_DAYS = 36_500
 
@@ -58,6 +59,7 @@ VARIABLES = (
     "SPINE_POLL_MAX_INTERVAL_SECONDS",
     "SPINE_POLL_REREQUEST_SECONDS",
     "SPINE_AUDIT_RETRY_SECONDS",
+    "SPINE_AUDIT_MEMORY_LIMIT",
     "SPINE_CREDIT_BUDGET_DAILY",
     "SPINE_CREDIT_BUDGET_MONTHLY",
     "SPINE_ARTIFACT_MAX_BYTES",
@@ -137,6 +139,25 @@ def parse_seconds(name: str, raw: str, *, allow_zero: bool = False) -> float:
         expected = "a number of seconds, 0 or more" if allow_zero else "a number of seconds above 0"
         raise _bad(name, expected, raw)
     return value
+
+
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]i?B|B)?", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_SIZE_UNITS |= {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+MIN_MEMORY_LIMIT = 16 * 10**6
+MAX_MEMORY_LIMIT = 1 << 50
+
+
+def parse_memory_size(name: str, raw: str) -> int:
+    """A memory size in bytes, with DuckDB's units (`512MB`, `2GiB`; bare = bytes), >= 16 MB."""
+    expected = "a size such as 512MB or 2GiB (at least 16MB)"
+    match = _SIZE.fullmatch(raw)
+    if not match:
+        raise _bad(name, expected, raw)
+    value = float(match[1]) * _SIZE_UNITS[(match[2] or "B").lower()]
+    if not MIN_MEMORY_LIMIT <= value <= MAX_MEMORY_LIMIT:
+        raise _bad(name, expected, raw)
+    return int(value)
 
 
 def parse_credits(name: str, raw: str) -> float:
@@ -305,6 +326,7 @@ class Settings:
     poll_max_interval_seconds: float = DEFAULT_POLL_MAX_INTERVAL
     poll_rerequest_seconds: float = DEFAULT_POLL_REREQUEST
     audit_retry_seconds: float = DEFAULT_AUDIT_RETRY
+    audit_memory_limit: int = DEFAULT_AUDIT_MEMORY_LIMIT
     credit_budget_daily: float | None = None
     credit_budget_monthly: float | None = None
     artifact_max_bytes: int = DEFAULT_ARTIFACT_MAX_BYTES
@@ -344,6 +366,9 @@ class Settings:
                 e, "SPINE_POLL_REREQUEST_SECONDS", wait, DEFAULT_POLL_REREQUEST
             ),
             audit_retry_seconds=_get(e, "SPINE_AUDIT_RETRY_SECONDS", wait, DEFAULT_AUDIT_RETRY),
+            audit_memory_limit=_get(
+                e, "SPINE_AUDIT_MEMORY_LIMIT", parse_memory_size, DEFAULT_AUDIT_MEMORY_LIMIT
+            ),
             credit_budget_daily=_optional(e, "SPINE_CREDIT_BUDGET_DAILY", parse_credits),
             credit_budget_monthly=_optional(e, "SPINE_CREDIT_BUDGET_MONTHLY", parse_credits),
             artifact_max_bytes=_get(

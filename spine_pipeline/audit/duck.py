@@ -197,13 +197,28 @@ def file_key(path: str | os.PathLike[str]) -> tuple[int, int]:
 
 
 def _open_snapshot(path: Path, stemmer: bool) -> _Snapshot:
+    """A fresh instance holding `path` read-only, sandboxed before any query runs.
+
+    Nothing a reader does reaches the disk or outlives its cursor: no temporary directory
+    (DuckDB's default is `.tmp` under the working directory, where it would spill) but a
+    memory limit instead (`SPINE_AUDIT_MEMORY_LIMIT`, read when the snapshot opens); no
+    extension installed or loaded on demand; the instance's own in-memory catalog, writable
+    and shared by every cursor of the snapshot, detached; then no file or URL access and
+    the configuration locked, so a query cannot turn any of this back.
+    """
+    memory_limit = Settings.from_env().audit_memory_limit
     base = duckdb.connect(":memory:")
     try:
+        base.execute("SET temp_directory = ''")
+        base.execute(f"SET memory_limit = '{int(memory_limit)}B'")
         base.execute("SET TimeZone = 'UTC'")
         if stemmer:  # `audit_term` needs the stemmer; loaded only then (it costs each open)
             load_extension(base, "fts")
+        base.execute("SET autoinstall_known_extensions = false")
+        base.execute("SET autoload_known_extensions = false")
         base.execute(f"ATTACH {sql_str(str(path))} AS {ATTACH_NAME} (READ_ONLY)")
         base.execute(f"USE {ATTACH_NAME}")
+        base.execute("DETACH memory")
         base.execute("SET enable_external_access = false")
         base.execute("SET lock_configuration = true")
     except BaseException:
