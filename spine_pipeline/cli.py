@@ -155,16 +155,27 @@ def archive(run_ids: tuple[str, ...], wait: bool, timeout: float) -> None:
 @main.command()
 @expected_errors
 def verify() -> None:
-    """Re-check the manifest hash chain, file hashes and artifact hashes."""
+    """Re-check the manifest hash chain, file hashes and artifact hashes.
+
+    Exit 1 on any problem (a changed, missing or out-of-chain committed object); uncommitted
+    objects alone (a losing writer's files, a refused planted object) are one WARN line each
+    and exit 0 (docs/contracts.md section 7).
+    """
     from spine_pipeline.archive.verify import verify_archive
 
     report = verify_archive(open_store(Settings.from_env().archive_uri))
     for problem in report.problems:
         click.echo(f"FAIL {problem}", err=True)
+    for warning in report.warnings:
+        click.echo(f"WARN {warning}", err=True)
+    warned = f"{len(report.warnings)} warning(s)" if report.warnings else ""
+    if report.ok:
+        verdict = f"OK with {warned}" if warned else "OK"
+    else:
+        verdict = f"{len(report.problems)} problem(s)" + (f", {warned}" if warned else "")
     click.echo(
         f"verified {report.manifests} manifests, {report.files} files, {report.artifacts} "
-        f"artifacts, {report.bytes_hashed} bytes hashed: "
-        + ("OK" if report.ok else f"{len(report.problems)} problem(s)")
+        f"artifacts, {report.bytes_hashed} bytes hashed: {verdict}"
     )
     if not report.ok:
         sys.exit(1)
@@ -200,6 +211,8 @@ def gc(grace_hours: float, dry_run: bool, include_artifacts: bool) -> None:
     verb = "would remove" if dry_run else "removed"
     for key in report.deleted:
         click.echo(f"{verb} {key}")
+    for entry in report.refused:
+        click.echo(f"WARN refused, neither followed nor removed: {entry}", err=True)
     click.echo(
         f"{verb} {len(report.deleted)} object(s), {report.bytes_freed} bytes; "
         f"{len(report.kept_young)} uncommitted object(s) younger than the grace period kept"

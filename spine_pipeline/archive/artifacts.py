@@ -21,7 +21,6 @@ after the client's own retries, and a refresh of the run that fails raises
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -30,7 +29,13 @@ from pathlib import Path
 from spine_pipeline.archive.fetch import TransientFetchError
 from spine_pipeline.archive.layout import artifact_key
 from spine_pipeline.archive.records import ArtifactOutcome
-from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
+from spine_pipeline.archive.stores import (
+    AlreadyExists,
+    ObjectNotFound,
+    ObjectStore,
+    UntrustedObject,
+    hash_object,
+)
 from spine_pipeline.spine import (
     ArtifactRef,
     AsyncSpineClient,
@@ -45,14 +50,42 @@ URL_REFRESHES = 4
 TRANSIENT_ROUNDS = 3  # rounds of the client's retries for a transient failure
 
 
-async def _store_file(store: ObjectStore, path: Path, sha256: str, content_type: str | None) -> str:
+async def _store_file(
+    store: ObjectStore, path: Path, sha256: str, size: int, content_type: str | None
+) -> tuple[str | None, str | None]:
+    """(key, None) once the content address holds exactly these bytes, else (None, why not).
+
+    An object already at the address is hashed before it is reused: existing is not proof
+    (an insider, or a bug, may have planted other bytes there). Stores are write-once, and
+    with S3 Object Lock the address may not even be deletable, so other bytes there are never
+    replaced: the artifact is refused (a download error on its row, the run still commits)
+    and `verify` names the planted object (docs/decisions.md, "Trust").
+    """
     key = artifact_key(sha256)
-    if not await asyncio.to_thread(store.exists, key):
-        with contextlib.suppress(AlreadyExists):  # same bytes, stored by another writer
-            await asyncio.to_thread(
-                store.put_file, key, path, sha256_hex=sha256, content_type=content_type
-            )
-    return key
+    for _ in range(2):  # a second round only if the object vanished between put and check
+        try:
+            if not await asyncio.to_thread(store.exists, key):
+                await asyncio.to_thread(
+                    store.put_file, key, path, sha256_hex=sha256, content_type=content_type
+                )
+                return key, None
+        except AlreadyExists:
+            pass  # same bytes stored by another writer, or not: checked below
+        except UntrustedObject as exc:
+            return None, f"not stored: {exc}"
+        try:
+            stored, stored_size = await asyncio.to_thread(hash_object, store, key, max_bytes=size)
+        except ObjectNotFound:
+            continue
+        except UntrustedObject as exc:
+            return None, f"not stored: {exc}"
+        if stored == sha256 and stored_size == size:
+            return key, None
+        return None, (
+            f"not stored: {key} already holds other bytes (not these {size} bytes); the "
+            "planted object was neither trusted nor replaced (see verify)"
+        )
+    return None, f"not stored: {key} is taken but holds no readable object"
 
 
 async def download_artifact(
@@ -87,13 +120,17 @@ async def download_artifact(
                     transient_rounds -= 1
                     continue
                 break
-            key = await _store_file(store, Path(fh.name), got.sha256, got.content_type)
+            key, refused = await _store_file(
+                store, Path(fh.name), got.sha256, got.size_bytes, got.content_type
+            )
             mismatch = None
             if ref.size_bytes is not None and ref.size_bytes != got.size_bytes:
                 mismatch = (
                     f"size mismatch: run reported size_bytes={ref.size_bytes}, "
                     f"downloaded {got.size_bytes} bytes (bytes kept)"
                 )
+            if refused is not None:
+                mismatch = f"{mismatch}; {refused}" if mismatch else refused
             return ArtifactOutcome(
                 artifact_id=ref.id or "",
                 type=ref.type,

@@ -9,16 +9,20 @@ content addresses, so a live writer that finds an old unreferenced object with i
 reuses it instead of uploading again, and deleting it under that writer would break its
 batch. The retry of a crashed batch usually references them again anyway. Stop archivers
 before collecting artifacts.
+
+Entries the store never trusts (a symlink, a fifo, a name no writer makes) are neither
+followed nor deleted: they are listed in `GcReport.refused` for a human to look at.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from spine_pipeline.archive.layout import ARTIFACT_AREA, TABLE_PREFIX
 from spine_pipeline.archive.manifest import ManifestLog
-from spine_pipeline.archive.stores import ObjectStore
+from spine_pipeline.archive.stores import ObjectInfo, ObjectStore, UntrustedObject
 
 DEFAULT_GRACE = timedelta(hours=6)
 
@@ -28,6 +32,9 @@ class GcReport:
     deleted: list[str] = field(default_factory=list)
     kept_young: list[str] = field(default_factory=list)
     bytes_freed: int = 0
+    #: Entries the store never trusts (symlinks, non-regular files, foreign names), as
+    #: "key: reason": neither followed nor deleted, left for a human (`verify` warns too).
+    refused: list[str] = field(default_factory=list)
 
 
 def collect_garbage(
@@ -47,7 +54,8 @@ def collect_garbage(
     # The areas `verify` checks (layout.CHAINED_PREFIXES) except manifests, never collected.
     prefixes = (TABLE_PREFIX, ARTIFACT_AREA) if include_artifacts else (TABLE_PREFIX,)
     for prefix in prefixes:
-        for info in store.list(prefix):
+        report.refused.extend(f"{e.key}: {e.reason}" for e in store.refused(prefix))
+        for info in _listed(store, prefix):
             if info.key in referenced:
                 continue
             if info.last_modified > cutoff:
@@ -58,3 +66,11 @@ def collect_garbage(
             report.deleted.append(info.key)
             report.bytes_freed += info.size
     return report
+
+
+def _listed(store: ObjectStore, prefix: str) -> Iterator[ObjectInfo]:
+    """`store.list(prefix)`, empty if the area itself is behind a symlink (`refused` names it)."""
+    try:
+        yield from store.list(prefix)
+    except UntrustedObject:
+        return

@@ -1,36 +1,66 @@
 """Re-check the whole archive: the manifest chain, every file hash, every artifact hash.
 
-Reports every problem instead of stopping at the first, so an auditor sees the full extent
-of a tampering or a loss: a changed byte (hash mismatch), a missing object, an object no
-manifest lists, a manifest out of sequence or with a broken `prev_sha256`.
+Reports every finding instead of stopping at the first, so an auditor sees the full extent
+of a tampering or a loss. Findings come in two grades (docs/contracts.md section 7, "verify
+exit codes"):
+
+- **problems** (`report.ok` is False, `verify` exits 1): anything committed that is changed
+  (hash or size mismatch, a manifest not in canonical form), missing, unreadable, or out of
+  chain, and any foreign entry in the commit log's own area (`manifests/`);
+- **warnings** (`report.ok` stays True, one `WARN` line each): uncommitted objects under
+  `tables/` and `artifacts/` (a losing or crashed writer's files until `gc` collects them,
+  or a planted object the writers refused to trust) and entries the store refuses to read
+  there (symlinks, non-regular files, names no writer makes). Readers never see any of them,
+  so a normal writer race must not make `verify` cry wolf; but they are still named, and an
+  uncommitted object at a content address whose bytes do not match it is called out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from spine_pipeline.archive.layout import (
+    ARTIFACT_AREA,
     CHAINED_PREFIXES,
     MANIFEST_PREFIX,
+    TABLE_PREFIX,
     manifest_key,
+    parse_artifact_key,
     parse_manifest_seq,
 )
 from spine_pipeline.archive.manifest import Manifest, ManifestError
-from spine_pipeline.archive.stores import ObjectStore
+from spine_pipeline.archive.stores import (
+    ObjectStore,
+    StoreError,
+    UntrustedObject,
+    hash_object,
+    printable,
+)
 
-_CHUNK = 1 << 20
+#: Areas whose uncommitted objects are orphans (warnings); anything foreign elsewhere in the
+#: chain (the manifest area) is a problem.
+ORPHAN_AREAS = (TABLE_PREFIX, ARTIFACT_AREA)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # hash_mismatch | size_mismatch | missing | unlisted | chain | unreadable
+    """One finding; used for problems and warnings alike."""
+
+    kind: str  # hash_mismatch | size_mismatch | missing | unlisted | chain | unreadable | refused
     key: str
     detail: str
 
     def __str__(self) -> str:
-        return f"{self.kind}: {self.key}: {self.detail}"
+        # Keys and details can hold names an attacker chose: one printable line each.
+        return f"{self.kind}: {printable(self.key)}: {printable(self.detail)}"
 
 
 @dataclass
@@ -40,20 +70,12 @@ class VerifyReport:
     artifacts: int = 0
     bytes_hashed: int = 0
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """No problem: nothing committed is changed, missing or out of chain (warnings allowed)."""
         return not self.problems
-
-
-def _hash_object(store: ObjectStore, key: str) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with store.open_read(key) as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def _check(
@@ -62,11 +84,17 @@ def _check(
     if key not in existing:
         report.problems.append(Problem("missing", key, "listed by a manifest but not stored"))
         return
-    actual, actual_size = _hash_object(store, key)
+    try:
+        # Reads at most one byte more than the manifest says: a longer object cannot match.
+        actual, actual_size = hash_object(store, key, max_bytes=size)
+    except StoreError as exc:
+        report.problems.append(Problem("unreadable", key, _one_line(exc)))
+        return
     report.bytes_hashed += actual_size
     if actual_size != size:
+        stored = f"more than {size}" if actual_size > size else str(actual_size)
         report.problems.append(
-            Problem("size_mismatch", key, f"manifest says {size} bytes, stored {actual_size}")
+            Problem("size_mismatch", key, f"manifest says {size} bytes, stored {stored}")
         )
     if actual != sha256:
         report.problems.append(
@@ -74,10 +102,45 @@ def _check(
         )
 
 
+def _stored_keys(store: ObjectStore, report: VerifyReport) -> set[str]:
+    """Every listed key under the chained areas; refused entries are reported here."""
+    existing: set[str] = set()
+    for prefix in CHAINED_PREFIXES:
+        # An area behind a symlink lists nothing: `refused` names it just below.
+        with contextlib.suppress(UntrustedObject):
+            existing.update(info.key for info in store.list(prefix))
+        grade = report.problems if prefix == MANIFEST_PREFIX else report.warnings
+        for entry in store.refused(prefix):
+            grade.append(Problem("refused", entry.key, f"{entry.reason}: never read or trusted"))
+    return existing
+
+
+def _orphan(store: ObjectStore, report: VerifyReport, key: str) -> None:
+    """Grade an object no manifest names."""
+    if not key.startswith(ORPHAN_AREAS):
+        report.problems.append(Problem("unlisted", key, "stored but named by no manifest"))
+        return
+    detail = "uncommitted: named by no manifest, never read (gc removes it after its grace)"
+    sha256 = parse_artifact_key(key)
+    if sha256 is not None:
+        try:
+            actual, size = hash_object(store, key)
+        except StoreError as exc:
+            detail = f"uncommitted and unreadable: {_one_line(exc)}"
+        else:
+            report.bytes_hashed += size
+            if actual != sha256:
+                detail = (
+                    f"uncommitted, and its bytes hash to {actual}, not to its content address: "
+                    "a planted object, never trusted (remove it, or gc --include-artifacts)"
+                )
+    report.warnings.append(Problem("unlisted", key, detail))
+
+
 def verify_archive(store: ObjectStore) -> VerifyReport:
     """Verify everything under the archive root; `report.ok` is False on any problem."""
     report = VerifyReport()
-    existing = {info.key for prefix in CHAINED_PREFIXES for info in store.list(prefix)}
+    existing = _stored_keys(store, report)
     manifest_seqs = []
     for key in sorted(k for k in existing if k.startswith(MANIFEST_PREFIX)):
         seq = parse_manifest_seq(key)
@@ -95,7 +158,12 @@ def verify_archive(store: ObjectStore) -> VerifyReport:
             for missing in range(expected_seq, seq):
                 report.problems.append(Problem("missing", manifest_key(missing), "gap in chain"))
         expected_seq = seq + 1
-        data = store.get_bytes(key)
+        try:
+            data = store.get_bytes(key)
+        except StoreError as exc:
+            report.problems.append(Problem("unreadable", key, _one_line(exc)))
+            prev_sha = None
+            continue
         try:
             manifest = Manifest.from_bytes(data, key=key)
         except ManifestError as exc:
@@ -140,7 +208,7 @@ def verify_archive(store: ObjectStore) -> VerifyReport:
             listed.add(a[0])
             _check(store, report, a[0], a[1], a[2], existing)
     for key in sorted(existing - listed):
-        report.problems.append(Problem("unlisted", key, "stored but named by no manifest"))
+        _orphan(store, report, key)
     return report
 
 

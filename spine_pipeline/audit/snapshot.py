@@ -15,6 +15,15 @@ The spare is reused only when nothing reads it: no reader of this process (the r
 `duck.py`) and no POSIX lock from any process (an open-file-description write-lock probe,
 which also sees the record locks DuckDB readers of this process hold). Otherwise, and on
 platforms without OFD locks, the published file is copied to a new spare (slow path).
+
+No name beside the database is ever followed: a symlink (or any non-regular entry) planted
+at the published, spare, WAL, link, copy or lock name would make the writer overwrite a
+foreign file, or publish one, so a refresh refuses with a clear error and touches nothing.
+Every open of these names uses `O_NOFOLLOW`, the copy is created with `O_EXCL`, and a spare
+with a second hard link is never reused (writing it would write the other name's file).
+DuckDB opens the spare by name, so a symlink swapped in between the check and its open
+cannot be excluded; `publish` checks again and refuses to publish anything but a plain
+private file.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ import errno
 import fcntl
 import os
 import shutil
+import stat
 import struct
 import time
 from collections.abc import Iterator
@@ -57,17 +67,54 @@ class Paths:
     def copying(self) -> Path:
         return self.published.with_name(f"{self.published.name}.copy")
 
+    def beside(self) -> tuple[Path, ...]:
+        """Every name the writer opens, creates, renames or removes beside the database."""
+        wal = (Path(f"{self.published}.wal"), Path(f"{self.spare}.wal"))
+        return (self.published, self.spare, self.previous_link, self.copying, *wal)
+
 
 def paths_for(db_path: str | os.PathLike[str]) -> Paths:
+    """The files of the database at `db_path` (its directory may be reached through symlinks;
+    the names beside it may not be symlinks, see `refuse_planted`)."""
     return Paths(Path(db_path).absolute())
+
+
+_NOFOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _planted(path: Path, st: os.stat_result) -> AuditError:
+    what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+    return AuditError(
+        f"refusing to use {path}: it is {what}, which the audit writer never follows or "
+        "creates (planted?); nothing was written: remove it and run the refresh again"
+    )
+
+
+def refuse_planted(paths: Paths) -> None:
+    """Raise `AuditError` if any name beside the database is a symlink or not a regular file."""
+    for path in (*paths.beside(), paths.writer_lock):
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise _planted(path, st)
 
 
 @contextlib.contextmanager
 def writer_lock(paths: Paths, wait_seconds: float = WRITER_WAIT_SECONDS) -> Iterator[None]:
     """Serialise writers (CLI, Dagster asset, tests) across processes: one refresh at a time."""
     _private_parents(paths.published.parent)
-    fd = os.open(paths.writer_lock, os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        fd = os.open(paths.writer_lock, os.O_RDWR | os.O_CREAT | _NOFOLLOW, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _planted(paths.writer_lock, os.lstat(paths.writer_lock)) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _planted(paths.writer_lock, st)
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
@@ -82,6 +129,7 @@ def writer_lock(paths: Paths, wait_seconds: float = WRITER_WAIT_SECONDS) -> Iter
                         f"(waited {wait_seconds:.0f} s)"
                     ) from None
                 time.sleep(0.1)
+        refuse_planted(paths)  # before anything reads or writes a name beside the database
         yield
     finally:
         os.close(fd)  # releases the flock
@@ -117,7 +165,7 @@ def nobody_reads(path: Path) -> bool:
     setlk = getattr(fcntl, "F_OFD_SETLK", None)
     if setlk is None:  # no OFD locks (not Linux): cannot prove it, so do not reuse
         return False
-    fd = os.open(path, os.O_RDWR)
+    fd = os.open(path, os.O_RDWR | _NOFOLLOW)
     try:
         # struct flock: l_type, l_whence, l_start, l_len (0 = whole file), l_pid.
         request = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
@@ -138,6 +186,7 @@ def prepare_spare(paths: Paths, *, fresh: bool) -> tuple[Path, str]:
     `fresh` (a rebuild) starts from an empty file. Otherwise the spare is reused when it is
     an older snapshot nobody reads, else the published file is copied (atomically named).
     """
+    refuse_planted(paths)
     _remove(paths.copying)
     _remove(paths.previous_link)
     spare = paths.spare
@@ -146,15 +195,51 @@ def prepare_spare(paths: Paths, *, fresh: bool) -> tuple[Path, str]:
         return spare, "new"
     if (
         spare.exists()
-        and not Path(f"{spare}.wal").exists()
+        and not os.path.lexists(f"{spare}.wal")
+        and os.lstat(spare).st_nlink == 1  # a second name would be written through too
         and file_key(spare) != file_key(paths.published)
         and nobody_reads(spare)
     ):
         return spare, "reused"
     _remove(spare)
-    shutil.copyfile(paths.published, paths.copying)
+    _copy_private(paths.published, paths.copying)
     os.replace(paths.copying, spare)
     return spare, "copied"
+
+
+def _copy_private(source: Path, target: Path) -> None:
+    """Copy `source` to a new owner-only `target`; neither name is followed if a symlink."""
+    src = os.open(source, os.O_RDONLY | _NOFOLLOW)
+    try:
+        st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode):
+            raise _planted(source, st)
+        dst = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o600)
+        try:
+            _copy_fds(src, dst)
+        finally:
+            os.close(dst)
+    finally:
+        os.close(src)
+
+
+def _copy_fds(src: int, dst: int) -> None:
+    """sendfile(2) in the kernel where it can copy between files (Linux), else 1 MiB chunks."""
+    offset = 0
+    try:
+        while sent := os.sendfile(dst, src, offset, 1 << 30):
+            offset += sent
+        return
+    except OSError as exc:
+        if offset or exc.errno not in (
+            errno.EINVAL,
+            errno.ENOSYS,
+            errno.ENOTSOCK,
+            errno.EOPNOTSUPP,
+        ):
+            raise
+    with open(src, "rb", closefd=False) as fsrc, open(dst, "wb", closefd=False) as fdst:
+        shutil.copyfileobj(fsrc, fdst, 1 << 20)
 
 
 def publish(paths: Paths) -> None:
@@ -164,13 +249,23 @@ def publish(paths: Paths) -> None:
     instead of copying. A crash between the steps leaves at worst a stray link that the
     next refresh removes; the published name always points to a complete database.
     """
+    refuse_planted(paths)
     spare = paths.spare
-    if Path(f"{spare}.wal").exists():
+    if os.path.lexists(f"{spare}.wal"):
         raise AuditError(f"{spare}.wal exists: the new snapshot was not checkpointed")
-    os.chmod(spare, 0o600)  # a full copy of the archived content: owner only, any umask
+    fd = os.open(spare, os.O_RDONLY | _NOFOLLOW)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise AuditError(
+                f"refusing to publish {spare}: not a plain file with one name (planted?)"
+            )
+        os.fchmod(fd, 0o600)  # a full copy of the archived content: owner only, any umask
+    finally:
+        os.close(fd)
     if paths.published.exists():
         _remove(paths.previous_link)
-        os.link(paths.published, paths.previous_link)
+        os.link(paths.published, paths.previous_link, follow_symlinks=False)
         os.replace(spare, paths.published)
         os.replace(paths.previous_link, spare)
     else:

@@ -1,7 +1,8 @@
 """The archive's object store: one small interface, a local-disk and an S3 backend.
 
-- `base`: the `ObjectStore` interface, `ObjectInfo`, the exceptions (`AlreadyExists`,
-  `StoreError`, `ObjectNotFound`) and the key rules, re-exported here;
+- `base`: the `ObjectStore` interface, `ObjectInfo`, `RefusedEntry`, the exceptions
+  (`AlreadyExists`, `StoreError`, `ObjectNotFound`, `UntrustedObject`), the key rules and
+  `hash_object`, re-exported here;
 - `local.LocalStore`: a local path (or `file://` URI);
 - `s3.S3Store`: `s3://bucket/prefix` (boto3).
 
@@ -20,7 +21,11 @@ from spine_pipeline.archive.stores.base import (
     ObjectInfo,
     ObjectNotFound,
     ObjectStore,
+    RefusedEntry,
     StoreError,
+    UntrustedObject,
+    hash_object,
+    printable,
     validate_key,
     validate_prefix,
     validate_sha256_hex,
@@ -33,8 +38,12 @@ __all__ = [
     "ObjectInfo",
     "ObjectNotFound",
     "ObjectStore",
+    "RefusedEntry",
     "StoreError",
+    "UntrustedObject",
+    "hash_object",
     "open_store",
+    "printable",
     "validate_key",
     "validate_prefix",
     "validate_sha256_hex",

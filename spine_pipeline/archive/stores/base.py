@@ -12,6 +12,7 @@ factory; `open_store` in the package `__init__` imports them and picks one for a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,7 +28,11 @@ __all__ = [
     "ObjectInfo",
     "ObjectNotFound",
     "ObjectStore",
+    "RefusedEntry",
     "StoreError",
+    "UntrustedObject",
+    "hash_object",
+    "printable",
     "validate_key",
     "validate_prefix",
     "validate_sha256_hex",
@@ -38,6 +43,7 @@ __all__ = [
 MAX_KEY_BYTES = 1024
 #: Longest single path segment most local filesystems accept.
 MAX_SEGMENT_BYTES = 255
+_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,19 @@ class ObjectInfo:
     key: str
     size: int
     last_modified: datetime  # timezone-aware, UTC
+
+
+@dataclass(frozen=True)
+class RefusedEntry:
+    """Something under the root that `list()` does not report because the store never trusts it.
+
+    Local: a symlink (to a file or a directory) or another non-regular entry; S3: an object
+    whose name no archive writer makes (`validate_key` refuses it). `key` is its path under
+    the root made printable (`printable`), so one entry is always one line of output.
+    """
+
+    key: str
+    reason: str
 
 
 class AlreadyExists(Exception):
@@ -59,6 +78,11 @@ class StoreError(Exception):
 
 class ObjectNotFound(StoreError):
     """The key does not exist (reads only)."""
+
+
+class UntrustedObject(StoreError):
+    """Something stands at the key (or on its path) that the store refuses to follow or read:
+    a symlink, or an entry that is not a regular file. It is never an object of the archive."""
 
 
 @runtime_checkable
@@ -93,6 +117,12 @@ class ObjectStore(Protocol):
         """Objects whose key starts with `prefix` (a plain string prefix), sorted by key."""
         ...
 
+    def refused(self, prefix: str = "") -> Iterator[RefusedEntry]:
+        """Entries under `prefix` that `list()` skips because the store never trusts them
+        (symlinks, non-regular files, names no writer makes), sorted by key; for `verify`
+        and `gc` to report, never to read."""
+        ...
+
     def delete(self, key: str) -> None:
         """Remove `key` if present (idempotent). Only for GC of never-committed files."""
         ...
@@ -100,6 +130,37 @@ class ObjectStore(Protocol):
     def url(self, key: str) -> str:
         """Absolute local path or `s3://bucket/prefix/key`, for DuckDB and other readers."""
         ...
+
+
+def hash_object(store: ObjectStore, key: str, *, max_bytes: int | None = None) -> tuple[str, int]:
+    """(sha256 hex, size) of the stored object, streamed in 1 MiB chunks (bounded memory).
+
+    With `max_bytes`, reading stops after `max_bytes + 1` bytes: an object longer than the
+    bytes it is compared with cannot match them, so a huge planted object costs no more to
+    reject than the expected size. The size returned is then `max_bytes + 1`.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    with store.open_read(key) as fh:
+        while True:
+            want = _HASH_CHUNK if max_bytes is None else min(_HASH_CHUNK, max_bytes + 1 - size)
+            if want <= 0:
+                break
+            chunk = fh.read(want)
+            if not chunk:
+                break
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def printable(text: str) -> str:
+    """`text` as it is if printable, else escaped like a Python literal (one safe line).
+
+    Names read from a directory are attacker-controlled: a newline or a terminal escape in a
+    symlink's name must not forge or hide a line of `verify` output.
+    """
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def _show(text: str) -> str:

@@ -32,7 +32,10 @@ from spine_pipeline.archive.stores.base import (
     AlreadyExists,
     ObjectInfo,
     ObjectNotFound,
+    RefusedEntry,
     StoreError,
+    UntrustedObject,
+    printable,
     validate_key,
     validate_prefix,
     validate_sha256_hex,
@@ -160,7 +163,7 @@ class LocalStore:
         try:
             st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
             if not stat.S_ISREG(st.st_mode):
-                raise StoreError(f"refusing to delete {key}: not a regular file")
+                raise UntrustedObject(f"refusing to delete {key}: not a regular file")
             os.unlink(name, dir_fd=dir_fd)
             os.fsync(dir_fd)
         except FileNotFoundError:
@@ -185,7 +188,7 @@ class LocalStore:
             raise ObjectNotFound(f"no such object: {key}") from None
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise StoreError(f"refusing to read {key}: it is a symlink") from None
+                raise UntrustedObject(f"refusing to read {key}: it is a symlink") from None
             raise StoreError(f"cannot read {key}: {_reason(exc)}") from None
         finally:
             os.close(dir_fd)
@@ -215,26 +218,47 @@ class LocalStore:
         finally:
             os.close(dir_fd)
         if stat.S_ISLNK(st.st_mode):
-            raise StoreError(f"refusing {key}: it is a symlink")
+            raise UntrustedObject(f"refusing {key}: it is a symlink")
         return stat.S_ISREG(st.st_mode)
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Regular files whose key starts with `prefix`, in key order (UTF-8 byte order, as S3).
 
-        Symlinks, other non-regular entries and in-flight temp files are not listed.
+        Symlinks, other non-regular entries and names no writer makes are not listed (see
+        `refused`); in-flight temp files neither. A symlink on the prefix's own path raises
+        `UntrustedObject` (on first `next()`), as any read through it does.
         """
         validate_prefix(prefix)  # here, not on first next(): a bad prefix fails at the call
         *dirs, partial = prefix.split("/")
-        return self._list(dirs, partial, prefix)
+        return (e for e in self._list(dirs, partial, prefix) if isinstance(e, ObjectInfo))
 
-    def _list(self, dirs: Sequence[str], partial: str, prefix: str) -> Iterator[ObjectInfo]:
+    def refused(self, prefix: str = "") -> Iterator[RefusedEntry]:
+        """Entries under `prefix` that `list` skips: symlinks (never followed, so nothing
+        below a symlinked directory), fifos, sockets, devices, and names that are not valid
+        keys. In key order."""
+        validate_prefix(prefix)
+        *dirs, partial = prefix.split("/")
+        return self._refused(dirs, partial, prefix)
+
+    def _refused(self, dirs: Sequence[str], partial: str, prefix: str) -> Iterator[RefusedEntry]:
+        try:
+            entries = self._list(dirs, partial, prefix)
+            for entry in entries:
+                if isinstance(entry, RefusedEntry):
+                    yield entry
+        except UntrustedObject:
+            yield RefusedEntry(printable(prefix), "a symlink or non-directory on its path")
+
+    def _list(
+        self, dirs: Sequence[str], partial: str, prefix: str
+    ) -> Iterator[ObjectInfo | RefusedEntry]:
         dir_fd = self._open_dir(dirs, prefix, create=False)
         if dir_fd is None:
             return
         base = "".join(f"{d}/" for d in dirs)
         yield from self._walk(dir_fd, base, partial)
 
-    def _walk(self, dir_fd: int, base: str, partial: str) -> Iterator[ObjectInfo]:
+    def _walk(self, dir_fd: int, base: str, partial: str) -> Iterator[ObjectInfo | RefusedEntry]:
         """Depth-first walk in key order; takes ownership of `dir_fd`."""
         try:
             entries = []
@@ -245,31 +269,41 @@ class LocalStore:
                         continue
                     if entry.is_dir(follow_symlinks=False):
                         entries.append((name + "/", name, True))
-                    elif entry.is_file(follow_symlinks=False):
+                    else:
                         entries.append((name, name, False))
             # A directory sorts as "name/" so that "a-b" < "a/x" < "a0", exactly as flat keys do.
             entries.sort(key=lambda e: e[0].encode("utf-8", "surrogateescape"))
             for _, name, is_dir in entries:
+                key = f"{base}{name}"
+                try:
+                    validate_key(key)
+                except ValueError:
+                    yield RefusedEntry(printable(key), "not a name the archive writes")
+                    continue
                 if is_dir:
                     try:
                         sub_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
                     except OSError:
                         continue  # removed or replaced since scandir: not an object
-                    yield from self._walk(sub_fd, f"{base}{name}/", "")
+                    yield from self._walk(sub_fd, f"{key}/", "")
                     continue
                 try:
                     st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                 except FileNotFoundError:
                     continue
+                if stat.S_ISLNK(st.st_mode):
+                    yield RefusedEntry(printable(key), "symlink (never followed)")
+                    continue
                 if not stat.S_ISREG(st.st_mode):
+                    yield RefusedEntry(printable(key), "not a regular file")
                     continue
                 yield ObjectInfo(
-                    key=f"{base}{name}",
+                    key=key,
                     size=st.st_size,
                     last_modified=datetime.fromtimestamp(st.st_mtime, tz=UTC),
                 )
         except OSError as exc:
-            raise StoreError(f"cannot list {base or '/'}: {_reason(exc)}") from None
+            raise StoreError(f"cannot list {printable(base) or '/'}: {_reason(exc)}") from None
         finally:
             os.close(dir_fd)
 
@@ -335,8 +369,10 @@ class LocalStore:
         return fd
 
 
-def _not_a_plain_dir(key: str, segment: str) -> StoreError:
-    return StoreError(f"refusing {key}: {segment!r} on its path is a symlink or not a directory")
+def _not_a_plain_dir(key: str, segment: str) -> UntrustedObject:
+    return UntrustedObject(
+        f"refusing {key}: {segment!r} on its path is a symlink or not a directory"
+    )
 
 
 def _make_root(root: Path) -> None:

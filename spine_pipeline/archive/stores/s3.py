@@ -62,7 +62,9 @@ from spine_pipeline.archive.stores.base import (
     AlreadyExists,
     ObjectInfo,
     ObjectNotFound,
+    RefusedEntry,
     StoreError,
+    printable,
     validate_key,
     validate_prefix,
     validate_sha256_hex,
@@ -549,11 +551,17 @@ class S3Store:
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """ListObjectsV2 under the root, sorted by key here (SeaweedFS does not list in order)."""
         validate_prefix(prefix)  # here, not on first next(): a bad prefix fails at the call
-        return self._list(prefix)
+        return (e for e in self._list(prefix) if isinstance(e, ObjectInfo))
 
-    def _list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def refused(self, prefix: str = "") -> Iterator[RefusedEntry]:
+        """Objects under `prefix` whose names no archive writer makes (`validate_key` refuses
+        them, so `list` skips them), in key order. Directory markers (`x/`) are not reported."""
+        validate_prefix(prefix)
+        return (e for e in self._list(prefix) if isinstance(e, RefusedEntry))
+
+    def _list(self, prefix: str) -> Iterator[ObjectInfo | RefusedEntry]:
         root = f"{self.prefix}/" if self.prefix else ""
-        found: list[ObjectInfo] = []
+        found: list[ObjectInfo | RefusedEntry] = []
         try:
             pages = self._client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=root + prefix
@@ -564,14 +572,18 @@ class S3Store:
                     try:
                         validate_key(rel)
                     except ValueError:
-                        continue  # directory markers, or names no archive writer makes
+                        if rel and not rel.endswith("/"):  # directory markers are not planted
+                            found.append(
+                                RefusedEntry(printable(rel), "not a name the archive writes")
+                            )
+                        continue
                     modified = item["LastModified"]
                     if modified.tzinfo is None:
                         modified = modified.replace(tzinfo=UTC)
                     found.append(ObjectInfo(rel, int(item["Size"]), modified.astimezone(UTC)))
         except (ClientError, BotoCoreError) as exc:
             raise self._fail("list", None, exc) from None
-        found.sort(key=lambda info: info.key.encode("utf-8"))
+        found.sort(key=lambda entry: entry.key.encode("utf-8", "surrogatepass"))
         yield from found
 
 
