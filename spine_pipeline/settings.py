@@ -40,6 +40,7 @@ DEFAULT_POLL_MIN_INTERVAL = 15.0
 DEFAULT_POLL_MAX_INTERVAL = 60.0
 DEFAULT_POLL_REREQUEST = 600.0
 DEFAULT_AUDIT_RETRY = 300.0
+DEFAULT_RUN_FETCH_DEADLINE = 600.0
 SSE_MODES = ("AES256", "aws:kms")
 MAX_OBJECT_LOCK_DAYS = 36_500
 
@@ -56,6 +57,7 @@ VARIABLES = (
     "SPINE_POLL_MAX_INTERVAL_SECONDS",
     "SPINE_POLL_REREQUEST_SECONDS",
     "SPINE_AUDIT_RETRY_SECONDS",
+    "SPINE_RUN_FETCH_DEADLINE_SECONDS",
     "SPINE_CREDIT_BUDGET_DAILY",
     "SPINE_CREDIT_BUDGET_MONTHLY",
     "SPINE_S3_SSE",
@@ -257,6 +259,7 @@ class Settings:
     poll_max_interval_seconds: float = DEFAULT_POLL_MAX_INTERVAL
     poll_rerequest_seconds: float = DEFAULT_POLL_REREQUEST
     audit_retry_seconds: float = DEFAULT_AUDIT_RETRY
+    run_fetch_deadline_seconds: float = DEFAULT_RUN_FETCH_DEADLINE
     credit_budget_daily: float | None = None
     credit_budget_monthly: float | None = None
     s3_sse: str | None = None
@@ -294,6 +297,9 @@ class Settings:
                 e, "SPINE_POLL_REREQUEST_SECONDS", wait, DEFAULT_POLL_REREQUEST
             ),
             audit_retry_seconds=_get(e, "SPINE_AUDIT_RETRY_SECONDS", wait, DEFAULT_AUDIT_RETRY),
+            run_fetch_deadline_seconds=_get(
+                e, "SPINE_RUN_FETCH_DEADLINE_SECONDS", duration, DEFAULT_RUN_FETCH_DEADLINE
+            ),
             credit_budget_daily=_optional(e, "SPINE_CREDIT_BUDGET_DAILY", parse_credits),
             credit_budget_monthly=_optional(e, "SPINE_CREDIT_BUDGET_MONTHLY", parse_credits),
             s3_sse=_optional(e, "SPINE_S3_SSE", partial(parse_choice, choices=SSE_MODES)),

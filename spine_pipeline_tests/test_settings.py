@@ -56,6 +56,7 @@ CASES = [
     Case("SPINE_POLL_MAX_INTERVAL_SECONDS", "30", "poll_max_interval_seconds", 30.0, "soon"),
     Case("SPINE_POLL_REREQUEST_SECONDS", "60", "poll_rerequest_seconds", 60.0, "nan"),
     Case("SPINE_AUDIT_RETRY_SECONDS", "0", "audit_retry_seconds", 0.0, "-5"),
+    Case("SPINE_RUN_FETCH_DEADLINE_SECONDS", "2.5", "run_fetch_deadline_seconds", 2.5, "0"),
     Case("SPINE_CREDIT_BUDGET_DAILY", "1000", "credit_budget_daily", 1000.0, "lots"),
     Case("SPINE_CREDIT_BUDGET_MONTHLY", "2.5e4", "credit_budget_monthly", 25000.0, "0"),
     Case("SPINE_S3_SSE", "aws:kms", "s3_sse", "aws:kms", "aes256"),
