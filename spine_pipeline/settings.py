@@ -43,6 +43,7 @@ DEFAULT_POLL_REREQUEST = 600.0
 DEFAULT_AUDIT_RETRY = 300.0
 DEFAULT_ARTIFACT_MAX_BYTES = 2 * 1024**3
 DEFAULT_AUDIT_MEMORY_LIMIT = 1 << 30  # bytes
+DEFAULT_RUN_FETCH_DEADLINE = 600.0
 SSE_MODES = ("AES256", "aws:kms")
 MAX_OBJECT_LOCK_DAYS = 36_500
 
@@ -60,6 +61,7 @@ VARIABLES = (
     "SPINE_POLL_REREQUEST_SECONDS",
     "SPINE_AUDIT_RETRY_SECONDS",
     "SPINE_AUDIT_MEMORY_LIMIT",
+    "SPINE_RUN_FETCH_DEADLINE_SECONDS",
     "SPINE_CREDIT_BUDGET_DAILY",
     "SPINE_CREDIT_BUDGET_MONTHLY",
     "SPINE_ARTIFACT_MAX_BYTES",
@@ -327,6 +329,7 @@ class Settings:
     poll_rerequest_seconds: float = DEFAULT_POLL_REREQUEST
     audit_retry_seconds: float = DEFAULT_AUDIT_RETRY
     audit_memory_limit: int = DEFAULT_AUDIT_MEMORY_LIMIT
+    run_fetch_deadline_seconds: float = DEFAULT_RUN_FETCH_DEADLINE
     credit_budget_daily: float | None = None
     credit_budget_monthly: float | None = None
     artifact_max_bytes: int = DEFAULT_ARTIFACT_MAX_BYTES
@@ -368,6 +371,9 @@ class Settings:
             audit_retry_seconds=_get(e, "SPINE_AUDIT_RETRY_SECONDS", wait, DEFAULT_AUDIT_RETRY),
             audit_memory_limit=_get(
                 e, "SPINE_AUDIT_MEMORY_LIMIT", parse_memory_size, DEFAULT_AUDIT_MEMORY_LIMIT
+            ),
+            run_fetch_deadline_seconds=_get(
+                e, "SPINE_RUN_FETCH_DEADLINE_SECONDS", duration, DEFAULT_RUN_FETCH_DEADLINE
             ),
             credit_budget_daily=_optional(e, "SPINE_CREDIT_BUDGET_DAILY", parse_credits),
             credit_budget_monthly=_optional(e, "SPINE_CREDIT_BUDGET_MONTHLY", parse_credits),

@@ -57,6 +57,7 @@ CASES = [
     Case("SPINE_POLL_REREQUEST_SECONDS", "60", "poll_rerequest_seconds", 60.0, "nan"),
     Case("SPINE_AUDIT_RETRY_SECONDS", "0", "audit_retry_seconds", 0.0, "-5"),
     Case("SPINE_AUDIT_MEMORY_LIMIT", "512MiB", "audit_memory_limit", 512 << 20, "1MB"),
+    Case("SPINE_RUN_FETCH_DEADLINE_SECONDS", "2.5", "run_fetch_deadline_seconds", 2.5, "0"),
     Case("SPINE_CREDIT_BUDGET_DAILY", "1000", "credit_budget_daily", 1000.0, "lots"),
     Case("SPINE_CREDIT_BUDGET_MONTHLY", "2.5e4", "credit_budget_monthly", 25000.0, "0"),
     Case("SPINE_ARTIFACT_MAX_BYTES", "1048576", "artifact_max_bytes", 1048576, "2GB"),

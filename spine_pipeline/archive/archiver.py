@@ -4,6 +4,11 @@ Order is the protocol: data files, then artifacts, then the manifest. Until the 
 exists the batch does not exist for readers, so a crash at any point leaves only garbage
 (`gc` removes it) and the next attempt archives the runs again, under a new batch id. A run
 already named by a committed manifest is skipped, which makes every retry safe.
+
+All the fetching of one run (its GET, DAG, tasks and artifact downloads) has one deadline,
+`SPINE_RUN_FETCH_DEADLINE_SECONDS`: read timeouts alone never end a reply that trickles a
+byte every few seconds, and one such run would hold its whole batch. A run past it is left
+for the next attempt (outcome `failed`, "fetch deadline"), and its batch-mates commit.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from spine_pipeline.archive.fetch import (
     terminal_time,
 )
 from spine_pipeline.archive.flatten import flatten_batch_by_dt, partition_dt
+from spine_pipeline.archive.flatten.values import as_int
 from spine_pipeline.archive.layout import table_key
 from spine_pipeline.archive.manifest import (
     ArtifactEntry,
@@ -43,6 +49,7 @@ from spine_pipeline.archive.manifest import (
 from spine_pipeline.archive.parquet import encode_table
 from spine_pipeline.archive.records import BatchContext, FetchedRun
 from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
+from spine_pipeline.settings import Settings
 from spine_pipeline.spine import AsyncSpineClient, SpineError
 
 log = logging.getLogger(__name__)
@@ -111,10 +118,16 @@ class Archiver:
         concurrency: int = 8,
         workdir: Path | None = None,
         before_commit: Callable[[list[FileEntry]], None] | None = None,
+        fetch_deadline: float | None = None,
     ) -> None:
         self.store = store
         self.client_factory = client_factory
         self.concurrency = max(1, concurrency)
+        self.fetch_deadline = (
+            Settings.from_env().run_fetch_deadline_seconds
+            if fetch_deadline is None
+            else fetch_deadline
+        )
         self.workdir = workdir
         self.before_commit = before_commit  # test hook: crash injection point
         self.log = ManifestLog(store)
@@ -165,17 +178,25 @@ class Archiver:
 
             async def one(req: ArchiveRequest) -> FetchedRun | None:
                 async with gate:
+                    deadline = asyncio.timeout(self.fetch_deadline)
                     try:
-                        return await self._fetch_one(client, req, workdir)
+                        async with deadline:
+                            return await self._fetch_one(client, req, workdir)
                     except NotTerminalError as exc:
                         outcomes[req.run_id] = RunOutcome(req.run_id, "not_terminal", str(exc))
                     except (TransientFetchError, SpineError) as exc:
                         outcomes[req.run_id] = RunOutcome(req.run_id, "failed", str(exc))
                     except Exception as exc:  # one hostile run must not sink its batch
-                        log.exception("archiving run %s failed", req.run_id)
-                        outcomes[req.run_id] = RunOutcome(
-                            req.run_id, "failed", f"{type(exc).__name__}: {exc}"
-                        )
+                        if isinstance(exc, TimeoutError) and deadline.expired():
+                            message = (
+                                f"fetch deadline: not fetched within {self.fetch_deadline:g}s "
+                                "(SPINE_RUN_FETCH_DEADLINE_SECONDS); left for the next attempt"
+                            )
+                            log.warning("run %s not archived: %s", req.run_id, message)
+                        else:
+                            log.exception("archiving run %s failed", req.run_id)
+                            message = f"{type(exc).__name__}: {exc}"
+                        outcomes[req.run_id] = RunOutcome(req.run_id, "failed", message)
                     return None
 
             results = await asyncio.gather(*(one(r) for r in todo))
@@ -299,7 +320,7 @@ def _archived(run: FetchedRun, manifest: Manifest) -> RunOutcome:
         task_count=count_tasks(run.tasks.value if run.tasks is not None else None),
         artifact_count=len(run.artifacts),
         artifact_errors=sum(1 for a in run.artifacts if a.download_error),
-        credits=credits if isinstance(credits, int) and not isinstance(credits, bool) else None,
+        credits=as_int(credits),
         canvas_id=value.get("canvas_id") if isinstance(value.get("canvas_id"), str) else None,
         message="; ".join(run.fetch_errors),
     )

@@ -3,9 +3,10 @@
 A transient failure (5xx after the client's retries, a dropped connection, a timeout)
 means "not now": the run is left for the next attempt rather than archived without its
 blocks, so a run is committed with all its parts or not at all. A persistent answer (the
-canvas 404s although the run says completed, a body that stays unreadable) is recorded as
-a `fetch_error` and the run is archived with what exists, so one broken run never blocks
-its batch forever.
+canvas 404s although the run says completed, a body that stays unreadable, a reply refused
+for its decoded size) is recorded as a `fetch_error` and the run is archived with what
+exists, so one broken run never blocks its batch forever; the run's own GET failing that
+way fails the run at once (named in its outcome), without repeating the request.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from spine_pipeline.spine import (
     AsyncSpineClient,
     MalformedResponseError,
     NotFoundError,
+    ResponseTooLargeError,
     Run,
     SpineAPIError,
 )
@@ -125,7 +127,8 @@ def verbatim_doc(body: bytes) -> RawDoc:
 
 
 def _persistent(exc: SpineAPIError) -> bool:
-    return isinstance(exc, NotFoundError | MalformedResponseError) or (
+    """An answer that asking again would not change (a refused size is one: see its class)."""
+    return isinstance(exc, NotFoundError | MalformedResponseError | ResponseTooLargeError) or (
         400 <= exc.status_code < 500 and exc.status_code != 429
     )
 
@@ -183,8 +186,17 @@ async def fetch_canvas(
 
 
 def terminal_time(run: Run, submitted_at: datetime | None, observed_at: datetime) -> datetime:
-    """When the run ended: submit time plus Spine's duration if both are known."""
+    """When the run ended: submit time plus Spine's duration if both are known.
+
+    A duration past what a datetime can hold (`duration_ms` 9e18 fits int64, not a date)
+    ends after `observed_at` by definition, so `observed_at` it is; the flattened row nulls
+    that duration and names it in `fetch_errors` (`flatten.values.as_duration_ms`).
+    """
     if submitted_at is not None and run.duration_ms is not None and run.duration_ms >= 0:
         start = submitted_at if submitted_at.tzinfo else submitted_at.replace(tzinfo=UTC)
-        return min(start + timedelta(milliseconds=run.duration_ms), observed_at)
+        try:
+            end = start + timedelta(milliseconds=run.duration_ms)
+        except OverflowError:
+            return observed_at
+        return min(end, observed_at)
     return observed_at

@@ -29,6 +29,7 @@ import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
+from spine_pipeline.spine.bodies import BodyTooLarge, aread_capped, read_capped
 from spine_pipeline.spine.content_coding import (
     ACCEPT_ENCODING,
     ContentCodingError,
@@ -41,6 +42,7 @@ from spine_pipeline.spine.errors import (
     DownloadExpiredError,
     DownloadRefusedError,
     MalformedResponseError,
+    ResponseTooLargeError,
     SpineConnectionError,
     SpineError,
     SpineTimeoutError,
@@ -61,6 +63,9 @@ from spine_pipeline.spine.url_policy import ArtifactUrlPolicy, IPAddress, Screen
 
 USER_AGENT = "spine-pipeline/0.1 (+httpx)"
 _CHUNK = 1 << 20
+#: Largest decoded API reply body read (the biggest documented payloads are a few 20 MiB
+#: blocks); past it the reply is refused (`ResponseTooLargeError`) without inflating more.
+MAX_REPLY_BYTES = 256 * 1024 * 1024
 # httpcore asks `import sniffio` on every lock/event it sets up (several per request); when
 # sniffio is not installed, each failed import walks sys.path again. A None entry in
 # sys.modules makes the same import fail at once, exactly as it would anyway.
@@ -106,8 +111,18 @@ class _Sleep:
     seconds: float
 
 
+@dataclass(frozen=True)
+class _Received:
+    """A reply whose body was read within the cap (`bodies.read_capped`): what flows see."""
+
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
+
+
 _Step = _Send | _Sleep
-_Reply = httpx.Response | Exception | None
+_Answer = _Received | httpx.Response
+_Reply = _Answer | Exception | None
 T = TypeVar("T")
 Flow = Generator[_Step, _Reply, T]
 
@@ -148,6 +163,22 @@ def _transport_failure(kind: RequestKind, request: httpx.Request, exc: Exception
     return SpineConnectionError(f"{what} failed: cannot reach Spine ({_describe(dropped or exc)})")
 
 
+def _too_large(kind: RequestKind, request: httpx.Request, exc: BodyTooLarge) -> SpineError:
+    """A refused reply body, as one line: never retried (the same reply would be refused)."""
+    coding = f", Content-Encoding {exc.content_encoding}" if exc.content_encoding else ""
+    what = f"{request.method} {request.url.path}"
+    reason = f"reply body exceeds {exc.limit} bytes decoded{coding}; refused, not read further"
+    if kind is RequestKind.CREATE:
+        return SubmitOutcomeUnknownError(
+            f"submit outcome unknown: {what} answered HTTP {exc.status_code} but its {reason}",
+            cause=reason,
+            request_id=exc.request_id,
+        )
+    return ResponseTooLargeError(
+        f"{what}: {reason}", status_code=exc.status_code, request_id=exc.request_id
+    )
+
+
 def _dropped(exc: Exception) -> aiohttp.ClientConnectionError | None:
     """The connection the server closed or reset, which httpx-aiohttp reports as a timeout.
 
@@ -176,6 +207,8 @@ def api_flow(
         _with_deadline(request, timeout, deadline)
         reply = yield _Send(request)
         retry_after: float | None = None
+        if isinstance(reply, BodyTooLarge):
+            raise _too_large(kind, request, reply)
         if isinstance(reply, Exception):
             retryable = exception_is_retryable(kind, reply)
         else:
@@ -195,7 +228,7 @@ def api_flow(
         return _interpret(kind, request, reply)
 
 
-def _interpret(kind: RequestKind, request: httpx.Request, response: httpx.Response) -> ApiResponse:
+def _interpret(kind: RequestKind, request: httpx.Request, response: _Answer) -> ApiResponse:
     request_id = response.headers.get("x-request-id")
     status = response.status_code
     if kind is RequestKind.CREATE and status >= 500:
@@ -414,6 +447,7 @@ class _Base:
         create_retry: RetryPolicy | None = None,
         artifact_max_bytes: int | None = None,
         artifact_allowed_hosts: Sequence[str] | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         self.settings = SpineSettings.resolve(
             api_key=api_key,
@@ -427,6 +461,7 @@ class _Base:
         )
         self.retry = retry or RetryPolicy()
         self.create_retry = create_retry or self.retry
+        self.max_reply_bytes = max_reply_bytes
         self._headers = {
             "X-API-KEY": self.settings.api_key.get(),
             "User-Agent": USER_AGENT,
@@ -537,8 +572,13 @@ class SpineClient(_Base):
                 time.sleep(step.seconds)
             else:
                 try:
-                    reply = http.send(step.request)
-                except httpx.HTTPError as exc:
+                    response = http.send(step.request, stream=True)
+                    try:
+                        body = read_capped(response, self.max_reply_bytes)
+                    finally:
+                        response.close()
+                    reply = _Received(response.status_code, response.headers, body)
+                except (httpx.HTTPError, BodyTooLarge) as exc:
                     reply = exc
             try:
                 step = flow.send(reply)
@@ -699,8 +739,13 @@ class AsyncSpineClient(_Base):
                 await asyncio.sleep(step.seconds)
             else:
                 try:
-                    reply = await http.send(step.request)
-                except httpx.HTTPError as exc:
+                    response = await http.send(step.request, stream=True)
+                    try:
+                        body = await aread_capped(response, self.max_reply_bytes)
+                    finally:
+                        await response.aclose()
+                    reply = _Received(response.status_code, response.headers, body)
+                except (httpx.HTTPError, BodyTooLarge) as exc:
                     reply = exc
             try:
                 step = flow.send(reply)

@@ -92,6 +92,15 @@ class MalformedResponseError(SpineAPIError):
         self.raw_body = raw_body
 
 
+class ResponseTooLargeError(SpineAPIError):
+    """A reply whose body, once decoded, passed the client's cap: refused, not read further.
+
+    A gzip bomb is small on the wire and huge inflated; the client stops inflating at the
+    cap (`client.MAX_REPLY_BYTES`) instead of holding gigabytes. Persistent: the same reply
+    would be refused again, so neither the client nor the archive repeats the request.
+    """
+
+
 class SubmitOutcomeUnknownError(SpineError):
     """POST /v1/run may or may not have created a (billable) run.
 

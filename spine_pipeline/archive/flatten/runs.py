@@ -16,10 +16,12 @@ from spine_pipeline.archive.flatten.columns import Cols
 from spine_pipeline.archive.flatten.slicing import SourceDoc, items_with_spans, unparsed_row
 from spine_pipeline.archive.flatten.values import (
     as_bool,
+    as_duration_ms,
     as_int,
     as_str,
     as_text,
     as_utc,
+    checked_int,
     dumps_compact,
 )
 from spine_pipeline.archive.records import ArtifactOutcome, FetchedRun, RawDoc
@@ -110,6 +112,8 @@ def add_run(
     meta = m if isinstance(m := run_value.get("metadata"), dict) else {}
     models = meta.get("models_used")
     final_output = result.get("final_output", run_value.get("final_output"))
+    credits = checked_int(meta.get("credits_consumed"), "metadata.credits_consumed", problems)
+    duration = as_duration_ms(run_value.get("duration_ms"), problems)
     runs.add(
         canvas_id=canvas_id,
         canvas_name=as_str(dag_value.get("canvas_name")),
@@ -121,8 +125,8 @@ def add_run(
         template=as_str(run_value.get("template")),
         template_used=as_str(meta.get("template_used")),
         models_used=[as_str(m) for m in models] if isinstance(models, list) else None,
-        credits_consumed=as_int(meta.get("credits_consumed")),
-        duration_ms=as_int(run_value.get("duration_ms")),
+        credits_consumed=credits,
+        duration_ms=duration,
         final_output=as_text(final_output),
         error_count=tables["run_errors"].n,
         block_count=tables["blocks"].n,

@@ -4,13 +4,17 @@ The archive keeps every payload exactly in `raw_json`, so a typed column may be 
 integers are JSON integers within int64 (not floats, not booleans, not beyond the range),
 strings are strings, and anything else is null. Big strings (`BigString`) stay UTF-8 bytes
 in large text columns and are materialised only for the small ones.
+
+An integer of the right type but out of its column's range (credits beyond int64, a
+duration no datetime can add) is a different case from a wrong type: it looks like data, so
+`checked_int` nulls it *and* names it in the run's `fetch_errors`, where an auditor sees it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from spine_pipeline.spine.rawjson import BigString, dumps_iterative
@@ -18,12 +22,15 @@ from spine_pipeline.spine.textfidelity import SURROGATE, replace_surrogates
 
 __all__ = [
     "BUFFERS",
+    "MAX_DURATION_MS",
     "Buffer",
     "as_bool",
+    "as_duration_ms",
     "as_int",
     "as_str",
     "as_text",
     "as_utc",
+    "checked_int",
     "content_fields",
     "count_of",
     "dumps_compact",
@@ -31,6 +38,8 @@ __all__ = [
 ]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: The longest duration Python's datetime arithmetic can hold (`timedelta.max`), in ms.
+MAX_DURATION_MS = timedelta.max // timedelta(milliseconds=1)
 Buffer = bytes | bytearray | memoryview
 BUFFERS = (bytes, bytearray, memoryview)
 
@@ -52,6 +61,29 @@ def as_text(v: Any) -> str | Buffer | None:
 def as_int(v: Any) -> int | None:
     """Integers only (not bools, not floats), within int64; anything else is null."""
     return v if type(v) is int and INT64_MIN <= v <= INT64_MAX else None
+
+
+def _shown_int(v: int) -> str:
+    """An integer for a message (a huge one by its size: str() of it may even raise)."""
+    return str(v) if v.bit_length() <= 128 else f"an integer of {v.bit_length()} bits"
+
+
+def checked_int(
+    v: Any, what: str, problems: list[str], *, lo: int = INT64_MIN, hi: int = INT64_MAX
+) -> int | None:
+    """`as_int` within [lo, hi]; an integer outside is null and named in `problems`."""
+    if type(v) is int and not lo <= v <= hi:
+        problems.append(
+            f"{what}: {_shown_int(v)} is out of range ({lo} to {hi}); "
+            "column left null, the value is kept in raw_json"
+        )
+        return None
+    return as_int(v)
+
+
+def as_duration_ms(v: Any, problems: list[str]) -> int | None:
+    """A `duration_ms` that datetime arithmetic can use (`terminal_at` adds it to a time)."""
+    return checked_int(v, "duration_ms", problems, lo=-MAX_DURATION_MS, hi=MAX_DURATION_MS)
 
 
 def as_bool(v: Any) -> bool | None:

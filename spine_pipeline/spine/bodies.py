@@ -1,0 +1,96 @@
+"""HTTP reply bodies read with a cap on their *decoded* size.
+
+httpx decodes `Content-Encoding` itself, inflating each raw chunk it reads in one call with
+no output limit: one 64 KiB chunk of a gzip bomb becomes about 64 MiB at once, and
+`Content-Encoding: gzip, gzip` multiplies that again, so a 2 MB reply could hold gigabytes
+before anyone can look at its size. Bodies are therefore read raw (`iter_raw`) and inflated
+here with zlib's `max_length`, at most `PIECE` bytes at a time through every coding; the
+body is refused (`BodyTooLarge`) as soon as its decoded size passes the limit, and nothing
+more is read or inflated.
+
+The decoding itself is `content_coding.StreamDecoder`, the one decoder of the project (the
+artifact downloads use it too). Like httpx, codings other than gzip and deflate are left as
+they are (the envelope parser then refuses the body), and a corrupt or cut-short stream
+raises `httpx.DecodingError`, so the request flows treat it as the transport error it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+
+from spine_pipeline.spine.content_coding import ContentCodingError, StreamDecoder
+
+__all__ = ["PIECE", "BodyTooLarge", "BoundedDecoder", "aread_capped", "read_capped"]
+
+#: Most bytes one inflate step may produce: the memory a hostile coding costs beyond the cap.
+PIECE = 1 << 20
+_DECODED = ("gzip", "x-gzip", "deflate")
+
+
+class BodyTooLarge(Exception):
+    """The decoded body passed `limit` bytes; reading stopped there."""
+
+    def __init__(self, limit: int, status_code: int, headers: httpx.Headers) -> None:
+        self.limit = limit
+        self.status_code = status_code
+        self.request_id = headers.get("x-request-id")
+        self.content_encoding = headers.get("content-encoding")
+        super().__init__(f"decoded body exceeds {limit} bytes")
+
+
+class BoundedDecoder:
+    """Undo a reply's `Content-Encoding` lazily, counting decoded bytes against `limit`."""
+
+    def __init__(self, status_code: int, headers: httpx.Headers, limit: int) -> None:
+        codings = [
+            c.strip().lower() for c in headers.get_list("content-encoding", split_commas=True)
+        ]
+        try:
+            self._decoder = StreamDecoder(", ".join(c for c in codings if c in _DECODED), PIECE)
+        except ContentCodingError as exc:  # more layers than anyone sends
+            raise httpx.DecodingError(str(exc)) from None
+        self._status_code = status_code
+        self._headers = headers
+        self.limit = limit
+        self.size = 0
+
+    def _counted(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        try:
+            for piece in pieces:
+                self.size += len(piece)
+                if self.size > self.limit:
+                    raise BodyTooLarge(self.limit, self._status_code, self._headers)
+                yield piece
+        except ContentCodingError as exc:
+            raise httpx.DecodingError(str(exc)) from None
+
+    def decode(self, raw: bytes) -> Iterator[bytes]:
+        """The decoded pieces of one raw chunk (raises `BodyTooLarge` past the limit)."""
+        return self._counted(self._decoder.feed(raw))
+
+    def flush(self) -> Iterator[bytes]:
+        """What the codings still hold at the end of the body."""
+        return self._counted(self._decoder.finish())
+
+
+def read_capped(response: httpx.Response, limit: int) -> bytes:
+    """The decoded body of a streamed response, refused past `limit` decoded bytes."""
+    decoder = BoundedDecoder(response.status_code, response.headers, limit)
+    pieces: list[bytes] = []
+    for raw in response.iter_raw():
+        pieces.extend(decoder.decode(raw))
+    pieces.extend(decoder.flush())
+    return b"".join(pieces)
+
+
+async def aread_capped(response: httpx.Response, limit: int) -> bytes:
+    """Async twin of `read_capped`."""
+    decoder = BoundedDecoder(response.status_code, response.headers, limit)
+    pieces: list[bytes] = []
+    raw_chunks: AsyncIterator[bytes] = response.aiter_raw()
+    async for raw in raw_chunks:
+        pieces.extend(decoder.decode(raw))
+    pieces.extend(decoder.flush())
+    return b"".join(pieces)
