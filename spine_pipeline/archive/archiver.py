@@ -44,9 +44,10 @@ from spine_pipeline.archive.parquet import encode_table
 from spine_pipeline.archive.records import BatchContext, FetchedRun
 from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
 from spine_pipeline.spine import AsyncSpineClient, SpineError
-from spine_pipeline.spine.redact import redact
+from spine_pipeline.spine.redact import RedactingFilter, redact
 
 log = logging.getLogger(__name__)
+log.addFilter(RedactingFilter())  # it logs unexpected errors, whose text may quote a server
 COMMIT_ATTEMPTS = 20
 
 

@@ -85,13 +85,21 @@ HTTP_LOGGERS = (
 
 
 class RedactingFilter(logging.Filter):
-    """Masks secrets in every record of the logger it is attached to (before any handler)."""
+    """Masks secrets in every record of the logger it is attached to (before any handler).
+
+    The message and the traceback: handlers format `exc_text` when it is set, so the
+    traceback is formatted here once, redacted, and kept there.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         clean = redact(message)
         if clean != message:
             record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
         return True
 
 

@@ -194,3 +194,28 @@ def test_an_s3_store_registers_its_aws_secret_for_redaction(monkeypatch):
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     S3Store("s3://redaction-canary/archive")
     assert redact(f"signed with {secret} and {token}") == "signed with *** and ***"
+
+
+def test_an_unexpected_archive_error_is_logged_and_recorded_redacted(tmp_path, monkeypatch):
+    from spine_pipeline.archive import archiver
+    from spine_pipeline.archive.stores import open_store
+    from spine_pipeline_tests.reliability.logs import capture_logs
+
+    key = _odd_key()
+    run_id = str(uuid.uuid4())
+
+    async def broken(client, canvas_id):
+        raise RuntimeError(f"unexpected: the server said {key}")
+
+    monkeypatch.setattr(archiver, "fetch_canvas", broken)
+    with echo_server(EchoConfig(key, ok_runs={run_id})) as server, capture_logs() as logs:
+
+        def factory() -> AsyncSpineClient:
+            return AsyncSpineClient(api_key=key, base_url=server.base_url)
+
+        result = archiver.Archiver(open_store(str(tmp_path / "archive")), factory).archive([run_id])
+    (outcome,) = result.outcomes
+    assert outcome.outcome == "failed" and "RuntimeError" in outcome.message
+    text = logs.getvalue()
+    assert "archiving run" in text and "Traceback" in text and "***" in text
+    _assert_hidden(key, text, outcome.message)
