@@ -29,7 +29,7 @@ from spine_pipeline.audit.sql import duckdb_message
 from spine_pipeline.catalog import CatalogError
 from spine_pipeline.settings import ConfigurationError, Settings
 from spine_pipeline.spine import SpineError
-from spine_pipeline.spine.redact import redact
+from spine_pipeline.spine.redact import redact, register_secret
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -123,7 +123,9 @@ def expected_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            Settings.from_env()
+            # The key is masked from the start, whatever its shape, even in a command that
+            # never builds a client (which would register it).
+            register_secret(Settings.from_env().api_key)
             return func(*args, **kwargs)
         except ConfigurationError as exc:
             log.debug("bad setting", exc_info=True)

@@ -259,3 +259,17 @@ def test_debug_prints_the_traceback_redacted(offline_cli, monkeypatch):
     assert "Traceback" in result.stderr and "OSError: [Errno" in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: No space left on device")
     assert _KEY not in result.output
+
+
+def test_the_configured_key_is_masked_even_without_a_client(tmp_path, monkeypatch):
+    """`status` never builds a client; a path naming the key is still masked."""
+    import uuid
+
+    key = f"plain-{uuid.uuid4().hex}"
+    monkeypatch.setenv("SPINE_API_KEY", key)
+    monkeypatch.setenv("SPINE_ARCHIVE_URI", str(tmp_path / key / "archive"))
+    (tmp_path / key).write_text("a file where the archive's parent directory should be")
+    result = CliRunner().invoke(main, ["status"], catch_exceptions=False)
+    assert result.exit_code == 1
+    (line,) = _one_error_line(result)
+    assert key not in result.output and "***" in line
