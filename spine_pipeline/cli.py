@@ -10,7 +10,7 @@ import click
 
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.stores import open_store
-from spine_pipeline.cli_errors import expected_errors, fail
+from spine_pipeline.cli_errors import enable_debug_log, expected_errors, fail
 from spine_pipeline.settings import Settings
 from spine_pipeline.spine import SpineClient, UploadFile
 from spine_pipeline.submission import SubmitSpec, submit_and_record
@@ -18,8 +18,15 @@ from spine_pipeline.submission import SubmitSpec, submit_and_record
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="spine-pipeline")
-def main() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="print the debug log on stderr, with the traceback behind any error (redacted)",
+)
+def main(debug: bool) -> None:
     """Submit, poll, archive and audit Spine runs."""
+    if debug:
+        enable_debug_log()
 
 
 @main.command()

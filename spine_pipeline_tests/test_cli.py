@@ -154,3 +154,122 @@ def test_simulator_command_serves_on_loopback():
             signals = [ln for ln in status.splitlines() if ln.startswith(("State", "Sig"))]
             raise AssertionError(f"ignored SIGTERM: {signals}, wchan {wchan}") from None
     time.sleep(0.1)
+
+
+# -- the machine's conditions: one line, no traceback, no secret (the traceback is in --debug) --
+
+RUN_ID = "00000000-0000-4000-8000-0000000000aa"
+_KEY = "odd-cli-errors-KEY-5c1d9e"  # registered by the client, like any configured key
+
+
+@pytest.fixture
+def offline_cli(tmp_path, monkeypatch):
+    """The CLI on a local archive; Spine is never asked (the URL would refuse anyway)."""
+    import logging
+
+    from spine_pipeline.spine.redact import register_secret
+
+    register_secret(_KEY)
+    monkeypatch.setenv("SPINE_API_KEY", _KEY)
+    monkeypatch.setenv("SPINE_BASE_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("SPINE_ARCHIVE_URI", str(tmp_path / "archive"))
+    monkeypatch.setenv("SPINE_AUDIT_DB", str(tmp_path / "audit.duckdb"))
+    product = logging.getLogger("spine_pipeline")
+    handlers, level = list(product.handlers), product.level
+    runner = CliRunner()
+    yield lambda *args: runner.invoke(main, list(args), catch_exceptions=False)
+    product.handlers[:] = handlers  # --debug installs a handler: leave none behind
+    product.setLevel(level)
+
+
+def _full(errno_code):
+    import os
+
+    def raiser(*args, **kwargs):
+        raise OSError(errno_code, os.strerror(errno_code), f"/archive/{_KEY}/ledger")
+
+    return raiser
+
+
+@pytest.mark.parametrize("code", ["ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM"])
+def test_a_failed_store_write_is_one_line_without_secret(offline_cli, monkeypatch, code):
+    import errno
+    import os
+
+    from spine_pipeline.archive.stores.local import LocalStore
+
+    monkeypatch.setattr(LocalStore, "put_bytes", _full(getattr(errno, code)))
+    result = offline_cli("track", RUN_ID)
+    assert result.exit_code == 1
+    (line,) = _one_error_line(result)
+    assert os.strerror(getattr(errno, code)) in line and "[Errno" not in line
+    assert _KEY not in result.output and "***" in line
+
+
+def test_disk_full_for_the_archive_workdir_is_one_line(offline_cli, monkeypatch):
+    import errno
+
+    from spine_pipeline.archive import archiver
+
+    monkeypatch.setattr(archiver.tempfile, "TemporaryDirectory", _full(errno.ENOSPC))
+    result = offline_cli("archive", RUN_ID)
+    assert result.exit_code == 1
+    assert "No space left on device" in _one_error_line(result)[0]
+
+
+def test_permission_denied_on_the_archive_root_is_one_line(offline_cli, monkeypatch, tmp_path):
+    import errno
+    import os
+
+    real_mkdir = os.mkdir
+
+    def denied(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "archive")):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", denied)
+    result = offline_cli("status")
+    assert result.exit_code == 1
+    assert "Permission denied" in _one_error_line(result)[0]
+
+
+def test_an_unreachable_store_is_one_line(offline_cli, monkeypatch):
+    import errno
+
+    from spine_pipeline.archive.ledger import Ledger
+
+    def refused(*args, **kwargs):
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+
+    monkeypatch.setattr(Ledger, "track", refused)
+    result = offline_cli("track", RUN_ID)
+    assert result.exit_code == 1
+    assert "Connection refused" in _one_error_line(result)[0]
+
+
+def test_debug_prints_the_traceback_redacted(offline_cli, monkeypatch):
+    import errno
+
+    from spine_pipeline.archive.stores.local import LocalStore
+
+    monkeypatch.setattr(LocalStore, "put_bytes", _full(errno.ENOSPC))
+    result = offline_cli("--debug", "track", RUN_ID)
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr and "OSError: [Errno" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: No space left on device")
+    assert _KEY not in result.output
+
+
+def test_the_configured_key_is_masked_even_without_a_client(tmp_path, monkeypatch):
+    """`status` never builds a client; a path naming the key is still masked."""
+    import uuid
+
+    key = f"plain-{uuid.uuid4().hex}"
+    monkeypatch.setenv("SPINE_API_KEY", key)
+    monkeypatch.setenv("SPINE_ARCHIVE_URI", str(tmp_path / key / "archive"))
+    (tmp_path / key).write_text("a file where the archive's parent directory should be")
+    result = CliRunner().invoke(main, ["status"], catch_exceptions=False)
+    assert result.exit_code == 1
+    (line,) = _one_error_line(result)
+    assert key not in result.output and "***" in line

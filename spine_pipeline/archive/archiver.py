@@ -51,8 +51,10 @@ from spine_pipeline.archive.records import BatchContext, FetchedRun
 from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
 from spine_pipeline.settings import Settings
 from spine_pipeline.spine import AsyncSpineClient, SpineError
+from spine_pipeline.spine.redact import RedactingFilter, redact
 
 log = logging.getLogger(__name__)
+log.addFilter(RedactingFilter())  # it logs unexpected errors, whose text may quote a server
 COMMIT_ATTEMPTS = 20
 
 
@@ -81,6 +83,11 @@ class RunOutcome:
     artifact_errors: int = 0
     credits: int | None = None
     canvas_id: str | None = None
+
+    def __post_init__(self) -> None:
+        # The message reaches the CLI's stderr, Dagster's event log and the run's metadata;
+        # it may quote what a server sent (any exception's text), so it is redacted here.
+        object.__setattr__(self, "message", redact(self.message))
 
 
 OUTCOMES = ("archived", "already_archived", "not_terminal", "failed")

@@ -25,6 +25,7 @@ from spine_pipeline.archive.fetch import (
 from spine_pipeline.archive.manifest import Manifest, ManifestLog
 from spine_pipeline.archive.stores import ObjectStore
 from spine_pipeline.spine import AsyncSpineClient, SpineError
+from spine_pipeline.spine.redact import redact
 
 CHECKS = {
     "counts_match_api": "Archived block, edge and task rows equal the counts in Spine's answers.",
@@ -59,7 +60,8 @@ def _artifact_errors(store: ObjectStore, manifest: Manifest) -> dict[str, list[s
             failed["download_error"].to_pylist(),
             strict=True,
         ):
-            errors.setdefault(run_id, []).append(f"{artifact_id}: {error}")
+            # The artifact id is the server's: redacted, as it becomes Dagster metadata.
+            errors.setdefault(run_id, []).append(redact(f"{artifact_id}: {error}"))
     return errors
 
 

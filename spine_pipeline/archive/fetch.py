@@ -28,7 +28,7 @@ from spine_pipeline.spine import (
 )
 from spine_pipeline.spine.envelope import ApiResponse
 from spine_pipeline.spine.rawjson import BigString
-from spine_pipeline.spine.redact import redact
+from spine_pipeline.spine.redact import RedactedError, redact
 from spine_pipeline.spine.textfidelity import encode_original, original_text
 
 T = TypeVar("T")
@@ -38,11 +38,11 @@ MALFORMED_ATTEMPTS = 5
 _BIG_TEXT_KEYS = frozenset({"final_output", "prompt", "agent_instructions", "error", "content"})
 
 
-class NotTerminalError(Exception):
+class NotTerminalError(RedactedError):
     """The run is still going (or reports a status we do not know as terminal)."""
 
 
-class TransientFetchError(Exception):
+class TransientFetchError(RedactedError):
     """Spine could not answer right now; try the whole run again later."""
 
 

@@ -23,6 +23,7 @@ from spine_pipeline.archive.ledger import Ledger, TrackedRun, tracked_from_doc
 from spine_pipeline.defs.names import ARCHIVE_BATCH_OP
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
 from spine_pipeline.spine import canvas_url
+from spine_pipeline.spine.redact import redact
 
 spine_runs = dg.DynamicPartitionsDefinition(name="spine_runs")
 
@@ -109,9 +110,10 @@ def _verdict(result: tuple[bool, str] | None) -> str:
 def _run_metadata(
     o: RunOutcome, checks: dict[str, tuple[bool, str]]
 ) -> dict[str, dg.MetadataValue | str | int | None]:
-    link = canvas_url(o.canvas_id)
+    # Status and canvas id are what the server sent: redacted before the event log keeps them.
+    link = redact(canvas_url(o.canvas_id) or "")
     return {
-        "status": o.status or "unknown",
+        "status": redact(o.status or "unknown"),
         "credits_consumed": o.credits if o.credits is not None else "unknown",
         "block_count": o.block_count,
         "edge_count": o.edge_count,

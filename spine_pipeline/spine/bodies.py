@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 
 from spine_pipeline.spine.content_coding import ContentCodingError, StreamDecoder
+from spine_pipeline.spine.redact import redacted_field
 
 __all__ = ["PIECE", "BodyTooLarge", "BoundedDecoder", "aread_capped", "read_capped"]
 
@@ -35,7 +36,7 @@ class BodyTooLarge(Exception):
     def __init__(self, limit: int, status_code: int, headers: httpx.Headers) -> None:
         self.limit = limit
         self.status_code = status_code
-        self.request_id = headers.get("x-request-id")
+        self.request_id = redacted_field(headers.get("x-request-id"))  # server-chosen
         self.content_encoding = headers.get("content-encoding")
         super().__init__(f"decoded body exceeds {limit} bytes")
 

@@ -49,7 +49,7 @@ from spine_pipeline.spine.errors import (
     SubmitOutcomeUnknownError,
 )
 from spine_pipeline.spine.models import CanvasDAG, CreatedRun, Run, Task, TaskTree
-from spine_pipeline.spine.redact import Secret, redact
+from spine_pipeline.spine.redact import Secret, redact, redact_http_logs, redacted_field
 from spine_pipeline.spine.retry import (
     RequestKind,
     RetryPolicy,
@@ -71,6 +71,8 @@ MAX_REPLY_BYTES = 256 * 1024 * 1024
 # sys.modules makes the same import fail at once, exactly as it would anyway.
 if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
     sys.modules["sniffio"] = None  # type: ignore[assignment]
+# httpx logs each reply's status line and httpcore its headers, both chosen by the server.
+redact_http_logs()
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,8 @@ def api_flow(
 
 
 def _interpret(kind: RequestKind, request: httpx.Request, response: _Answer) -> ApiResponse:
-    request_id = response.headers.get("x-request-id")
+    # Redacted as it is read: the server chooses it, and it reaches errors, reprs and logs.
+    request_id = redacted_field(response.headers.get("x-request-id"))
     status = response.status_code
     if kind is RequestKind.CREATE and status >= 500:
         raise SubmitOutcomeUnknownError(

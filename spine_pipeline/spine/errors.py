@@ -8,15 +8,20 @@ fresh one).
 
 from __future__ import annotations
 
-from spine_pipeline.spine.redact import redact
+from spine_pipeline.spine.redact import redact, redacted_field
 
 
 class SpineError(Exception):
-    """Base of every error raised by the Spine client. Messages are always redacted."""
+    """Base of every error raised by the Spine client. Messages are always redacted.
+
+    So is the request id: it is whatever the server put in `X-Request-ID`, and a hostile or
+    broken server may put the API key there. Redacting here, where every error is made,
+    covers `str`, `repr`, logs and anything that stores the message.
+    """
 
     def __init__(self, message: str, *, request_id: str | None = None) -> None:
         self.message = redact(message)
-        self.request_id = request_id
+        self.request_id = redacted_field(request_id)
         super().__init__(self.message)
 
     def __str__(self) -> str:

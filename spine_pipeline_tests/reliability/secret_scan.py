@@ -10,12 +10,14 @@ through their own readers, row by row. Objects in S3 are read through the store.
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import sqlite3
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import duckdb
 import pyarrow.parquet as pq
@@ -40,6 +42,13 @@ class SecretScanner:
             out.append((label, value.encode()))
             if value.startswith("sk_spine_"):  # the random part alone is a leak too
                 out.append((f"{label} (tail)", value[len("sk_spine_") :].encode()))
+            # So is the value as a server or a log may re-encode it (same for a plain key).
+            for form, encoded in (
+                ("json", json.dumps(value)[1:-1]),
+                ("url", quote(value, safe="")),
+            ):
+                if encoded != value:
+                    out.append((f"{label} ({form}-escaped)", encoded.encode()))
         return out
 
     def blob(self, where: str, data: bytes) -> None:

@@ -7,17 +7,24 @@ Dagster instance (run storage, event logs), every archive object (Parquet decode
 manifests and ledger, the HTML report and the audit database (decoded) are searched.
 """
 
+import uuid
 from pathlib import Path
 
 import dagster as dg
+from click.testing import CliRunner
 
 from spine_pipeline.archive.layout import REPORTS_PREFIX
+from spine_pipeline.archive.ledger import Ledger
+from spine_pipeline.archive.read import read_committed
 from spine_pipeline.archive.stores import open_store
+from spine_pipeline.cli import main
+from spine_pipeline.defs.names import ARCHIVE_JOB, archive_run_config
 from spine_pipeline.demo import run_demo, summary_lines
-from spine_pipeline.driver import prepare_dagster_home
+from spine_pipeline.driver import evaluate_poll_sensor, execute_run, prepare_dagster_home
 from spine_pipeline.settings import Settings
 from spine_pipeline.simulator import SimulatorConfig, SimulatorServer
 from spine_pipeline_tests.reliability.conftest import CANARY_API_KEY, CANARY_AWS_SECRET
+from spine_pipeline_tests.reliability.echo_server import EchoConfig, echo_server
 from spine_pipeline_tests.reliability.logs import capture_logs
 from spine_pipeline_tests.reliability.secret_scan import SecretScanner
 
@@ -109,3 +116,99 @@ def test_the_scan_finds_a_planted_secret_in_every_format_it_decodes(tmp_path):
     scanner.text("log", f"INFO something {planted[9:]}")
     places = {where.split(":")[0].rsplit("/", 1)[-1] for _, where in scanner.hits}
     assert {"t.parquet", "events.db", "audit.duckdb", "log"} <= places, scanner.hits
+
+
+# -- a server that echoes the key (any shape) in X-Request-ID, status line and error bodies ---
+
+
+def _echoing(tmp_path, monkeypatch) -> tuple[str, str, str, EchoConfig]:
+    """A key that only registration can mask, a run that archives and one that fails."""
+    key = f"odd-{uuid.uuid4().hex}-KEY"
+    ok_run, bad_run = str(uuid.uuid4()), str(uuid.uuid4())
+    config = EchoConfig(key, ok_runs={ok_run}, run_status=503, create_status=500)
+    for name in ("SPINE_POLL_MIN_INTERVAL_SECONDS", "SPINE_POLL_MAX_INTERVAL_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SPINE_API_KEY", key)
+    monkeypatch.setenv("SPINE_ARCHIVE_URI", str(tmp_path / "archive"))
+    monkeypatch.setenv("SPINE_AUDIT_DB", str(tmp_path / "audit.duckdb"))
+    return key, ok_run, bad_run, config
+
+
+def _assert_errors_recorded(archive: Path, ok_run: str) -> None:
+    """The scans below are not vacuous: the server's failures were recorded, masked."""
+    store = open_store(str(archive))
+    runs = read_committed(store, "runs", columns=["run_id", "fetch_errors"]).to_pylist()
+    (run,) = [r for r in runs if r["run_id"] == ok_run]
+    assert run["fetch_errors"] and any("***" in e for e in run["fetch_errors"])
+    errors = read_committed(store, "artifacts", columns=["download_error"]).to_pylist()
+    assert errors and all(e["download_error"] for e in errors)
+
+
+def test_cli_against_a_server_echoing_the_key_prints_and_stores_no_secret(tmp_path, monkeypatch):
+    key, ok_run, bad_run, config = _echoing(tmp_path, monkeypatch)
+    runner = CliRunner()
+    with echo_server(config) as server:
+        monkeypatch.setenv("SPINE_BASE_URL", server.base_url)
+        results = {
+            "submit": runner.invoke(main, ["submit", "--prompt", "x"], catch_exceptions=False),
+            "archive": runner.invoke(main, ["archive", ok_run, bad_run], catch_exceptions=False),
+            "status": runner.invoke(main, ["status"], catch_exceptions=False),
+            "refresh": runner.invoke(main, ["audit", "refresh"], catch_exceptions=False),
+        }
+    assert results["submit"].exit_code == 1 and "outcome unknown" in results["submit"].stderr
+    assert results["archive"].exit_code == 1
+    assert f"archived {ok_run}" in results["archive"].stdout
+    assert f"error: run {bad_run}: failed" in results["archive"].stderr
+    assert results["status"].exit_code == 0 and results["refresh"].exit_code == 0
+    scanner = SecretScanner({"spine api key": key})
+    for name, result in results.items():
+        assert "Traceback" not in result.stderr
+        scanner.text(f"{name} stdout/stderr", result.stdout + result.stderr)
+    scanner.tree(tmp_path)  # ledger (the unknown submit), Parquet, manifests, audit database
+    _assert_errors_recorded(tmp_path / "archive", ok_run)
+    assert (tmp_path / "audit.duckdb").exists()
+    assert scanner.hits == [], scanner.hits
+
+
+def test_poll_sensor_warning_hides_a_key_echoed_in_x_request_id(tmp_path, monkeypatch, capfd):
+    """The sensor's log goes to Dagster's console logger (stderr); the HTTP stack's to logging."""
+    key, _, bad_run, config = _echoing(tmp_path, monkeypatch)
+    Ledger(open_store(str(tmp_path / "archive"))).track(bad_run, source="test")
+    with echo_server(config) as server, capture_logs() as logs:
+        monkeypatch.setenv("SPINE_BASE_URL", server.base_url)
+        from spine_pipeline.definitions import build_definitions
+
+        with dg.instance_for_test() as instance:
+            evaluate_poll_sensor(build_definitions(), instance, None)
+    out, err = capfd.readouterr()
+    text = logs.getvalue() + out + err
+    assert "polling stopped early" in text and "request id ***" in text, text[-2000:]
+    assert key not in text
+
+
+def test_archive_run_leaves_no_echoed_key_in_dagster_events_or_the_archive(tmp_path, monkeypatch):
+    key, ok_run, bad_run, config = _echoing(tmp_path, monkeypatch)
+    with echo_server(config) as server, capture_logs() as logs:
+        monkeypatch.setenv("SPINE_BASE_URL", server.base_url)
+        from spine_pipeline.definitions import build_definitions
+
+        defs = build_definitions()
+        (tmp_path / "dagster").mkdir()
+        with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+            result = execute_run(
+                defs, instance, ARCHIVE_JOB, archive_run_config([ok_run, bad_run]), {}
+            )
+            assert result.success
+            events = [str(e) for e in result.all_events]
+            records = instance.get_records_for_run(result.run_id).records
+            events += [str(r.event_log_entry) for r in records]
+    materialized = [e for e in result.get_asset_materialization_events() if e.partition == ok_run]
+    metadata = materialized[0].materialization.metadata
+    assert "***" in str(metadata["fetch_errors"].value)
+    scanner = SecretScanner({"spine api key": key})
+    scanner.text("dagster events", "\n".join(events))
+    scanner.text("log lines", logs.getvalue())
+    scanner.tree(tmp_path)  # Dagster's SQLite event log and run storage, the archive
+    _assert_errors_recorded(tmp_path / "archive", ok_run)
+    assert any(bad_run in e and "not archived" in e for e in events)
+    assert scanner.hits == [], scanner.hits

@@ -70,6 +70,7 @@ from spine_pipeline.archive.stores.base import (
     validate_sha256_hex,
 )
 from spine_pipeline.settings import MAX_OBJECT_LOCK_DAYS, SSE_MODES, Settings
+from spine_pipeline.spine.redact import register_secret
 
 __all__ = ["S3Store", "S3WriteOptions", "parse_s3_uri"]
 
@@ -192,6 +193,19 @@ def _is_precondition(exc: ClientError) -> bool:
     return code in _PRECONDITION_CODES or status == 412
 
 
+def _register_credentials(session: Any) -> None:
+    """Mask the AWS secret key and session token in every message, like the Spine key.
+
+    `client()` has just resolved them through boto3's chain (and the session caches them),
+    so this looks nothing up again.
+    """
+    credentials = session.get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        register_secret(frozen.secret_key)
+        register_secret(frozen.token)
+
+
 class S3Store:
     """An archive root at `s3://bucket/prefix` (see the module docstring for the guarantees).
 
@@ -238,10 +252,13 @@ class S3Store:
             max_pool_connections=max(10, 2 * self.max_concurrency + 2),
             s3={"addressing_style": "path"} if custom_endpoint else None,
         )
+        session = boto3.session.Session()
         try:
-            return boto3.session.Session().client("s3", config=config)
+            client = session.client("s3", config=config)
         except BotoCoreError as exc:
             raise StoreError(f"cannot configure the S3 client: {type(exc).__name__}") from None
+        _register_credentials(session)
+        return client
 
     def __repr__(self) -> str:
         opts = self.write_options
