@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 import time
 import weakref
@@ -191,6 +192,21 @@ class _Registry:
 REGISTRY = _Registry()
 
 
+def _refuse_planted(path: Path) -> None:
+    """A published database that is a symlink (or not a regular file) was planted: the
+    writer never makes one, and answers read through it would pass for the audit tables."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return  # reported as "does not exist yet" below
+    if not stat.S_ISREG(st.st_mode):
+        what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise AuditError(
+            f"refusing to read {path}: it is {what}, which the audit writer never creates "
+            "(planted?); remove it and run `spine-pipeline audit rebuild`"
+        )
+
+
 def file_key(path: str | os.PathLike[str]) -> tuple[int, int]:
     st = os.stat(path)
     return (st.st_dev, st.st_ino)
@@ -250,6 +266,7 @@ def connect_readonly(
     path = Path(db_path).absolute()
     deadline = time.monotonic() + wait_seconds
     while True:
+        _refuse_planted(path)
         try:
             key = (*file_key(path), stemmer)
         except FileNotFoundError:

@@ -117,3 +117,15 @@ def test_refreshes_still_alternate_two_files(setup: tuple[str, Path, Path]) -> N
     _two_refreshes(archive, db)
     assert refresh_audit_db(archive, db).snapshot == "reused"
     assert (db.stat().st_mode & 0o777) == 0o600
+
+
+def test_a_reader_refuses_a_symlinked_published_database(setup: tuple[str, Path, Path]) -> None:
+    """Readers (`sql`, reports, search) never open a database through a planted symlink:
+    answers read from a foreign file would pass for the audit tables."""
+    from spine_pipeline.audit.duck import connect_readonly
+
+    _archive, db, foreign = setup
+    db.parent.mkdir(parents=True)
+    os.symlink(foreign, db)
+    with pytest.raises(AuditError, match="symlink"):
+        connect_readonly(db)
