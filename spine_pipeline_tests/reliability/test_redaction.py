@@ -29,7 +29,7 @@ from spine_pipeline.spine import (
 )
 from spine_pipeline.spine.redact import redact, register_secret
 from spine_pipeline.spine.settings import SpineSettings
-from spine_pipeline_tests.reliability.echo_server import EchoConfig, echo_server
+from spine_pipeline_tests.fixtures.hostile import EchoConfig, echoing_spine
 
 CANARY = "sk_spine_REDACTIONCANARY7f3a9"
 
@@ -119,8 +119,8 @@ def test_errors_from_an_echoing_server_hide_a_key_of_any_shape():
     fast = RetryPolicy(max_retries=1, base_delay=0.0, jitter=0.0)
     caught: list[BaseException] = []
     with (
-        echo_server(config) as server,
-        SpineClient(api_key=key, base_url=server.base_url, retry=fast) as client,
+        echoing_spine(config) as server,
+        SpineClient(api_key=key, base_url=server.url, retry=fast) as client,
     ):
         for status in (401, 404, 429, 503):
             config.run_status = status
@@ -155,8 +155,8 @@ def test_async_client_errors_hide_the_echoed_key():
                 return exc
         raise AssertionError("no error")
 
-    with echo_server(EchoConfig(key, run_status=502)) as server:
-        exc = asyncio.run(poll(server.base_url))
+    with echoing_spine(EchoConfig(key, run_status=502)) as server:
+        exc = asyncio.run(poll(server.url))
     _assert_hidden(key, *_exception_texts(exc))
 
 
@@ -208,10 +208,10 @@ def test_an_unexpected_archive_error_is_logged_and_recorded_redacted(tmp_path, m
         raise RuntimeError(f"unexpected: the server said {key}")
 
     monkeypatch.setattr(archiver, "fetch_canvas", broken)
-    with echo_server(EchoConfig(key, ok_runs={run_id})) as server, capture_logs() as logs:
+    with echoing_spine(EchoConfig(key, ok_runs={run_id})) as server, capture_logs() as logs:
 
         def factory() -> AsyncSpineClient:
-            return AsyncSpineClient(api_key=key, base_url=server.base_url)
+            return AsyncSpineClient(api_key=key, base_url=server.url)
 
         result = archiver.Archiver(open_store(str(tmp_path / "archive")), factory).archive([run_id])
     (outcome,) = result.outcomes

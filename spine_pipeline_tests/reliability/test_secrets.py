@@ -23,8 +23,8 @@ from spine_pipeline.demo import run_demo, summary_lines
 from spine_pipeline.driver import evaluate_poll_sensor, execute_run, prepare_dagster_home
 from spine_pipeline.settings import Settings
 from spine_pipeline.simulator import SimulatorConfig, SimulatorServer
+from spine_pipeline_tests.fixtures.hostile import EchoConfig, echoing_spine
 from spine_pipeline_tests.reliability.conftest import CANARY_API_KEY, CANARY_AWS_SECRET
-from spine_pipeline_tests.reliability.echo_server import EchoConfig, echo_server
 from spine_pipeline_tests.reliability.logs import capture_logs
 from spine_pipeline_tests.reliability.secret_scan import SecretScanner
 
@@ -147,8 +147,8 @@ def _assert_errors_recorded(archive: Path, ok_run: str) -> None:
 def test_cli_against_a_server_echoing_the_key_prints_and_stores_no_secret(tmp_path, monkeypatch):
     key, ok_run, bad_run, config = _echoing(tmp_path, monkeypatch)
     runner = CliRunner()
-    with echo_server(config) as server:
-        monkeypatch.setenv("SPINE_BASE_URL", server.base_url)
+    with echoing_spine(config) as server:
+        monkeypatch.setenv("SPINE_BASE_URL", server.url)
         results = {
             "submit": runner.invoke(main, ["submit", "--prompt", "x"], catch_exceptions=False),
             "archive": runner.invoke(main, ["archive", ok_run, bad_run], catch_exceptions=False),
@@ -174,8 +174,8 @@ def test_poll_sensor_warning_hides_a_key_echoed_in_x_request_id(tmp_path, monkey
     """The sensor's log goes to Dagster's console logger (stderr); the HTTP stack's to logging."""
     key, _, bad_run, config = _echoing(tmp_path, monkeypatch)
     Ledger(open_store(str(tmp_path / "archive"))).track(bad_run, source="test")
-    with echo_server(config) as server, capture_logs() as logs:
-        monkeypatch.setenv("SPINE_BASE_URL", server.base_url)
+    with echoing_spine(config) as server, capture_logs() as logs:
+        monkeypatch.setenv("SPINE_BASE_URL", server.url)
         from spine_pipeline.definitions import build_definitions
 
         with dg.instance_for_test() as instance:
@@ -188,8 +188,8 @@ def test_poll_sensor_warning_hides_a_key_echoed_in_x_request_id(tmp_path, monkey
 
 def test_archive_run_leaves_no_echoed_key_in_dagster_events_or_the_archive(tmp_path, monkeypatch):
     key, ok_run, bad_run, config = _echoing(tmp_path, monkeypatch)
-    with echo_server(config) as server, capture_logs() as logs:
-        monkeypatch.setenv("SPINE_BASE_URL", server.base_url)
+    with echoing_spine(config) as server, capture_logs() as logs:
+        monkeypatch.setenv("SPINE_BASE_URL", server.url)
         from spine_pipeline.definitions import build_definitions
 
         defs = build_definitions()
