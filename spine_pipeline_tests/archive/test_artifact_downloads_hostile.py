@@ -10,13 +10,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
-import http.server
 import socket
-import threading
 import tracemalloc
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ from spine_pipeline.spine import (
     RetryPolicy,
     SpineClient,
 )
+from spine_pipeline_tests.fixtures.hostile import HostileServer, Reply, gzip_bomb_bytes, redirect
 
 FAST = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=0.02, jitter=0.0)
 KEY = "sk_spine_hostile_canary_7f3a"
@@ -44,72 +42,22 @@ MiB = 1 << 20
 # ----------------------------------------------------------------------------- a scripted host
 
 
-@dataclass
-class Reply:
-    status: int = 200
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-    declared: int | None = None  # Content-Length to send (default: len(body))
-
-
-class ScriptedHost:
-    """A tiny HTTP/1.0 server on 127.0.0.1: fixed replies per path, every request recorded."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, Reply] = {}
-        self.hits: list[tuple[str, dict[str, str]]] = []
-        host = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                host.hits.append((path, {k.lower(): v for k, v in self.headers.items()}))
-                reply = host.routes.get(path, Reply(404, body=b"no such file"))
-                self.send_response(reply.status)
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                declared = len(reply.body) if reply.declared is None else reply.declared
-                self.send_header("Content-Length", str(declared))
-                self.end_headers()
-                try:
-                    for at in range(0, len(reply.body), 64 * 1024):
-                        self.wfile.write(reply.body[at : at + 64 * 1024])
-                except OSError:  # the client stopped reading (a cap): expected
-                    pass
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.origin = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, path: str) -> str:
-        return f"{self.origin}{path}?sig=s3cr3t"
-
-    def paths(self) -> list[str]:
-        return [p for p, _ in self.hits]
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+@pytest.fixture
+def host() -> Iterator[HostileServer]:
+    """An artifact host on loopback: scripted replies per path, every request recorded."""
+    with HostileServer() as server:
+        yield server
 
 
 @pytest.fixture
-def host() -> Iterator[ScriptedHost]:
-    server = ScriptedHost()
-    yield server
-    server.close()
+def other_host() -> Iterator[HostileServer]:
+    with HostileServer() as server:
+        yield server
 
 
-@pytest.fixture
-def other_host() -> Iterator[ScriptedHost]:
-    server = ScriptedHost()
-    yield server
-    server.close()
+def _signed(server: HostileServer, path: str) -> str:
+    """A URL of `path` on `server` with a signature, as presigned artifact URLs have."""
+    return f"{server.url}{path}?sig=s3cr3t"
 
 
 def _ref(url: str, size: int | None = None) -> ArtifactRef:
@@ -155,19 +103,20 @@ CODINGS: dict[str, Callable[[bytes], bytes]] = {
 
 
 def test_gzip_artifact_is_stored_decoded_with_the_hash_of_the_stored_bytes(
-    host: ScriptedHost, archive_uri: str, tmp_path: Path
+    host: HostileServer, archive_uri: str, tmp_path: Path
 ) -> None:
     """Defect 1: the decoded length was compared with the encoded Content-Length."""
     encoded = gzip.compress(CSV)
     assert len(encoded) < len(CSV) // 4
-    host.routes["/a.csv"] = Reply(
-        headers={"Content-Encoding": "gzip", "Content-Type": "text/csv"}, body=encoded
+    host.route(
+        "/a.csv",
+        Reply(headers=[("Content-Encoding", "gzip"), ("Content-Type", "text/csv")], body=encoded),
     )
     store = open_store(archive_uri)
 
     async def go() -> Any:
-        async with AsyncSpineClient(api_key=KEY, base_url=host.origin, retry=FAST) as client:
-            ref = _ref(host.url("/a.csv"), size=len(CSV))
+        async with AsyncSpineClient(api_key=KEY, base_url=host.url, retry=FAST) as client:
+            ref = _ref(_signed(host, "/a.csv"), size=len(CSV))
             return await download_artifact(client, store, ref, _no_refresh, tmp_path)
 
     outcome = asyncio.run(go())
@@ -181,30 +130,30 @@ def test_gzip_artifact_is_stored_decoded_with_the_hash_of_the_stored_bytes(
 
 @pytest.mark.parametrize("coding", list(CODINGS))
 def test_every_offered_coding_is_decoded_by_both_clients(
-    host: ScriptedHost, tmp_path: Path, coding: str
+    host: HostileServer, tmp_path: Path, coding: str
 ) -> None:
     wire = "deflate" if coding == "deflate-raw" else coding
-    host.routes["/f"] = Reply(headers={"Content-Encoding": wire}, body=CODINGS[coding](CSV))
-    kw = {"api_key": KEY, "base_url": host.origin, "retry": FAST}
+    host.route("/f", Reply(headers=[("Content-Encoding", wire)], body=CODINGS[coding](CSV)))
+    kw = {"api_key": KEY, "base_url": host.url, "retry": FAST}
     with SpineClient(**kw) as client:
-        got = _download_sync(client, host.url("/f"), tmp_path / "sync")
+        got = _download_sync(client, _signed(host, "/f"), tmp_path / "sync")
     assert (tmp_path / "sync").read_bytes() == CSV
     assert got.sha256 == hashlib.sha256(CSV).hexdigest() and got.size_bytes == len(CSV)
-    got = _download_async(kw, host.url("/f"), tmp_path / "async")
+    got = _download_async(kw, _signed(host, "/f"), tmp_path / "async")
     assert (tmp_path / "async").read_bytes() == CSV and got.size_bytes == len(CSV)
-    assert "gzip" in host.hits[0][1].get("accept-encoding", "")
+    assert "gzip" in (host.requests[0].header("accept-encoding") or "")
 
 
 def test_a_corrupt_or_unknown_coding_is_one_error_not_retried(
-    host: ScriptedHost, tmp_path: Path
+    host: HostileServer, tmp_path: Path
 ) -> None:
-    host.routes["/bad"] = Reply(headers={"Content-Encoding": "gzip"}, body=b"not gzip at all")
-    host.routes["/cut"] = Reply(headers={"Content-Encoding": "gzip"}, body=gzip.compress(CSV)[:-9])
-    host.routes["/br"] = Reply(headers={"Content-Encoding": "br"}, body=b"\x0b\x02\x80hi\x03")
-    with SpineClient(api_key=KEY, base_url=host.origin, retry=FAST) as client:
+    host.route("/bad", Reply(headers=[("Content-Encoding", "gzip")], body=b"not gzip at all"))
+    host.route("/cut", Reply(headers=[("Content-Encoding", "gzip")], body=gzip.compress(CSV)[:-9]))
+    host.route("/br", Reply(headers=[("Content-Encoding", "br")], body=b"\x0b\x02\x80hi\x03"))
+    with SpineClient(api_key=KEY, base_url=host.url, retry=FAST) as client:
         for path, words in [("/bad", "corrupt"), ("/cut", "corrupt"), ("/br", "'br'")]:
             with pytest.raises(DownloadError) as caught:
-                _download_sync(client, host.url(path), tmp_path / "x")
+                _download_sync(client, _signed(host, path), tmp_path / "x")
             assert words in caught.value.message and "\n" not in caught.value.message
     assert host.paths() == ["/bad", "/cut", "/br"]
 
@@ -212,26 +161,19 @@ def test_a_corrupt_or_unknown_coding_is_one_error_not_retried(
 # ----------------------------------------------------------------------------- 2. size cap
 
 
-def _gzip_bomb(decoded: int) -> bytes:
-    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    zeros = bytes(MiB)
-    parts = [packer.compress(zeros) for _ in range(decoded // MiB)]
-    return b"".join(parts) + packer.flush()
-
-
 def test_a_gzip_bomb_stops_at_the_cap_with_bounded_memory(
-    host: ScriptedHost, tmp_path: Path
+    host: HostileServer, tmp_path: Path
 ) -> None:
     """64 MiB of zeros in some 64 KiB of gzip: one network read must not inflate at once."""
-    bomb = _gzip_bomb(64 * MiB)
+    bomb = gzip_bomb_bytes(64 * MiB)
     assert len(bomb) < MiB
-    host.routes["/bomb"] = Reply(headers={"Content-Encoding": "gzip"}, body=bomb)
+    host.route("/bomb", Reply(headers=[("Content-Encoding", "gzip")], body=bomb))
     cap = 4 * MiB
-    with SpineClient(api_key=KEY, base_url=host.origin, retry=FAST) as client:
+    with SpineClient(api_key=KEY, base_url=host.url, retry=FAST) as client:
         tracemalloc.start()
         try:
             with pytest.raises(DownloadError) as caught:
-                _download_sync(client, host.url("/bomb"), tmp_path / "bomb", max_bytes=cap)
+                _download_sync(client, _signed(host, "/bomb"), tmp_path / "bomb", max_bytes=cap)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -242,18 +184,18 @@ def test_a_gzip_bomb_stops_at_the_cap_with_bounded_memory(
 
 
 def test_a_declared_size_over_the_cap_stops_before_the_body(
-    host: ScriptedHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    host: HostileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("SPINE_ARTIFACT_MAX_BYTES", "1000")
-    host.routes["/big"] = Reply(body=b"x" * 5000)
-    kw = {"api_key": KEY, "base_url": host.origin, "retry": FAST}
+    host.route("/big", Reply(body=b"x" * 5000))
+    kw = {"api_key": KEY, "base_url": host.url, "retry": FAST}
     with SpineClient(**kw) as client, pytest.raises(DownloadError) as caught:
-        _download_sync(client, host.url("/big"), tmp_path / "big")
+        _download_sync(client, _signed(host, "/big"), tmp_path / "big")
     assert "declared 5000 bytes" in caught.value.message
     assert "SPINE_ARTIFACT_MAX_BYTES" in caught.value.message
     assert (tmp_path / "big").stat().st_size == 0
     with pytest.raises(DownloadError):
-        _download_async(kw, host.url("/big"), tmp_path / "big2")
+        _download_async(kw, _signed(host, "/big"), tmp_path / "big2")
     assert host.paths() == ["/big", "/big"]
 
 
@@ -281,50 +223,50 @@ def test_an_over_cap_artifact_is_a_row_error_and_the_run_commits(
 
 
 def test_http_on_another_origin_is_refused_before_any_request(
-    host: ScriptedHost, tmp_path: Path
+    host: HostileServer, tmp_path: Path
 ) -> None:
     """Same host, another port: another origin, and plain http is not allowed there."""
-    host.routes["/f"] = Reply(body=b"internal admin page")
+    host.route("/f", Reply(body=b"internal admin page"))
     kw = {"api_key": KEY, "base_url": NOWHERE, "retry": FAST}
     with SpineClient(**kw) as client, pytest.raises(DownloadError) as caught:
-        _download_sync(client, host.url("/f"), tmp_path / "f")
+        _download_sync(client, _signed(host, "/f"), tmp_path / "f")
     assert "not https" in caught.value.message and "s3cr3t" not in caught.value.message
     with pytest.raises(DownloadError):
-        _download_async(kw, host.url("/f"), tmp_path / "g")
-    assert host.hits == []
+        _download_async(kw, _signed(host, "/f"), tmp_path / "g")
+    assert host.requests == []
 
 
 def test_a_redirect_from_an_allowed_host_to_another_loopback_port_is_refused_at_the_hop(
-    host: ScriptedHost,
-    other_host: ScriptedHost,
+    host: HostileServer,
+    other_host: HostileServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("SPINE_ARTIFACT_ALLOWED_HOSTS", f"127.0.0.1:{host.port}")
-    other_host.routes["/secret"] = Reply(body=b"loopback-only answer")
-    host.routes["/start"] = Reply(302, {"Location": other_host.url("/secret")})
-    host.routes["/loop"] = Reply(302, {"Location": "/loop"})
+    other_host.route("/secret", Reply(body=b"loopback-only answer"))
+    host.route("/start", redirect(_signed(other_host, "/secret")))
+    host.route("/loop", redirect("/loop"))
     kw = {"api_key": KEY, "base_url": NOWHERE, "retry": FAST}
     with SpineClient(**kw) as client:
         with pytest.raises(DownloadError) as caught:
-            _download_sync(client, host.url("/start"), tmp_path / "s")
+            _download_sync(client, _signed(host, "/start"), tmp_path / "s")
         assert "redirect 1" in caught.value.message
         with pytest.raises(DownloadError) as looped:
-            _download_sync(client, host.url("/loop"), tmp_path / "l")
+            _download_sync(client, _signed(host, "/loop"), tmp_path / "l")
         assert "redirects" in looped.value.message
     with pytest.raises(DownloadError):
-        _download_async(kw, host.url("/start"), tmp_path / "a")
-    assert other_host.hits == []
+        _download_async(kw, _signed(host, "/start"), tmp_path / "a")
+    assert other_host.requests == []
     assert host.paths().count("/start") == 2 and host.paths().count("/loop") == 6
 
 
-def test_redirects_within_the_rules_are_followed(host: ScriptedHost, tmp_path: Path) -> None:
-    host.routes["/r"] = Reply(307, {"Location": "/final"})
-    host.routes["/final"] = Reply(body=b"the artifact")
-    with SpineClient(api_key=KEY, base_url=host.origin, retry=FAST) as client:
-        got = _download_sync(client, host.url("/r"), tmp_path / "r")
+def test_redirects_within_the_rules_are_followed(host: HostileServer, tmp_path: Path) -> None:
+    host.route("/r", redirect("/final", 307))
+    host.route("/final", Reply(body=b"the artifact"))
+    with SpineClient(api_key=KEY, base_url=host.url, retry=FAST) as client:
+        got = _download_sync(client, _signed(host, "/r"), tmp_path / "r")
     assert got.size_bytes == len(b"the artifact") and host.paths() == ["/r", "/final"]
-    assert all("x-api-key" not in headers for _, headers in host.hits)
+    assert all(r.header("x-api-key") is None for r in host.requests)
 
 
 class Resolver:
@@ -453,15 +395,15 @@ def test_a_public_name_is_fetched_at_the_address_that_was_checked(
 
 
 def test_an_allow_listed_host_is_fetched_over_http_at_a_loopback_address(
-    host: ScriptedHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    host: HostileServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    host.routes["/obj"] = Reply(body=b"in-cluster object store")
+    host.route("/obj", Reply(body=b"in-cluster object store"))
     monkeypatch.setattr(socket, "getaddrinfo", Resolver({"minio.internal.test": ["127.0.0.1"]}))
     url = f"http://minio.internal.test:{host.port}/obj?X-Amz-Signature=1"
     kw = {"api_key": KEY, "base_url": NOWHERE, "retry": FAST}
     with SpineClient(**kw) as client, pytest.raises(DownloadError):
         _download_sync(client, url, tmp_path / "no")
-    assert host.hits == []
+    assert host.requests == []
     for allowed in ("minio.internal.test", f"MINIO.internal.test:{host.port}"):
         monkeypatch.setenv("SPINE_ARTIFACT_ALLOWED_HOSTS", f"other.test, {allowed}")
         with SpineClient(**kw) as client:
@@ -470,32 +412,32 @@ def test_an_allow_listed_host_is_fetched_over_http_at_a_loopback_address(
     monkeypatch.setenv("SPINE_ARTIFACT_ALLOWED_HOSTS", "minio.internal.test:1")
     with SpineClient(**kw) as client, pytest.raises(DownloadError):
         _download_sync(client, url, tmp_path / "wrong-port")
-    assert len(host.hits) == 4
-    assert all("x-api-key" not in headers for _, headers in host.hits)
+    assert len(host.requests) == 4
+    assert all(r.header("x-api-key") is None for r in host.requests)
 
 
 def test_artifact_requests_never_carry_the_api_key_even_on_the_api_origin(
-    host: ScriptedHost, tmp_path: Path
+    host: HostileServer, tmp_path: Path
 ) -> None:
-    host.routes["/f"] = Reply(body=b"bytes")
-    kw = {"api_key": KEY, "base_url": host.origin, "retry": FAST}
+    host.route("/f", Reply(body=b"bytes"))
+    kw = {"api_key": KEY, "base_url": host.url, "retry": FAST}
     with SpineClient(**kw) as client:
-        _download_sync(client, host.url("/f"), tmp_path / "f")
-    _download_async(kw, host.url("/f"), tmp_path / "g")
-    assert len(host.hits) == 2
-    for _, headers in host.hits:
-        assert "x-api-key" not in headers and KEY not in str(headers)
+        _download_sync(client, _signed(host, "/f"), tmp_path / "f")
+    _download_async(kw, _signed(host, "/f"), tmp_path / "g")
+    assert len(host.requests) == 2
+    for request in host.requests:
+        assert request.header("x-api-key") is None and KEY not in str(request.headers)
 
 
 def test_a_refused_artifact_is_a_row_error_and_the_run_commits(
-    kit: Any, host: ScriptedHost
+    kit: Any, host: HostileServer
 ) -> None:
     """URLs minted on another origin (plain http): nothing is fetched, every row says why."""
     run_id = kit.submit("[scenario:completed] elsewhere", template="report")[0]
-    kit.sim.world.base_url = host.origin  # the API now hands out URLs on another origin
+    kit.sim.world.base_url = host.url  # the API now hands out URLs on another origin
     result = kit.archiver().archive([ArchiveRequest(run_id)])
     assert result.outcomes[0].outcome == "archived", result.outcomes[0].message
     arts = kit.tables()["artifacts"].to_pylist()
     assert arts and all("not https" in (a["download_error"] or "") for a in arts)
-    assert host.hits == []
+    assert host.requests == []
     assert list(kit.store.list("artifacts/")) == []
