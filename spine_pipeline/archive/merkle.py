@@ -280,7 +280,7 @@ def verify_inclusion(
 def verify_consistency(
     old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
 ) -> bool:
-    """Whether `proof` shows the tree (`old_size`, `old_root`) is a prefix of (`new_size`, `new_root`).
+    """Whether `proof` shows tree (`old_size`, `old_root`) is a prefix of (`new_size`, `new_root`).
 
     RFC 9162 §2.1.4.2 step by step: the proof is folded into both the old root (`fr`) and the
     new one (`sr`) at once; the old tree's nodes are those where `fn` is a right child or the

@@ -148,7 +148,7 @@ def test_hashes_match_rfc6962_vectors() -> None:
         "aa217fe888e47007fa15edab33c2b492a722cb106c64667fc2b044444de66bbb"
     )
     # The empty tree is not the tree of one empty leaf, and order matters.
-    assert EMPTY_ROOT != leaf_hash(b"")
+    assert leaf_hash(b"") != EMPTY_ROOT
     a, b = leaf_hash(b"Hello"), leaf_hash(b"World")
     assert node_hash(a, b) != node_hash(b, a)
     assert node_hash(a, b) != leaf_hash(a + b)
