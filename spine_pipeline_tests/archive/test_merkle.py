@@ -353,3 +353,58 @@ def test_edge_cases_follow_rfc9162_and_refuse_lies_about_the_empty_tree() -> Non
 def test_generators_refuse_impossible_requests(call: Callable[[], object]) -> None:
     with pytest.raises(ValueError):
         call()
+
+
+def _mth(d: list[bytes]) -> bytes:
+    """RFC 6962 §2.1 MTH, literally recursive: the oracle for the iterative code."""
+    if not d:
+        return EMPTY_ROOT
+    if len(d) == 1:
+        return d[0]
+    k = 1 << ((len(d) - 1).bit_length() - 1)
+    return node_hash(_mth(d[:k]), _mth(d[k:]))
+
+
+def _path(m: int, d: list[bytes]) -> list[bytes]:
+    """RFC 6962 §2.1.1 PATH(m, D[n]), literally."""
+    if len(d) == 1:
+        return []
+    k = 1 << ((len(d) - 1).bit_length() - 1)
+    if m < k:
+        return [*_path(m, d[:k]), _mth(d[k:])]
+    return [*_path(m - k, d[k:]), _mth(d[:k])]
+
+
+def _subproof(m: int, d: list[bytes], b: bool) -> list[bytes]:
+    """RFC 6962 §2.1.2 SUBPROOF(m, D[n], b), literally."""
+    if m == len(d):
+        return [] if b else [_mth(d)]
+    k = 1 << ((len(d) - 1).bit_length() - 1)
+    if m <= k:
+        return [*_subproof(m, d[:k], b), _mth(d[k:])]
+    return [*_subproof(m - k, d[k:], False), _mth(d[:k])]
+
+
+def test_iterative_proofs_equal_the_rfc_definitions_up_to_64_leaves() -> None:
+    for n in range(1, 65):
+        hashes = _leaf_hashes(n)
+        log = MerkleLog(hashes)
+        assert log.root() == _mth(hashes)
+        for m in range(n):
+            assert log.inclusion_proof(m) == _path(m, hashes), (m, n)
+        for m in range(1, n):
+            assert log.consistency_proof(m) == _subproof(m, hashes, True), (m, n)
+
+
+def test_a_large_log_answers_proofs_without_rebuilding() -> None:
+    """2**17 + 3 leaves: appends stay linear and proofs touch O(log² n) stored nodes."""
+    n = (1 << 17) + 3
+    log = MerkleLog.from_leaves(i.to_bytes(4, "big") for i in range(n))
+    root_ = log.root()
+    # Left of 2**17: 17 levels and the right subtree (3 leaves); in those 3: 2 or 1, plus the left.
+    for index, length in ((0, 18), (1, 18), (n // 2, 18), (n - 2, 3), (n - 1, 2)):
+        proof = log.inclusion_proof(index)
+        assert len(proof) == length
+        assert verify_inclusion(log.leaf_hash(index), index, n, proof, root_)
+    for old in (1, 1 << 16, (1 << 17) + 1, n - 1):
+        assert verify_consistency(old, n, log.root(old), root_, log.consistency_proof(old))
