@@ -190,6 +190,27 @@ def verify() -> None:
 
 @main.command()
 @click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="directory for spine-signing.pem and spine-verify.pem (created 0700 if missing)",
+)
+@expected_errors
+def keygen(out_dir: Path) -> None:
+    """Generate an Ed25519 key pair for signed manifests; never overwrites a key."""
+    from spine_pipeline.archive.signing import write_keypair
+
+    files = write_keypair(out_dir)
+    private, public = files.private_path.absolute(), files.public_path.absolute()
+    click.echo(f"key id {files.key_id}")
+    click.echo(f"private key {private} (0600: keep it secret, only where manifests are written)")
+    click.echo(f"public key {public}")
+    click.echo(f"set SPINE_SIGNING_KEY={private} and SPINE_VERIFY_KEY={public}")
+
+
+@main.command()
+@click.option(
     "--grace-hours",
     type=click.FloatRange(min=0),
     default=6.0,

@@ -13,8 +13,9 @@ call from the mapping given (the process environment by default), never cached a
 the demo, the tests and the soak change the environment between calls, and a parse is a
 few dictionary look-ups.
 
-Errors are one line naming the variable and, except for the API key, the value (shortened,
-any URL credentials masked). The API key is only ever "not set" or "malformed".
+Errors are one line naming the variable and, except for the API key and the signing key, the
+value (shortened, any URL credentials masked). The API key is only ever "not set" or
+"malformed"; the signing key (a path or PEM text) is never shown either.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ VARIABLES = (
     "SPINE_S3_SSE",
     "SPINE_S3_SSE_KMS_KEY_ID",
     "SPINE_S3_OBJECT_LOCK_DAYS",
+    "SPINE_SIGNING_KEY",
+    "SPINE_VERIFY_KEY",
     "AWS_ENDPOINT_URL_S3",
     "AWS_ENDPOINT_URL",
     "AWS_REGION",
@@ -279,6 +282,47 @@ def parse_api_key(name: str, raw: str) -> str:
     return raw
 
 
+_PEM_START = "-----BEGIN"
+
+
+def parse_signing_key(name: str, raw: str) -> str:
+    """An Ed25519 private key: PEM text (starts with `-----BEGIN`) or the path of a PEM file.
+
+    Only the shape is checked here; `archive/signing.py` loads the key where it is used. The
+    message never contains the value: PEM text is the key itself.
+    """
+    if raw.startswith(_PEM_START):
+        if "PRIVATE KEY-----" not in raw or "-----END" not in raw:
+            raise ConfigurationError(
+                f"{name} is PEM text without a complete PRIVATE KEY block; value not shown"
+            )
+    elif _has_control(raw):
+        raise ConfigurationError(
+            f"{name} must be PEM text or a path without control characters; value not shown"
+        )
+    return raw
+
+
+def parse_verify_keys(name: str, raw: str) -> str:
+    """Ed25519 public key(s): PEM text (one or more blocks), or paths separated by `,`/newlines.
+
+    A private key here is refused without echoing it: it would spread the signing key to
+    every place that only verifies.
+    """
+    if "PRIVATE KEY" in raw:
+        raise ConfigurationError(
+            f"{name} holds a private key; it takes public keys only; value not shown"
+        )
+    if raw.startswith(_PEM_START):
+        if "-----BEGIN PUBLIC KEY-----" not in raw or "-----END PUBLIC KEY-----" not in raw:
+            raise ConfigurationError(f"{name} is PEM text without a PUBLIC KEY block")
+        return raw
+    paths = [p.strip() for p in re.split(r"[,\n]", raw)]
+    if not any(paths) or any(_has_control(p) for p in paths):
+        raise _bad(name, "PEM text or paths separated by commas or newlines", raw)
+    return raw
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -313,6 +357,8 @@ class Settings:
     """The product's settings, typed and validated; see README's configuration table.
 
     `api_key` is the raw key (kept out of `repr`); the Spine client wraps it in a `Secret`.
+    `signing_key` and `verify_key` are the raw values (PEM text or paths; the signing key kept
+    out of `repr`), loaded by `archive/signing.py` where they are used.
     `s3_endpoint_url` is `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`; `aws_region` is
     `AWS_REGION`, else `AWS_DEFAULT_REGION` (None: boto3's chain decides).
     """
@@ -337,6 +383,8 @@ class Settings:
     s3_sse: str | None = None
     s3_sse_kms_key_id: str | None = None
     s3_object_lock_days: int | None = None
+    signing_key: str | None = field(default=None, repr=False)
+    verify_key: str | None = None
     s3_endpoint_url: str | None = None
     aws_region: str | None = None
     dagster_home: str | None = None
@@ -388,6 +436,8 @@ class Settings:
                 "SPINE_S3_OBJECT_LOCK_DAYS",
                 partial(parse_positive_int, maximum=MAX_OBJECT_LOCK_DAYS),
             ),
+            signing_key=_optional(e, "SPINE_SIGNING_KEY", parse_signing_key),
+            verify_key=_optional(e, "SPINE_VERIFY_KEY", parse_verify_keys),
             s3_endpoint_url=_first(e, ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), parse_http_url),
             aws_region=_first(e, ("AWS_REGION", "AWS_DEFAULT_REGION"), parse_region),
             dagster_home=_optional(e, "DAGSTER_HOME", parse_path),

@@ -80,6 +80,21 @@ CASES = [
     ),
     Case("SPINE_S3_OBJECT_LOCK_DAYS", "30", "s3_object_lock_days", 30, "1.5"),
     Case(
+        "SPINE_SIGNING_KEY",
+        " /etc/spine/spine-signing.pem ",
+        "signing_key",
+        "/etc/spine/spine-signing.pem",
+        "/etc/spine/signing\x07.pem",
+        echoed=False,
+    ),
+    Case(
+        "SPINE_VERIFY_KEY",
+        "/etc/spine/old.pem, /etc/spine/new.pem",
+        "verify_key",
+        "/etc/spine/old.pem, /etc/spine/new.pem",
+        "/etc/spine/old\x07.pem",
+    ),
+    Case(
         "AWS_ENDPOINT_URL_S3",
         "http://127.0.0.1:9000",
         "s3_endpoint_url",
@@ -221,6 +236,28 @@ def test_the_api_key_is_not_in_the_settings_repr() -> None:
     settings = Settings.from_env({"SPINE_API_KEY": key})
     assert settings.api_key == key
     assert key not in repr(settings) and key not in str(settings)
+
+
+def test_signing_keys_as_pem_text_and_never_echoed() -> None:
+    from spine_pipeline.archive.signing import generate_keypair
+
+    private_pem, public_pem = (pem.decode() for pem in generate_keypair())
+    body = private_pem.splitlines()[1]
+    settings = Settings.from_env({"SPINE_SIGNING_KEY": private_pem, "SPINE_VERIFY_KEY": public_pem})
+    assert settings.signing_key == private_pem.strip()
+    assert settings.verify_key == public_pem.strip()
+    assert body not in repr(settings) and body not in str(settings)
+    cut = private_pem[: len(private_pem) // 2]  # a PEM text without its END line
+    for env in (
+        {"SPINE_SIGNING_KEY": cut},
+        {"SPINE_SIGNING_KEY": public_pem},
+        {"SPINE_VERIFY_KEY": private_pem},  # the private key where only public ones go
+    ):
+        with pytest.raises(ConfigurationError) as caught:
+            Settings.from_env(env)
+        message = str(caught.value)
+        assert message.startswith(next(iter(env))) and "\n" not in message
+        assert body not in message and body[:12] not in message
 
 
 def test_url_credentials_are_not_echoed() -> None:
