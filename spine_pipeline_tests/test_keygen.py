@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from spine_pipeline.archive.signing import SigningKey, VerifyKeys
 from spine_pipeline.cli import main
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _keygen(out: Path, tmp_path: Path):

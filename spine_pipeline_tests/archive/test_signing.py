@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import pickle
 import stat
 from collections.abc import Iterator
@@ -278,15 +277,6 @@ def test_the_private_key_stays_out_of_repr_and_pickles(pair: tuple[Path, Path]) 
 
 
 # -- key files --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def umask_022() -> Iterator[None]:
-    old = os.umask(0o022)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def _mode(path: Path) -> int:
