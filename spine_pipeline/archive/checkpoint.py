@@ -108,13 +108,18 @@ def origin_for(archive_id: str) -> str:
     return origin
 
 
+def _check_name(value: str, what: str, error: type[ValueError]) -> None:
+    """Non-empty, no Unicode space, no `+`: C2SP's rule for key names (a MUST) and origins
+    (a SHOULD, which we make a MUST for ours)."""
+    if not value:
+        raise error(f"{what} is empty")
+    if _has_space(value) or "+" in value:
+        raise error(f"{what} contains a space or '+': {value!r}")
+    _check_text(value, what, error)
+
+
 def _check_origin(origin: str) -> None:
-    """Non-empty, no Unicode space, no `+` (C2SP's SHOULD, which we make a MUST for ours)."""
-    if not origin:
-        raise CheckpointError("origin is empty")
-    if _has_space(origin) or "+" in origin:
-        raise CheckpointError(f"origin contains a space or '+': {origin!r}")
-    _check_text(origin, "origin", CheckpointError)
+    _check_name(origin, "origin", CheckpointError)
 
 
 def time_extension(when: datetime) -> str:
@@ -242,12 +247,7 @@ def note_key_id(name: str, signature_type: int, public_key: bytes) -> bytes:
 
 
 def _check_key_name(name: str) -> None:
-    """Key names are non-empty, without Unicode spaces or `+` (C2SP signed-note: MUST)."""
-    if not name:
-        raise NoteError("key name is empty")
-    if _has_space(name) or "+" in name:
-        raise NoteError(f"key name contains a space or '+': {name!r}")
-    _check_text(name, "key name", NoteError)
+    _check_name(name, "key name", NoteError)
 
 
 def _check_body(body: bytes) -> str:
