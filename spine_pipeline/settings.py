@@ -72,6 +72,7 @@ VARIABLES = (
     "SPINE_S3_OBJECT_LOCK_DAYS",
     "SPINE_SIGNING_KEY",
     "SPINE_VERIFY_KEY",
+    "SPINE_WITNESS_URI",
     "AWS_ENDPOINT_URL_S3",
     "AWS_ENDPOINT_URL",
     "AWS_REGION",
@@ -211,6 +212,14 @@ def parse_archive_uri(name: str, raw: str) -> str:
     ):
         raise _bad(name, "a path or s3://bucket[/prefix]", raw)
     return raw
+
+
+def parse_archive_uris(name: str, raw: str) -> tuple[str, ...]:
+    """One or more archive URIs (`parse_archive_uri` each), separated by commas."""
+    uris = tuple(part.strip() for part in raw.split(","))
+    if not all(uris):
+        raise _bad(name, "paths or s3://bucket[/prefix] URIs separated by commas", raw)
+    return tuple(parse_archive_uri(name, uri) for uri in uris)
 
 
 def parse_region(name: str, raw: str) -> str:
@@ -385,6 +394,7 @@ class Settings:
     s3_object_lock_days: int | None = None
     signing_key: str | None = field(default=None, repr=False)
     verify_key: str | None = None
+    witness_uris: tuple[str, ...] = ()
     s3_endpoint_url: str | None = None
     aws_region: str | None = None
     dagster_home: str | None = None
@@ -438,6 +448,7 @@ class Settings:
             ),
             signing_key=_optional(e, "SPINE_SIGNING_KEY", parse_signing_key),
             verify_key=_optional(e, "SPINE_VERIFY_KEY", parse_verify_keys),
+            witness_uris=_get(e, "SPINE_WITNESS_URI", parse_archive_uris, ()),
             s3_endpoint_url=_first(e, ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), parse_http_url),
             aws_region=_first(e, ("AWS_REGION", "AWS_DEFAULT_REGION"), parse_region),
             dagster_home=_optional(e, "DAGSTER_HOME", parse_path),

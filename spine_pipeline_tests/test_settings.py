@@ -95,6 +95,13 @@ CASES = [
         "/etc/spine/old\x07.pem",
     ),
     Case(
+        "SPINE_WITNESS_URI",
+        "s3://witness-bucket/spine, /mnt/witness",
+        "witness_uris",
+        ("s3://witness-bucket/spine", "/mnt/witness"),
+        "s3://witness-bucket,,/mnt/witness",
+    ),
+    Case(
         "AWS_ENDPOINT_URL_S3",
         "http://127.0.0.1:9000",
         "s3_endpoint_url",

@@ -9,6 +9,12 @@ All the fetching of one run (its GET, DAG, tasks and artifact downloads) has one
 `SPINE_RUN_FETCH_DEADLINE_SECONDS`: read timeouts alone never end a reply that trickles a
 byte every few seconds, and one such run would hold its whole batch. A run past it is left
 for the next attempt (outcome `failed`, "fetch deadline"), and its batch-mates commit.
+
+With a signing key (`SPINE_SIGNING_KEY`) the writer signs each manifest and, after the
+commit, checkpoints the log and hands the checkpoint to the witnesses (`archive.tlog`). A
+crash between the manifest and its checkpoint is repaired by the next batch, which first
+checkpoints any uncheckpointed tail; a witness that contradicts the log (a rollback or a
+fork of the archive) stops the writer before it commits anything.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from spine_pipeline.archive.fetch import (
 )
 from spine_pipeline.archive.flatten import flatten_batch_by_dt, partition_dt
 from spine_pipeline.archive.flatten.values import as_int
+from spine_pipeline.archive.identity import ensure_identity
 from spine_pipeline.archive.layout import table_key
 from spine_pipeline.archive.manifest import (
     ArtifactEntry,
@@ -49,6 +56,7 @@ from spine_pipeline.archive.manifest import (
 from spine_pipeline.archive.parquet import encode_table
 from spine_pipeline.archive.records import BatchContext, FetchedRun
 from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
+from spine_pipeline.archive.tlog import LogPublisher
 from spine_pipeline.settings import Settings
 from spine_pipeline.spine import AsyncSpineClient, SpineError
 from spine_pipeline.spine.redact import RedactingFilter, redact
@@ -56,6 +64,13 @@ from spine_pipeline.spine.redact import RedactingFilter, redact
 log = logging.getLogger(__name__)
 log.addFilter(RedactingFilter())  # it logs unexpected errors, whose text may quote a server
 COMMIT_ATTEMPTS = 20
+
+
+class _FromSettings:
+    """Default of `Archiver(publisher=...)`: build it from `SPINE_SIGNING_KEY`/`_WITNESS_URI`."""
+
+
+FROM_SETTINGS = _FromSettings()
 
 
 @dataclass(frozen=True)
@@ -126,15 +141,27 @@ class Archiver:
         workdir: Path | None = None,
         before_commit: Callable[[list[FileEntry]], None] | None = None,
         fetch_deadline: float | None = None,
+        publisher: LogPublisher | _FromSettings | None = FROM_SETTINGS,
     ) -> None:
         self.store = store
         self.client_factory = client_factory
         self.concurrency = max(1, concurrency)
-        self.fetch_deadline = (
-            Settings.from_env().run_fetch_deadline_seconds
-            if fetch_deadline is None
-            else fetch_deadline
+        settings = (
+            Settings.from_env()
+            if fetch_deadline is None or isinstance(publisher, _FromSettings)
+            else None
         )
+        if fetch_deadline is None:
+            assert settings is not None
+            fetch_deadline = settings.run_fetch_deadline_seconds
+        self.fetch_deadline = fetch_deadline
+        if isinstance(publisher, _FromSettings):
+            assert settings is not None
+            publisher = LogPublisher.from_settings(
+                store, settings.signing_key, settings.witness_uris
+            )
+        #: Signs manifests and checkpoints the log; None: an unsigned writer.
+        self.publisher: LogPublisher | None = publisher
         self.workdir = workdir
         self.before_commit = before_commit  # test hook: crash injection point
         self.log = ManifestLog(store)
@@ -149,6 +176,8 @@ class Archiver:
             [r if isinstance(r, ArchiveRequest) else ArchiveRequest(r) for r in requests]
         )
         await asyncio.to_thread(self.log.refresh)
+        if self.publisher is not None:
+            await asyncio.to_thread(self._check_log)
         outcomes: dict[str, RunOutcome] = {}
         todo = []
         for req in reqs:
@@ -235,18 +264,33 @@ class Archiver:
             terminal_at=terminal_time(run, req.submitted_at, observed),
         )
 
+    def _check_log(self) -> None:
+        """Before adding to the log: checkpoint an uncheckpointed tail, and make sure every
+        witness still agrees with the log (`LogConsistencyError` otherwise)."""
+        assert self.publisher is not None
+        if self.publisher.needs_checkpoint(self.log) or self.publisher.witnesses:
+            self.publisher.publish(self.log)
+
     def _write_and_commit(
         self, fetched: list[FetchedRun], outcomes: dict[str, RunOutcome]
     ) -> Manifest | None:
         runs = list(fetched)
         draft = self._write_files(runs, new_batch_id())
+        publisher = self.publisher
+        identity = publisher.identity() if publisher else ensure_identity(self.store)
         for _ in range(COMMIT_ATTEMPTS):
             if self.before_commit is not None:
                 self.before_commit(list(draft.files))
-            committed = self.log.commit(draft)
+            committed = self.log.commit(
+                draft,
+                signing_key=publisher.key if publisher else None,
+                archive_id=identity.archive_id,
+            )
             if committed is not None:
                 for run in runs:
                     outcomes[run.run_id] = _archived(run, committed)
+                if publisher is not None:
+                    publisher.publish(self.log)
                 return committed
             # Lost the race for this sequence number: catch up; if the winner committed any
             # of our runs, rewrite our files without them (the old ones become garbage).

@@ -9,7 +9,13 @@
   ledger/tracked/dt=YYYY-MM-DD/<run_id>.json       tracked_key(): runs to poll and archive
   ledger/abandoned/<run_id>.json                   abandoned_key(): runs given up on
   reports/credits/YYYY-MM-DD/credits-<time>.html   credit_report_key(): rendered credit reports
+  archive.json                                     IDENTITY_KEY: the archive's identity record
+  checkpoints/<tree size, 12 digits>.note          checkpoint_key(): signed checkpoints of the log
 ```
+
+A witness (`SPINE_WITNESS_URI`, another root, ideally another account) holds
+`<origin>/<tree size, 12 digits>.note` (`witness_checkpoint_key()`), where the origin is
+`spine-pipeline/<archive id>`, so one witness can serve many archives.
 
 The contract (docs/archive-format.md) that these templates encode:
 
@@ -25,6 +31,9 @@ The contract (docs/archive-format.md) that these templates encode:
   period. Manifests themselves are never collected.
 - **Sequence numbers have 12 digits**, zero-padded, so key order is commit order (both stores
   list in key order) for the next trillion commits.
+- **Checkpoints are outside the chain but signed**: each is a C2SP signed note over the
+  Merkle root of the first `size` manifests, written create-if-absent after a commit; the
+  identity record names the log (its origin), so a byte-identical copy verifies.
 - The ledger and reports are outside the hash chain: they record intent and outputs, not
   archived content, and neither `verify` nor `gc` looks at them.
 
@@ -44,7 +53,9 @@ __all__ = [
     "ARTIFACT_AREA",
     "ARTIFACT_PREFIX",
     "CHAINED_PREFIXES",
+    "CHECKPOINT_PREFIX",
     "CREDIT_REPORTS_PREFIX",
+    "IDENTITY_KEY",
     "LEDGER_PREFIX",
     "MANIFEST_PREFIX",
     "MANIFEST_SEQ_DIGITS",
@@ -56,20 +67,25 @@ __all__ = [
     "TableKey",
     "abandoned_key",
     "artifact_key",
+    "checkpoint_key",
     "credit_report_key",
     "key_dt",
     "manifest_key",
     "parse_abandoned_run_id",
     "parse_artifact_key",
+    "parse_checkpoint_size",
     "parse_manifest_seq",
     "parse_submission_day",
     "parse_table_key",
+    "parse_witness_size",
     "submission_key",
     "submissions_day_prefix",
     "table_key",
     "tracked_day_prefix",
     "tracked_key",
     "tracked_run_id",
+    "witness_checkpoint_key",
+    "witness_prefix",
 ]
 
 # -- committed content: tables, artifacts, manifests ---------------------------------------
@@ -144,6 +160,49 @@ def manifest_key(seq: int) -> str:
 def parse_manifest_seq(key: str) -> int | None:
     """The sequence number of a key `manifest_key` makes; None for any other key."""
     m = _MANIFEST_KEY.fullmatch(key)
+    return int(m.group(1)) if m else None
+
+
+# -- the verifiable log: identity record, checkpoints, witnesses ---------------------------
+
+#: The archive's identity record, written once when the first manifest is committed. Its
+#: archive id names the Merkle log (the checkpoint origin) and every signed manifest repeats
+#: it, so the log's identity does not depend on where the archive is stored.
+IDENTITY_KEY = "archive.json"
+CHECKPOINT_PREFIX = "checkpoints/"
+_CHECKPOINT_KEY = re.compile(
+    rf"{re.escape(CHECKPOINT_PREFIX)}([0-9]{{{MANIFEST_SEQ_DIGITS}}})\.note"
+)
+_WITNESS_SIZE = re.compile(rf"([0-9]{{{MANIFEST_SEQ_DIGITS}}})\.note")
+
+
+def checkpoint_key(size: int) -> str:
+    """The signed checkpoint of the log's first `size` manifests."""
+    return f"{CHECKPOINT_PREFIX}{size:0{MANIFEST_SEQ_DIGITS}d}.note"
+
+
+def parse_checkpoint_size(key: str) -> int | None:
+    """The tree size of a key `checkpoint_key` makes; None for any other key."""
+    m = _CHECKPOINT_KEY.fullmatch(key)
+    return int(m.group(1)) if m else None
+
+
+def witness_prefix(origin: str) -> str:
+    """Where a witness keeps the checkpoints of the log `origin` (`spine-pipeline/<id>`)."""
+    return f"{origin}/"
+
+
+def witness_checkpoint_key(origin: str, size: int) -> str:
+    """A witnessed checkpoint of the log `origin` at tree size `size`."""
+    return f"{witness_prefix(origin)}{size:0{MANIFEST_SEQ_DIGITS}d}.note"
+
+
+def parse_witness_size(origin: str, key: str) -> int | None:
+    """The tree size of a key `witness_checkpoint_key(origin, ...)` makes, else None."""
+    prefix = witness_prefix(origin)
+    if not key.startswith(prefix):
+        return None
+    m = _WITNESS_SIZE.fullmatch(key[len(prefix) :])
     return int(m.group(1)) if m else None
 
 

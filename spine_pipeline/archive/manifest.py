@@ -5,6 +5,15 @@ numbered (`manifests/000000000001.json`, ...) and written create-if-absent, so t
 can never both own a number: the loser re-reads the log and takes the next one. Each
 manifest carries the sha256 of its predecessor's exact bytes (`prev_sha256`), like
 CloudTrail digest files, so removing, reordering or editing any manifest breaks the chain.
+
+The chain alone only protects the past from the present: whoever can write the bucket can
+append a well-chained forgery or re-hash the tail. So a writer holding the signing key
+(`SPINE_SIGNING_KEY`) also signs each manifest (a top-level `signature` over the manifest's
+canonical bytes without that field) and stamps the archive id (`archive_id`, from the
+identity record) into it, and the log keeps an RFC 6962 Merkle tree over the manifests
+(leaf data: the 32-byte sha256 of a manifest's stored bytes) whose roots `archive.tlog`
+checkpoints. Both fields are omitted when absent, so a manifest written before signing
+existed keeps its exact bytes.
 """
 
 from __future__ import annotations
@@ -12,11 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from spine_pipeline.archive.layout import MANIFEST_PREFIX, manifest_key, parse_manifest_seq
+from spine_pipeline.archive.merkle import MerkleLog, leaf_hash
+from spine_pipeline.archive.signing import Signature, SigningError, SigningKey
 from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
 
 MANIFEST_FORMAT = "spine-pipeline-manifest/1"
@@ -28,6 +39,15 @@ class ManifestError(Exception):
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def manifest_leaf_hash(manifest_sha256: str) -> bytes:
+    """The Merkle leaf hash of a manifest: RFC 6962 `leaf_hash` of its 32-byte sha256.
+
+    The one rule for what a leaf is: the writer's tree, `verify`, `prove` and an offline
+    proof check all call this, so a proof names a manifest by the hash the chain uses.
+    """
+    return leaf_hash(bytes.fromhex(manifest_sha256))
 
 
 @dataclass(frozen=True)
@@ -73,15 +93,23 @@ class Manifest:
     files: tuple[FileEntry, ...]
     artifacts: tuple[ArtifactEntry, ...]
     writer: dict[str, Any] = field(default_factory=dict)
+    archive_id: str | None = None  # the identity record's id; stamped by signing writers
+    signature: Signature | None = None  # over `signed_bytes()`; a top-level field when present
     sha256: str | None = None  # of the stored bytes; set when read or written, not serialised
 
     @property
     def run_ids(self) -> list[str]:
         return [r.run_id for r in self.runs]
 
+    def signed_bytes(self) -> bytes:
+        """The bytes a signature covers: the canonical manifest without its `signature`."""
+        return replace(self, signature=None).to_bytes()
+
     def to_bytes(self) -> bytes:
-        doc = {
-            "format": MANIFEST_FORMAT,
+        doc: dict[str, Any] = {"format": MANIFEST_FORMAT}
+        if self.archive_id is not None:
+            doc["archive_id"] = self.archive_id
+        doc |= {
             "seq": self.seq,
             "batch_id": self.batch_id,
             "committed_at": self.committed_at,
@@ -93,6 +121,8 @@ class Manifest:
             "artifacts": [asdict(a) for a in self.artifacts],
             "writer": self.writer,
         }
+        if self.signature is not None:
+            doc["signature"] = self.signature.to_json()
         return (json.dumps(doc, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
 
     @classmethod
@@ -111,10 +141,19 @@ class Manifest:
                 files=tuple(FileEntry(**f) for f in doc["files"]),
                 artifacts=tuple(ArtifactEntry(**a) for a in doc["artifacts"]),
                 writer=dict(doc.get("writer") or {}),
+                archive_id=_optional_str(doc, "archive_id"),
+                signature=(Signature.from_json(doc["signature"]) if "signature" in doc else None),
                 sha256=sha256_hex(data),
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, SigningError) as exc:
             raise ManifestError(f"{key}: unreadable manifest ({exc})") from None
+
+
+def _optional_str(doc: dict[str, Any], name: str) -> str | None:
+    value = doc.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{name} is not a string")
+    return value
 
 
 @dataclass
@@ -128,6 +167,14 @@ class ManifestLog:
     store: ObjectStore
     manifests: list[Manifest] = field(default_factory=list)
     committed_runs: dict[str, int] = field(default_factory=dict)  # run_id -> seq
+    #: RFC 6962 tree over `manifests` in order (leaf i is `manifests[i]`): the log's tree when
+    #: the log was read from seq 1, which every writer and `verify` do.
+    tree: MerkleLog = field(default_factory=MerkleLog)
+
+    def __post_init__(self) -> None:
+        for manifest in self.manifests[self.tree.size :]:
+            if manifest.sha256:
+                self.tree.append_hash(manifest_leaf_hash(manifest.sha256))
 
     @property
     def last_seq(self) -> int:
@@ -153,6 +200,8 @@ class ManifestLog:
 
     def _add(self, manifest: Manifest) -> None:
         self.manifests.append(manifest)
+        assert manifest.sha256 is not None  # set by from_bytes
+        self.tree.append_hash(manifest_leaf_hash(manifest.sha256))
         for run_id in manifest.run_ids:
             self.committed_runs.setdefault(run_id, manifest.seq)
 
@@ -177,11 +226,19 @@ class ManifestLog:
     def __iter__(self) -> Iterator[Manifest]:
         return iter(self.manifests)
 
-    def commit(self, draft: Manifest) -> Manifest | None:
+    def commit(
+        self,
+        draft: Manifest,
+        *,
+        signing_key: SigningKey | None = None,
+        archive_id: str | None = None,
+    ) -> Manifest | None:
         """Write `draft` as the next manifest; None if a racing writer took the number.
 
-        On None the caller refreshes, checks that none of its runs was committed by the
-        winner meanwhile, and tries again with the new `last_seq`/`last_sha256`.
+        With `signing_key`, the manifest carries `archive_id` and a signature over its
+        canonical bytes. On None the caller refreshes, checks that none of its runs was
+        committed by the winner meanwhile, and tries again with the new
+        `last_seq`/`last_sha256`.
         """
         final = Manifest(
             **{
@@ -189,9 +246,13 @@ class ManifestLog:
                 "seq": self.last_seq + 1,
                 "prev_sha256": self.last_sha256,
                 "committed_at": utc_now_iso(),
+                "archive_id": archive_id,
+                "signature": None,
                 "sha256": None,
             }
         )
+        if signing_key is not None:
+            final = replace(final, signature=signing_key.sign(final.to_bytes()))
         data = final.to_bytes()
         try:
             self.store.put_bytes(manifest_key(final.seq), data, content_type="application/json")

@@ -60,13 +60,13 @@ class SigningError(ValueError):
 # ----------------------------------------------------------------------------- key ids
 
 
+def _raw(public_key: Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
 def key_id(public_key: Ed25519PublicKey | bytes) -> str:
     """`sha256(raw 32-byte public key)[:8]` in lower-case hex: the stable name of a key."""
-    raw = (
-        public_key
-        if isinstance(public_key, bytes)
-        else public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    )
+    raw = public_key if isinstance(public_key, bytes) else _raw(public_key)
     if len(raw) != 32:
         raise SigningError(f"an Ed25519 public key is 32 bytes, got {len(raw)}")
     return hashlib.sha256(raw).digest()[:KEY_ID_BYTES].hex()
@@ -198,6 +198,11 @@ class SigningKey:
         """Sign `data` (Ed25519 is deterministic: same key and data, same signature)."""
         return Signature(key_id=self.key_id, sig=self._key.sign(data))
 
+    @property
+    def public_raw(self) -> bytes:
+        """The raw 32-byte public key (what C2SP signed-note key ids are derived from)."""
+        return _raw(self.public_key)
+
     def public_pem(self) -> bytes:
         """The public key as SubjectPublicKeyInfo PEM (what goes into `SPINE_VERIFY_KEY`)."""
         return self.public_key.public_bytes(
@@ -265,6 +270,10 @@ class VerifyKeys:
 
     def __contains__(self, kid: object) -> bool:
         return kid in self._keys
+
+    def raw_public_keys(self) -> dict[str, bytes]:
+        """Key id -> raw 32-byte public key, in the order the keys were given."""
+        return {kid: _raw(key) for kid, key in self._keys.items()}
 
     def verify(self, data: bytes, signature: Signature) -> bool:
         """True when `signature` over `data` checks with the key it names.

@@ -79,10 +79,16 @@ class VerifyReport:
 
 
 def _check(
-    store: ObjectStore, report: VerifyReport, key: str, sha256: str, size: int, existing: set[str]
+    store: ObjectStore,
+    report: VerifyReport,
+    key: str,
+    sha256: str,
+    size: int,
+    existing: set[str],
+    listed_by: str,
 ) -> None:
     if key not in existing:
-        report.problems.append(Problem("missing", key, "listed by a manifest but not stored"))
+        report.problems.append(Problem("missing", key, f"listed by {listed_by} but not stored"))
         return
     try:
         # Reads at most one byte more than the manifest says: a longer object cannot match.
@@ -94,11 +100,11 @@ def _check(
     if actual_size != size:
         stored = f"more than {size}" if actual_size > size else str(actual_size)
         report.problems.append(
-            Problem("size_mismatch", key, f"manifest says {size} bytes, stored {stored}")
+            Problem("size_mismatch", key, f"{listed_by} says {size} bytes, stored {stored}")
         )
     if actual != sha256:
         report.problems.append(
-            Problem("hash_mismatch", key, f"manifest sha256 {sha256}, stored {actual}")
+            Problem("hash_mismatch", key, f"{listed_by} says sha256 {sha256}, stored {actual}")
         )
 
 
@@ -200,13 +206,13 @@ def verify_archive(store: ObjectStore) -> VerifyReport:
         for f in manifest.files:
             listed.add(f.key)
             report.files += 1
-            _check(store, report, f.key, f.sha256, f.bytes, existing)
+            _check(store, report, f.key, f.sha256, f.bytes, existing, key)
         for a in _unique_artifacts(manifest):
             report.artifacts += 1
             if a[0] in listed:
                 continue
             listed.add(a[0])
-            _check(store, report, a[0], a[1], a[2], existing)
+            _check(store, report, a[0], a[1], a[2], existing, key)
     for key in sorted(existing - listed):
         _orphan(store, report, key)
     return report
