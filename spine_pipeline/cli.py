@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
 
 import click
 
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.stores import open_store
-from spine_pipeline.cli_errors import enable_debug_log, expected_errors, fail
+from spine_pipeline.cli_errors import BAD_USAGE, enable_debug_log, expected_errors, fail, one_line
 from spine_pipeline.settings import Settings
 from spine_pipeline.spine import SpineClient, UploadFile
 from spine_pipeline.submission import SubmitSpec, submit_and_record
+
+if TYPE_CHECKING:
+    from spine_pipeline.archive.signing import VerifyKeys
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -186,6 +190,77 @@ def verify() -> None:
     )
     if not report.ok:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("run_id", required=False)
+@click.option(
+    "--check",
+    "proof_file",
+    type=click.File("rb"),
+    default=None,
+    help="check a proof file ('-': stdin) offline instead of making one; needs a verify key",
+)
+@click.option(
+    "--verify-key",
+    default=None,
+    metavar="PEM_OR_PATH",
+    help="public key(s) to check with (default: SPINE_VERIFY_KEY)",
+)
+@expected_errors
+def prove(run_id: str | None, proof_file: BinaryIO | None, verify_key: str | None) -> None:
+    """Print the proof (JSON) that a run is in the archive's signed log, or check one.
+
+    With a verify key the proof is checked before it is printed. Exit 1 when the run is not
+    archived, the archive is not signed, or a proof does not check; 2 for bad usage.
+    """
+    from spine_pipeline.archive.proofs import (
+        MAX_PROOF_FILE_BYTES,
+        check_run_proof,
+        load_proof,
+        prove_run,
+    )
+
+    if (run_id is None) == (proof_file is None):
+        raise click.UsageError("give either RUN_ID or --check FILE")
+    keys = _verify_keys(verify_key)
+    if proof_file is not None:
+        if keys is None:
+            fail("--check needs --verify-key or SPINE_VERIFY_KEY", BAD_USAGE)
+        proof = load_proof(proof_file.read(MAX_PROOF_FILE_BYTES + 1))
+        check = check_run_proof(proof, keys)
+        if not check.ok or check.checkpoint is None:
+            fail(f"the proof of run {proof.run_id!r:.80} does not check: {check.reason}")
+        click.echo(
+            f"OK run {proof.run_id} is in {proof.manifest_key}, leaf {proof.leaf_index} of "
+            f"{check.checkpoint.checkpoint.origin} at size {proof.tree_size} "
+            f"(root {check.checkpoint.root.hex()}), signed by key id(s) "
+            f"{', '.join(check.checkpoint.key_ids)}"
+        )
+        return
+    assert run_id is not None
+    made = prove_run(open_store(Settings.from_env().archive_uri), run_id, keys=keys)
+    click.echo(json.dumps(made.to_json(), indent=2, sort_keys=True))
+    if keys is None:
+        click.echo("not checked: no verify key (--verify-key or SPINE_VERIFY_KEY)", err=True)
+    else:
+        click.echo(f"checked with key id(s) {', '.join(made.checkpoint.key_ids)}", err=True)
+
+
+def _verify_keys(option: str | None) -> VerifyKeys | None:
+    """The keys from `--verify-key`, else `SPINE_VERIFY_KEY`, else None; a bad one is bad
+    usage (exit 2), like any other bad setting."""
+    from spine_pipeline.archive.signing import SigningError, VerifyKeys
+
+    value = option if option is not None else Settings.from_env().verify_key
+    if value is None:
+        return None
+    try:
+        return VerifyKeys.load(
+            value, what="--verify-key" if option is not None else "SPINE_VERIFY_KEY"
+        )
+    except SigningError as exc:
+        fail(one_line(exc), BAD_USAGE)
 
 
 @main.command()

@@ -145,7 +145,16 @@ class Manifest:
                 signature=(Signature.from_json(doc["signature"]) if "signature" in doc else None),
                 sha256=sha256_hex(data),
             )
-        except (ValueError, KeyError, TypeError, AttributeError, SigningError) as exc:
+        # OverflowError: `"seq": Infinity`; RecursionError: a deeply nested JSON document.
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            AttributeError,
+            OverflowError,
+            RecursionError,
+            SigningError,
+        ) as exc:
             raise ManifestError(f"{key}: unreadable manifest ({exc})") from None
 
 
