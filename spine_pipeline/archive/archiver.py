@@ -112,8 +112,8 @@ OUTCOMES = ("archived", "already_archived", "not_terminal", "failed")
 class BatchResult:
     """The batch's manifest (None if nothing new was committed) and per-run outcomes.
 
-    `checkpoint` is the newest signed checkpoint this batch wrote (None for an unsigned
-    writer, or when the log did not change and needed none), for callers to report.
+    `checkpoint` is the signed checkpoint written after the batch's commit, for callers to
+    report (None for an unsigned writer, or when nothing new was committed).
     """
 
     manifest: Manifest | None
@@ -170,7 +170,7 @@ class Archiver:
         self.workdir = workdir
         self.before_commit = before_commit  # test hook: crash injection point
         self.log = ManifestLog(store)
-        #: The newest checkpoint this archiver published (reported in `BatchResult`).
+        #: The checkpoint published after the last commit (reported in `BatchResult`).
         self.checkpoint: SignedCheckpoint | None = None
 
     def archive(self, requests: Sequence[ArchiveRequest | str]) -> BatchResult:
@@ -278,7 +278,7 @@ class Archiver:
         witness still agrees with the log (`LogConsistencyError` otherwise)."""
         assert self.publisher is not None
         if self.publisher.needs_checkpoint(self.log) or self.publisher.witnesses:
-            self.checkpoint = self.publisher.publish(self.log)
+            self.publisher.publish(self.log)
 
     def _write_and_commit(
         self, fetched: list[FetchedRun], outcomes: dict[str, RunOutcome]

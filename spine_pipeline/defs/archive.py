@@ -227,14 +227,14 @@ def _checkpoint_metadata(
     if checkpoint is None:
         return {"checkpoint": "unchanged (no new manifest)"}
     where = store.url(checkpoint_key(checkpoint.size))
-    when = checkpoint.checkpoint.time
+    shown = checkpoint.to_json()
     return {
         "checkpoint": dg.MetadataValue.url(where)
         if "://" in where
         else dg.MetadataValue.path(where),
         "checkpoint_size": checkpoint.size,
         "checkpoint_root": checkpoint.root.hex(),
-        "checkpoint_time": when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else "none",
+        "checkpoint_time": str(shown["time"] or "none"),
         "checkpoint_key_ids": ", ".join(checkpoint.key_ids),
     }
 
@@ -269,33 +269,23 @@ def _log_verdict(status: LogStatus) -> tuple[bool, dg.AssetCheckSeverity, str]:
     if not status.verified:
         return False, warn, "checkpoints not verified: set SPINE_VERIFY_KEY or SPINE_SIGNING_KEY"
     if status.size and status.newest is None:
-        return (
-            False,
-            warn,
-            (
-                f"none of the log's {status.size} manifests is checkpointed yet (unsigned so far: "
-                "the next batch with SPINE_SIGNING_KEY checkpoints them)"
-            ),
-        )
-    if status.newest is not None and (empty := [w.uri for w in status.witnesses if not w.newest]):
+        unsigned = f"none of the log's {status.size} manifests is checkpointed yet"
+        return False, warn, f"{unsigned}: the next batch with SPINE_SIGNING_KEY checkpoints them"
+    empty = [w.uri for w in status.witnesses if w.newest is None]
+    if status.newest is not None and empty:
         return False, warn, f"witness {', '.join(empty)} holds no checkpoint of this log yet"
-    tail = status.uncheckpointed
-    return (
-        True,
-        error,
-        (
-            f"log of {status.size} manifests, newest checkpoint verified; every witness agrees"
-            + (f" ({tail} newer manifest(s) not checkpointed yet)" if tail else "")
-        ),
-    )
+    agreed = f"log of {status.size} manifests, newest checkpoint verified, witnesses agree"
+    if status.uncheckpointed:
+        agreed += f" ({status.uncheckpointed} newer manifest(s) not checkpointed yet)"
+    return True, error, agreed
 
 
 def _log_result(
     status: LogStatus | None, passed: bool, severity: dg.AssetCheckSeverity, description: str
 ) -> dg.AssetCheckResult:
-    metadata: dict[str, dg.MetadataValue | str | int] = {"reason": description}
+    metadata: dict[str, dg.MetadataValue | str | int] = {}
     if status is not None:
-        metadata |= {
+        metadata = {
             "archive_size": status.size,
             "archive_root": status.root.hex() if status.root else "unreadable",
             "checkpoint_size": status.newest.size if status.newest else "none",
