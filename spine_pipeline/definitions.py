@@ -7,7 +7,14 @@ catalog path from `SPINE_CATALOG` (default `data/requests.yaml`).
 
 import dagster as dg
 
-from spine_pipeline.defs.archive import archive_batch, recheck_job, spine_run, spine_run_check
+from spine_pipeline.defs.archive import (
+    archive_batch,
+    archive_log_consistent_with_witness,
+    archive_log_job,
+    recheck_job,
+    spine_run,
+    spine_run_check,
+)
 from spine_pipeline.defs.audit import (
     archive_job,
     audit_database,
@@ -26,8 +33,8 @@ def build_definitions() -> dg.Definitions:
     settings = Settings.from_env()
     core = dg.Definitions(
         assets=[spine_run, archive_batch, audit_database, credit_report],
-        asset_checks=[spine_run_check, no_overdue_runs],
-        jobs=[archive_job, audit_job, recheck_job],
+        asset_checks=[spine_run_check, archive_log_consistent_with_witness, no_overdue_runs],
+        jobs=[archive_job, audit_job, recheck_job, archive_log_job],
         sensors=[spine_poll_sensor],
         schedules=[credit_report_schedule],
         resources=build_resources(settings),

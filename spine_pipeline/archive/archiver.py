@@ -56,7 +56,7 @@ from spine_pipeline.archive.manifest import (
 from spine_pipeline.archive.parquet import encode_table
 from spine_pipeline.archive.records import BatchContext, FetchedRun
 from spine_pipeline.archive.stores import AlreadyExists, ObjectStore
-from spine_pipeline.archive.tlog import LogPublisher
+from spine_pipeline.archive.tlog import LogPublisher, SignedCheckpoint
 from spine_pipeline.settings import Settings
 from spine_pipeline.spine import AsyncSpineClient, SpineError
 from spine_pipeline.spine.redact import RedactingFilter, redact
@@ -110,11 +110,16 @@ OUTCOMES = ("archived", "already_archived", "not_terminal", "failed")
 
 @dataclass
 class BatchResult:
-    """The batch's manifest (None if nothing new was committed) and per-run outcomes."""
+    """The batch's manifest (None if nothing new was committed) and per-run outcomes.
+
+    `checkpoint` is the signed checkpoint written after the batch's commit, for callers to
+    report (None for an unsigned writer, or when nothing new was committed).
+    """
 
     manifest: Manifest | None
     outcomes: list[RunOutcome] = field(default_factory=list)
     metrics: dict[str, float] = field(default_factory=dict)
+    checkpoint: SignedCheckpoint | None = None
 
     def by_outcome(self, outcome: str) -> list[RunOutcome]:
         return [o for o in self.outcomes if o.outcome == outcome]
@@ -165,6 +170,8 @@ class Archiver:
         self.workdir = workdir
         self.before_commit = before_commit  # test hook: crash injection point
         self.log = ManifestLog(store)
+        #: The checkpoint published after the last commit (reported in `BatchResult`).
+        self.checkpoint: SignedCheckpoint | None = None
 
     def archive(self, requests: Sequence[ArchiveRequest | str]) -> BatchResult:
         """Blocking entry point (CLI, Dagster ops)."""
@@ -176,6 +183,7 @@ class Archiver:
             [r if isinstance(r, ArchiveRequest) else ArchiveRequest(r) for r in requests]
         )
         await asyncio.to_thread(self.log.refresh)
+        self.checkpoint = None
         if self.publisher is not None:
             await asyncio.to_thread(self._check_log)
         outcomes: dict[str, RunOutcome] = {}
@@ -203,6 +211,7 @@ class Archiver:
                 "fetch_seconds": round(fetch_done - started, 3),
                 "write_seconds": round(time.perf_counter() - fetch_done, 3),
             },
+            checkpoint=self.checkpoint,
         )
         return result
 
@@ -290,7 +299,7 @@ class Archiver:
                 for run in runs:
                     outcomes[run.run_id] = _archived(run, committed)
                 if publisher is not None:
-                    publisher.publish(self.log)
+                    self.checkpoint = publisher.publish(self.log)
                 return committed
             # Lost the race for this sequence number: catch up; if the winner committed any
             # of our runs, rewrite our files without them (the old ones become garbage).

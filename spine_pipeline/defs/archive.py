@@ -10,6 +10,12 @@ every failing run: a check evaluation per Spine run would cost two more event-lo
 per run, which on Dagster's SQLite storage were most of the time of a 1,000-run burst
 (docs/benchmarks.md). Per-run check results remain available on demand
 (`recheck_spine_runs`, partitioned checks on `spine_run`).
+
+Verifiable history: with `SPINE_SIGNING_KEY` each batch ends with a signed checkpoint of the
+manifest log, shown in the batch's and each run's metadata (or "unsigned" when there is no
+key, so an unsigned archive is visible rather than silent). `archive_log_consistent_with_witness`
+(job `check_archive_log`) compares the archive's log with its newest checkpoint and with every
+witness (`archive/log_status.py`), catching a rollback or fork between batches.
 """
 
 import warnings
@@ -19,9 +25,15 @@ import dagster as dg
 
 from spine_pipeline.archive.archiver import Archiver, RunOutcome
 from spine_pipeline.archive.checks import CHECKS, CheckResults, check_batch
+from spine_pipeline.archive.layout import checkpoint_key
 from spine_pipeline.archive.ledger import Ledger, TrackedRun, tracked_from_doc
-from spine_pipeline.defs.names import ARCHIVE_BATCH_OP
+from spine_pipeline.archive.log_status import LogStatus, log_status, status_keys
+from spine_pipeline.archive.signing import SigningError
+from spine_pipeline.archive.stores import ObjectStore
+from spine_pipeline.archive.tlog import SignedCheckpoint, Witness
+from spine_pipeline.defs.names import ARCHIVE_BATCH_OP, ARCHIVE_LOG_CHECK, ARCHIVE_LOG_JOB
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
+from spine_pipeline.settings import Settings
 from spine_pipeline.spine import canvas_url
 from spine_pipeline.spine.redact import redact
 
@@ -168,7 +180,9 @@ def archive_batch(
 ) -> dg.MaterializeResult:
     store = archive.store()
     requests = Ledger(store).archive_requests(config.run_ids, config.tracked_runs())
-    result = Archiver(store, spine.async_client).archive(requests)
+    archiver = Archiver(store, spine.async_client)
+    result = archiver.archive(requests)
+    checkpoint = _checkpoint_metadata(store, archiver.publisher is not None, result.checkpoint)
     archived = result.by_outcome("archived")
     known = set(context.instance.get_dynamic_partitions(spine_runs.name))
     missing = [o.run_id for o in archived if o.run_id not in known]
@@ -176,7 +190,7 @@ def archive_batch(
         context.instance.add_dynamic_partitions(spine_runs.name, missing)
     evaluations = check_batch(store, result.manifest, archived) if result.manifest else {}
     for o in archived:
-        metadata = _run_metadata(o, evaluations.get(o.run_id, {}))
+        metadata = {**_run_metadata(o, evaluations.get(o.run_id, {})), **checkpoint}
         context.log_event(dg.AssetMaterialization(SPINE_RUN, partition=o.run_id, metadata=metadata))
     failed = [o for o in result.outcomes if o.outcome in ("failed", "not_terminal")]
     for o in failed:
@@ -195,14 +209,110 @@ def archive_batch(
             "failed": len(failed),
             "failures": {o.run_id: o.message[:300] for o in failed} or "none",
             **{k: float(v) for k, v in result.metrics.items()},
+            **checkpoint,
         },
         check_results=[_batch_check(name, evaluations) for name in CHECKS],
     )
 
 
+UNSIGNED = "unsigned: set SPINE_SIGNING_KEY"
+
+
+def _checkpoint_metadata(
+    store: ObjectStore, signed: bool, checkpoint: SignedCheckpoint | None
+) -> dict[str, dg.MetadataValue | str | int]:
+    """The checkpoint a batch ended with, as metadata (the same for the batch and its runs)."""
+    if not signed:
+        return {"checkpoint": UNSIGNED}
+    if checkpoint is None:
+        return {"checkpoint": "unchanged (no new manifest)"}
+    where = store.url(checkpoint_key(checkpoint.size))
+    shown = checkpoint.to_json()
+    return {
+        "checkpoint": dg.MetadataValue.url(where)
+        if "://" in where
+        else dg.MetadataValue.path(where),
+        "checkpoint_size": checkpoint.size,
+        "checkpoint_root": checkpoint.root.hex(),
+        "checkpoint_time": str(shown["time"] or "none"),
+        "checkpoint_key_ids": ", ".join(checkpoint.key_ids),
+    }
+
+
+@dg.asset_check(
+    asset=SPINE_RUN,
+    name=ARCHIVE_LOG_CHECK,
+    description="The archive's newest checkpoint verifies and describes its manifest log, and "
+    "every witness's newest checkpoint is a state of that log (no rollback, no fork). Warns "
+    "when there is no witness (SPINE_WITNESS_URI) to catch a rollback.",
+)
+def archive_log_consistent_with_witness(archive: ArchiveResource) -> dg.AssetCheckResult:
+    settings = Settings.from_env()
+    try:
+        keys = status_keys(settings.verify_key, settings.signing_key)
+    except SigningError as exc:
+        return _log_result(None, False, dg.AssetCheckSeverity.ERROR, str(exc))
+    witnesses = [Witness.open(uri) for uri in settings.witness_uris]
+    status = log_status(archive.store(), keys, witnesses)
+    passed, severity, description = _log_verdict(status)
+    return _log_result(status, passed, severity, description)
+
+
+def _log_verdict(status: LogStatus) -> tuple[bool, dg.AssetCheckSeverity, str]:
+    """(passed, severity, one-line description): errors for contradictions, warnings for
+    what leaves a rollback undetectable (no witness, no key, nothing checkpointed yet)."""
+    error, warn = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
+    if status.problems:
+        return False, error, "; ".join(status.problems)
+    if not status.witnesses:
+        return False, warn, "no witness: set SPINE_WITNESS_URI so a rollback can be detected"
+    if not status.verified:
+        return False, warn, "checkpoints not verified: set SPINE_VERIFY_KEY or SPINE_SIGNING_KEY"
+    if status.size and status.newest is None:
+        unsigned = f"none of the log's {status.size} manifests is checkpointed yet"
+        return False, warn, f"{unsigned}: the next batch with SPINE_SIGNING_KEY checkpoints them"
+    empty = [w.uri for w in status.witnesses if w.newest is None]
+    if status.newest is not None and empty:
+        return False, warn, f"witness {', '.join(empty)} holds no checkpoint of this log yet"
+    agreed = f"log of {status.size} manifests, newest checkpoint verified, witnesses agree"
+    if status.uncheckpointed:
+        agreed += f" ({status.uncheckpointed} newer manifest(s) not checkpointed yet)"
+    return True, error, agreed
+
+
+def _log_result(
+    status: LogStatus | None, passed: bool, severity: dg.AssetCheckSeverity, description: str
+) -> dg.AssetCheckResult:
+    metadata: dict[str, dg.MetadataValue | str | int] = {}
+    if status is not None:
+        metadata = {
+            "archive_size": status.size,
+            "archive_root": status.root.hex() if status.root else "unreadable",
+            "checkpoint_size": status.newest.size if status.newest else "none",
+            "witness_sizes": dg.MetadataValue.json(
+                {w.uri: w.newest.size if w.newest else None for w in status.witnesses}
+            ),
+        }
+    return dg.AssetCheckResult(
+        asset_key=SPINE_RUN,
+        check_name=ARCHIVE_LOG_CHECK,
+        passed=passed,
+        severity=severity,
+        description=description,
+        metadata=metadata,
+    )
+
+
+archive_log_job = dg.define_asset_job(
+    ARCHIVE_LOG_JOB,
+    selection=dg.AssetSelection.checks(archive_log_consistent_with_witness),
+    description="Check the archive's transparency log against its checkpoint and witnesses "
+    "(no batch; schedule it to catch a rollback between batches).",
+)
 recheck_job = dg.define_asset_job(
     "recheck_spine_runs",
-    selection=dg.AssetSelection.checks_for_assets(SPINE_RUN),
+    selection=dg.AssetSelection.checks_for_assets(SPINE_RUN)
+    - dg.AssetSelection.checks(archive_log_consistent_with_witness),
     description="Re-run the spine_run checks for one partition (tag dagster/partition) "
     "against the archive.",
 )

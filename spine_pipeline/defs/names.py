@@ -17,6 +17,10 @@ POLL_SENSOR = "spine_poll_sensor"
 ARCHIVE_JOB = "archive_spine_runs"
 AUDIT_JOB = "refresh_audit_db"
 SUBMIT_ALL_JOB = "submit_catalog"
+#: The job that runs `ARCHIVE_LOG_CHECK` alone (no batch, no partition).
+ARCHIVE_LOG_JOB = "check_archive_log"
+#: The asset check on `spine_run`: the archive's log against its checkpoint and witnesses.
+ARCHIVE_LOG_CHECK = "archive_log_consistent_with_witness"
 #: The asset (and op) that archives one batch; its config holds the batch's Spine run ids.
 ARCHIVE_BATCH_OP = "archive_batch"
 

@@ -51,9 +51,7 @@ class Pipeline:
         return evaluate_poll_sensor(self.defs, self.instance, cursor)
 
 
-@pytest.fixture
-def pipeline(simulator, tmp_path, monkeypatch):
-    archive = str(tmp_path / "archive")
+def _pipeline(simulator, archive, tmp_path, monkeypatch):
     audit_db = str(tmp_path / "audit.duckdb")
     monkeypatch.setenv("SPINE_API_KEY", simulator.api_key)
     monkeypatch.setenv("SPINE_BASE_URL", simulator.base_url)
@@ -64,3 +62,14 @@ def pipeline(simulator, tmp_path, monkeypatch):
     monkeypatch.setenv("SPINE_ARCHIVE_BATCH_SIZE", "3")
     with dg.instance_for_test() as instance:
         yield Pipeline(simulator, archive, audit_db, instance)
+
+
+@pytest.fixture
+def pipeline(simulator, tmp_path, monkeypatch):
+    yield from _pipeline(simulator, str(tmp_path / "archive"), tmp_path, monkeypatch)
+
+
+@pytest.fixture
+def any_pipeline(simulator, archive_uri, tmp_path, monkeypatch):
+    """`pipeline` on each archive backend (local disk, S3)."""
+    yield from _pipeline(simulator, archive_uri, tmp_path, monkeypatch)

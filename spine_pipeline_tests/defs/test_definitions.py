@@ -27,6 +27,10 @@ def test_definitions_load_with_everything_wired(pipeline):
     for check in ("counts_match_api", "artifacts_downloaded"):
         assert {f"archive_batch:{check}", f"spine_run:{check}"} <= checks  # batch / on demand
     assert "audit_database:no_overdue_runs" in checks
+    assert "spine_run:archive_log_consistent_with_witness" in checks
+    log_nodes = {n.name for n in defs.resolve_job_def("check_archive_log").nodes}
+    assert log_nodes == {"spine_run_archive_log_consistent_with_witness"}
+    assert {n.name for n in defs.resolve_job_def("recheck_spine_runs").nodes} == {"spine_run_check"}
     audit = defs.resolve_assets_def(dg.AssetKey("audit_database"))
     assert audit.op.pool == "spine_audit_db"
     repo = defs.get_repository_def()
