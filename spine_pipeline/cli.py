@@ -10,8 +10,14 @@ from typing import TYPE_CHECKING, BinaryIO
 import click
 
 from spine_pipeline.archive.ledger import Ledger
-from spine_pipeline.archive.stores import open_store
-from spine_pipeline.cli_errors import BAD_USAGE, enable_debug_log, expected_errors, fail, one_line
+from spine_pipeline.archive.stores import open_store, printable
+from spine_pipeline.cli_errors import (
+    BAD_USAGE,
+    enable_debug_log,
+    expected_errors,
+    fail,
+    one_line,
+)
 from spine_pipeline.settings import Settings
 from spine_pipeline.spine import SpineClient, UploadFile
 from spine_pipeline.submission import SubmitSpec, submit_and_record
@@ -164,21 +170,47 @@ def archive(run_ids: tuple[str, ...], wait: bool, timeout: float) -> None:
 
 
 @main.command()
+@click.option(
+    "--verify-key",
+    "verify_keys",
+    multiple=True,
+    metavar="PEM_OR_PATH",
+    help="Ed25519 public key(s) that signed the log (repeatable; overrides SPINE_VERIFY_KEY)",
+)
+@click.option(
+    "--witness",
+    "witness_uris",
+    multiple=True,
+    metavar="URI",
+    help="a witness of the log's checkpoints (repeatable; overrides SPINE_WITNESS_URI)",
+)
 @expected_errors
-def verify() -> None:
-    """Re-check the manifest hash chain, file hashes and artifact hashes.
+def verify(verify_keys: tuple[str, ...], witness_uris: tuple[str, ...]) -> None:
+    """Re-check the manifest hash chain, file and artifact hashes, signatures and checkpoints.
 
-    Exit 1 on any problem (a changed, missing or out-of-chain committed object); uncommitted
-    objects alone (a losing writer's files, a refused planted object) are one WARN line each
-    and exit 0 (docs/contracts.md section 7).
+    Exit 1 on any problem (a changed, missing, out-of-chain or badly signed committed object,
+    a checkpoint or a witness the log contradicts); uncommitted objects alone (a losing
+    writer's files, a refused planted object) and unchecked signatures are one WARN line
+    each and exit 0 (docs/contracts.md section 7).
     """
+    from spine_pipeline.archive.tlog import Witness
     from spine_pipeline.archive.verify import verify_archive
+    from spine_pipeline.settings import parse_archive_uri
 
-    report = verify_archive(open_store(Settings.from_env().archive_uri))
+    settings = Settings.from_env()
+    keys = _verify_keys(verify_keys)
+    uris = tuple(parse_archive_uri("--witness", u) for u in witness_uris) or settings.witness_uris
+    report = verify_archive(
+        open_store(settings.archive_uri),
+        keys=keys,
+        witnesses=[Witness.open(uri, must_exist=True) for uri in uris],
+    )
     for problem in report.problems:
         click.echo(f"FAIL {problem}", err=True)
     for warning in report.warnings:
         click.echo(f"WARN {warning}", err=True)
+    for note in report.notes:
+        click.echo(printable(note))
     warned = f"{len(report.warnings)} warning(s)" if report.warnings else ""
     if report.ok:
         verdict = f"OK with {warned}" if warned else "OK"
@@ -247,18 +279,17 @@ def prove(run_id: str | None, proof_file: BinaryIO | None, verify_key: str | Non
         click.echo(f"checked with key id(s) {', '.join(made.checkpoint.key_ids)}", err=True)
 
 
-def _verify_keys(option: str | None) -> VerifyKeys | None:
-    """The keys from `--verify-key`, else `SPINE_VERIFY_KEY`, else None; a bad one is bad
-    usage (exit 2), like any other bad setting."""
+def _verify_keys(options: str | tuple[str, ...] | None) -> VerifyKeys | None:
+    """The keys from `--verify-key` (one value or several), else `SPINE_VERIFY_KEY`, else
+    None; a bad one is bad usage (exit 2), like any other bad setting."""
     from spine_pipeline.archive.signing import SigningError, VerifyKeys
 
-    value = option if option is not None else Settings.from_env().verify_key
-    if value is None:
+    given = (options,) if isinstance(options, str) else options or ()
+    value = given or Settings.from_env().verify_key
+    if not value:
         return None
     try:
-        return VerifyKeys.load(
-            value, what="--verify-key" if option is not None else "SPINE_VERIFY_KEY"
-        )
+        return VerifyKeys.load(value, what="--verify-key" if given else "SPINE_VERIFY_KEY")
     except SigningError as exc:
         fail(one_line(exc), BAD_USAGE)
 

@@ -23,8 +23,10 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from spine_pipeline.archive.checkpoint import (
+    ORIGIN_PREFIX,
     Checkpoint,
     CheckpointError,
     NoteError,
@@ -48,7 +50,7 @@ from spine_pipeline.archive.layout import (
 from spine_pipeline.archive.manifest import Manifest, ManifestLog
 from spine_pipeline.archive.merkle import MerkleLog, verify_consistency
 from spine_pipeline.archive.signing import Signature, SigningError, SigningKey, VerifyKeys
-from spine_pipeline.archive.stores import AlreadyExists, ObjectStore, open_store
+from spine_pipeline.archive.stores import AlreadyExists, ObjectStore, StoreError, open_store
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +250,24 @@ class Witness:
         self.uri = uri
 
     @classmethod
-    def open(cls, uri: str) -> Witness:
+    def open(cls, uri: str, *, must_exist: bool = False) -> Witness:
+        """The witness at `uri`; with `must_exist`, a local path that is not an existing
+        directory is refused (a reader given a mistyped path must not create an empty
+        witness and report that it "holds nothing")."""
+        if must_exist and ("://" not in uri or uri.lower().startswith("file://")):
+            path = Path(uri[len("file://") :] if uri.lower().startswith("file://") else uri)
+            if not path.expanduser().is_dir():
+                raise StoreError(f"witness {uri!r}: no such directory")
         return cls(open_store(uri), uri)
+
+    def origins(self) -> set[str]:
+        """The logs this witness holds checkpoints of (their origins)."""
+        found = set()
+        for info in self.store.list(ORIGIN_PREFIX):
+            origin = info.key.rpartition("/")[0]
+            if parse_witness_size(origin, info.key) is not None:
+                found.add(origin)
+        return found
 
     def checkpoints(self, origin: str) -> list[tuple[int, str]]:
         """(size, key) of every checkpoint this witness holds for `origin`, smallest first."""
