@@ -1,11 +1,14 @@
 """docs/integrity.md's offline proof check, run against a real signed log.
 
-The page gives auditors a dependency-light checker (hashlib + cryptography) so that a proof
-can be checked without spine-pipeline. This test executes exactly the code block between the
-page's markers against manifests and checkpoints written by the real writer, and against
-the tampered variants the checker must refuse, so the page cannot drift from the log rules.
+The page gives auditors a dependency-light checker (hashlib, json, cryptography) so that a
+`prove` document can be checked without spine-pipeline. This test executes exactly the code
+block between the page's markers on manifests, checkpoints and proofs made by the real
+writer and `prove_run`, and on the tampered variants the checker must refuse, so the page
+cannot drift from the log rules or from the proof format.
 """
 
+import copy
+import json
 import re
 from pathlib import Path
 
@@ -15,7 +18,8 @@ from cryptography.exceptions import InvalidSignature
 from spine_pipeline.archive.layout import checkpoint_key, manifest_key
 from spine_pipeline.archive.manifest import Manifest, ManifestLog, RunEntry
 from spine_pipeline.archive.merkle import verify_inclusion
-from spine_pipeline.archive.signing import SigningKey, generate_keypair
+from spine_pipeline.archive.proofs import prove_run
+from spine_pipeline.archive.signing import SigningKey, VerifyKeys, generate_keypair
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.archive.tlog import LogPublisher, Witness
 
@@ -107,3 +111,42 @@ def test_the_checker_refuses_what_a_proof_check_must_refuse(signed_log):
     assert bumped != note
     with pytest.raises(InvalidSignature):
         check["open_checkpoint"](bumped, public_pem)
+
+
+def test_prove_documents_check_and_tampered_ones_do_not(signed_log):
+    store, _, public_pem, origin = signed_log
+    check = _checker()["check_proof"]
+    keys = VerifyKeys.load(public_pem.decode())
+    for i in range(SIZE):
+        doc = json.loads(json.dumps(prove_run(store, f"run-{i}", keys=keys).to_json()))
+        assert check(doc, public_pem) == f"run run-{i} is leaf {i} of {origin} at size {SIZE}"
+
+    doc = json.loads(json.dumps(prove_run(store, "run-3", keys=keys).to_json()))
+
+    def refused(change, match):
+        bad = copy.deepcopy(doc)
+        change(bad)
+        with pytest.raises(ValueError, match=match):
+            check(bad, public_pem)
+
+    def edit_manifest(d):
+        d["manifest"]["text"] = d["manifest"]["text"].replace(
+            '"status": "completed"', '"status": "failed"'
+        )
+
+    refused(edit_manifest, "not in the signed log")
+    refused(lambda d: d.update(run_id="run-4"), "does not commit this run")
+    refused(lambda d: d.update(leaf_index=2), "size or index")
+    refused(lambda d: d.update(tree_size=SIZE - 1), "size or index")
+    refused(lambda d: d["inclusion_proof"].pop(), "too short")
+
+    def other_archive(d):
+        text = d["manifest"]["text"]
+        d["manifest"]["text"] = re.sub(
+            r'"archive_id": "[0-9a-f]{32}"', '"archive_id": "' + "0" * 32 + '"', text
+        )
+
+    refused(other_archive, "not of the manifest's archive")
+    _, other_public = generate_keypair()
+    with pytest.raises(ValueError, match="not signed by this key"):
+        check(doc, other_public)
