@@ -1,6 +1,6 @@
-"""`python -m benchmarks [poll|burst|audit|memory ...] [--reps N] [--quick] [--profile]`.
+"""`python -m benchmarks [poll|burst|audit|memory|verify ...] [--reps N] [--quick] [--profile]`.
 
-Runs the named benchmarks (all four by default), prints the table, and rewrites the
+Runs the named benchmarks (all five by default), prints the table, and rewrites the
 generated block of docs/benchmarks.md from the latest result of every benchmark (results
 are kept under .bench/results/, so running one benchmark keeps the others' figures).
 """
@@ -20,7 +20,13 @@ from types import ModuleType
 from benchmarks.common import BENCH_DIR, Result, say
 from benchmarks.report import ORDER, load_all, table, write_doc
 
-MODULES = {"poll": "poll", "burst": "burst", "audit": "audit_scale", "memory": "memory"}
+MODULES = {
+    "poll": "poll",
+    "burst": "burst",
+    "audit": "audit_scale",
+    "memory": "memory",
+    "verify": "verify_signed",
+}
 
 
 def _quiet() -> None:

@@ -13,6 +13,13 @@ task tree, artifact bytes; 64 at a time) and writes the same seven tables with p
 (one zstd Parquet file per table) plus the artifact files. No hashing chain, no manifest,
 no audit database, no byte-exact slicing: the cost of the HTTP round trips plus writing.
 
+Signing overhead: the same pipeline again with `SPINE_SIGNING_KEY`, `SPINE_VERIFY_KEY` and
+a local witness (`SPINE_WITNESS_URI`, a fresh directory per repetition), as a deployment
+with verifiable history runs it: every manifest signed, the log checkpointed after each
+commit and the checkpoint handed to the witness, the witness checked before each batch.
+Unsigned, signed and floor repetitions are interleaved in one process (the first two
+alternating which goes first), and the signed row's baseline is the unsigned pipeline.
+
 Workload: runs with about 25 blocks (explicit block types plus 5 small uploaded CSVs) and
 about 3 artifacts of about 100 KB (artifact_size_scale 1.7), 10 % failed, 15 % partial.
 """
@@ -31,18 +38,27 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from benchmarks.common import BENCH_DIR, Result, Row, interleave, median, say
+from benchmarks.common import BENCH_DIR, Result, Row, median, say
 from benchmarks.daemon import drive_burst, run_workers
 from benchmarks.dagster_env import pipeline_env
 from benchmarks.sim import SimProcess
+from spine_pipeline.archive.identity import read_identity
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.manifest import ManifestLog
+from spine_pipeline.archive.signing import (
+    PRIVATE_KEY_FILE,
+    PUBLIC_KEY_FILE,
+    VerifyKeys,
+    write_keypair,
+)
 from spine_pipeline.archive.stores import open_store
+from spine_pipeline.archive.tlog import Witness, archive_checkpoints, signature_finding
 from spine_pipeline.simulator import SimulatorConfig
 from spine_pipeline.spine import AsyncSpineClient
 
 RUNS = 1_000
 TARGET_SECONDS = 180.0
+SIGNING_OVERHEAD_TARGET = 1.05  # signed burst / unsigned burst
 WORKERS = 2  # concurrent Dagster runs: one per core here
 TICK_EVERY = 2.0  # the daemon's sensor interval is 15 s; shorter, so waits do not dominate
 _RESEARCH = [
@@ -86,17 +102,30 @@ def submit(sim: SimProcess, n: int) -> list[str]:
 # ------------------------------------------------------------------------- measured path
 
 
-def pipeline_once(sim: SimProcess, ids: list[str], workdir: Path) -> tuple[float, dict[str, Any]]:
-    """Seconds from the first tick until every run is committed and the audit DB refreshed."""
+def pipeline_once(
+    sim: SimProcess, ids: list[str], workdir: Path, keys: Path | None = None
+) -> tuple[float, dict[str, Any]]:
+    """Seconds from the first tick until every run is committed and the audit DB refreshed.
+
+    With `keys` (a `keygen` directory) the pipeline signs, checkpoints and witnesses (a
+    fresh local witness under `workdir`), and what it wrote is checked afterwards.
+    """
     _fresh(workdir)
     archive = workdir / "archive"
+    extra = None
+    if keys is not None:
+        extra = {
+            "SPINE_SIGNING_KEY": str(keys / PRIVATE_KEY_FILE),
+            "SPINE_VERIFY_KEY": str(keys / PUBLIC_KEY_FILE),
+            "SPINE_WITNESS_URI": str(workdir / "witness"),
+        }
     ledger = Ledger(open_store(str(archive)))
     now = datetime.now(UTC)
     for run_id in ids:
         ledger.track(run_id, request_name="burst", submitted_at=now, now=now)
     facts: dict[str, Any] = {}
     with (
-        pipeline_env(base_url=sim.base_url, api_key=sim.api_key, workdir=workdir) as (
+        pipeline_env(base_url=sim.base_url, api_key=sim.api_key, workdir=workdir, extra=extra) as (
             defs,
             instance,
         ),
@@ -123,8 +152,31 @@ def pipeline_once(sim: SimProcess, ids: list[str], workdir: Path) -> tuple[float
         facts["dagster_run_failures"] = sum(1 for r in runs if r.is_failure)
         facts["manifests"] = log.last_seq
         facts.update(_phase_seconds(instance))
+    if keys is not None:
+        facts.update(_check_signed(archive, workdir / "witness", keys))
     facts["archive_bytes"] = _du(archive)
     return seconds, facts
+
+
+def _check_signed(archive: Path, witness: Path, keys: Path) -> dict[str, int]:
+    """Proof that the signed side did sign: every manifest verifies, the newest size is
+    checkpointed in the archive and held by the witness (else the figure means nothing)."""
+    store = open_store(str(archive))
+    verify_keys = VerifyKeys.load(str(keys / PUBLIC_KEY_FILE))
+    log = ManifestLog(store)
+    log.refresh()
+    bad = [(m.seq, f) for m in log if (f := signature_finding(m, verify_keys)) is not None]
+    identity = read_identity(store)
+    checkpoints = archive_checkpoints(store)
+    held = Witness.open(str(witness)).newest(identity.origin, verify_keys) if identity else None
+    size = log.tree.size
+    if bad or not checkpoints or checkpoints[-1][0] != size or held is None or held.size != size:
+        raise RuntimeError(
+            f"signed burst: {len(bad)} manifests not signed (first: {bad[:1]}), newest "
+            f"checkpoint {checkpoints[-1][0] if checkpoints else None}, witness "
+            f"{held.size if held else None}, log size {size}"
+        )
+    return {"signed_manifests": size, "archive_checkpoints": len(checkpoints)}
 
 
 def _phase_seconds(instance: Any) -> dict[str, float]:
@@ -265,6 +317,10 @@ def run(reps: int = 5, quick: bool = False) -> Result:
     result = Result("burst")
     n = 200 if quick else RUNS
     workdir = BENCH_DIR / "scratch" / "burst"
+    keys = workdir / "keys"
+    if keys.exists():
+        shutil.rmtree(keys)
+    write_keypair(keys)
     with SimProcess(sim_config()) as sim:
         say(f"burst: submitting {n} runs and finishing them together (setup)")
         ids = submit(sim, n)
@@ -272,19 +328,35 @@ def run(reps: int = 5, quick: bool = False) -> Result:
         floor_once(sim, ids, workdir / "floor")
         result.facts.update(_workload(workdir / "floor", n))
         facts: list[dict[str, Any]] = []
+        signed_facts: list[dict[str, Any]] = []
+        pipe: list[float] = []
+        signed: list[float] = []
+        base: list[float] = []
 
-        def measured() -> float:
+        def measured() -> None:
             seconds, f = pipeline_once(sim, ids, workdir / "pipeline")
             facts.append(f)
+            pipe.append(seconds)
             say(f"burst: pipeline {seconds:.1f} s ({f['dagster_runs']} Dagster runs)")
-            return seconds
+
+        def measured_signed() -> None:
+            seconds, f = pipeline_once(sim, ids, workdir / "pipeline-signed", keys)
+            signed_facts.append(f)
+            signed.append(seconds)
+            say(f"burst: signed pipeline {seconds:.1f} s ({f['signed_manifests']} manifests)")
 
         def floor() -> float:
             seconds = floor_once(sim, ids, workdir / "floor")
             say(f"burst: floor {seconds:.1f} s")
             return seconds
 
-        pipe, base = interleave(measured, floor, reps)
+        for rep in range(reps):
+            # Alternate which pipeline goes first, so neither always runs on a warmer machine.
+            for side in (
+                (measured, measured_signed) if rep % 2 == 0 else (measured_signed, measured)
+            ):
+                side()
+            base.append(floor())
     result.facts["dagster_runs_launched"] = facts[-1]["dagster_runs"]
     result.facts["audit_refreshes"] = facts[-1]["audit_refreshes"]
     result.facts["sensor_ticks"] = facts[-1]["ticks"]
@@ -292,6 +364,11 @@ def run(reps: int = 5, quick: bool = False) -> Result:
     result.facts["archive_bytes"] = facts[-1]["archive_bytes"]
     for key in ("fetch_s", "write_s", "audit_refresh_s"):
         result.facts[f"median_{key}"] = round(median([f[key] for f in facts]), 1)
+        result.facts[f"signed_median_{key}"] = round(median([f[key] for f in signed_facts]), 1)
+    result.facts["signed_manifests"] = signed_facts[-1]["signed_manifests"]
+    result.facts["signed_dagster_run_failures"] = max(
+        f["dagster_run_failures"] for f in signed_facts
+    )
     # Phases are summed over the Dagster runs, which overlap (WORKERS at a time).
     result.facts["workers"] = WORKERS
     result.facts["tick_every_s"] = TICK_EVERY
@@ -309,6 +386,21 @@ def run(reps: int = 5, quick: bool = False) -> Result:
             runs=reps,
             samples=pipe,
             baseline_samples=base,
+        )
+    )
+    result.rows.append(
+        Row(
+            "burst",
+            f"burst archive, {n:,} runs, signed: signing key + a local witness",
+            median(signed),
+            baseline=median(pipe),
+            baseline_name="the same burst unsigned",
+            ratio_kind="overhead",
+            target=f"< {SIGNING_OVERHEAD_TARGET:.2f}x unsigned (under 5 % added)",
+            met=median(signed) < SIGNING_OVERHEAD_TARGET * median(pipe),
+            runs=reps,
+            samples=signed,
+            baseline_samples=pipe,
         )
     )
     return result
