@@ -273,15 +273,21 @@ class Witness:
     def offer(self, signed: SignedCheckpoint, tree: MerkleLog) -> bool:
         """Add `signed` (a checkpoint of `tree`) if consistent with what this witness holds.
 
-        True when added, False when the witness already holds that size (same root). Raises
-        `LogConsistencyError` when `tree` contradicts the witness's newest checkpoint: the
-        archive was rolled back or forked since the witness last saw it.
+        True when added, False when the witness already holds that size (same root) or a
+        larger one. Raises `LogConsistencyError` when `tree` contradicts the witness's newest
+        checkpoint of at most `tree`'s size: the archive was forked since the witness saw it.
+
+        A witness checkpoint larger than `tree` is not judged here: it was read after `tree`,
+        so a racing writer may simply have committed and witnessed more meanwhile. Rollbacks
+        are caught by reading the witnesses *before* the log (`LogPublisher.publish`).
         """
         origin = signed.checkpoint.origin
         # Read by format only: what the witness holds is trusted by where it is (another
         # account, write-once), and a checkpoint signed before a key rotation is still a state.
         held = self.newest(origin)
         if held is not None:
+            if held.size > tree.size:
+                return False  # a racing writer already witnessed a later size
             problem = inconsistency(tree, held.checkpoint)
             if problem is not None:
                 raise LogConsistencyError(f"witness {self.uri}: {problem}")
@@ -367,11 +373,16 @@ class LogPublisher:
 
         Checking before writing: every witness's newest checkpoint must be a state of this
         log, else `LogConsistencyError` and nothing is written. None for an empty log.
+
+        The witnesses are read before the log: a witness only ever holds checkpoints of
+        committed manifests, so a log read afterwards has all of them, however many writers
+        race this one. Read the other way round, a racing writer's commit and checkpoint
+        landing in between would look exactly like a rollback.
         """
-        manifests.refresh()
-        tree = manifests.tree
         origin = self.origin
         held = [w.newest(origin) for w in self.witnesses]
+        manifests.refresh()
+        tree = manifests.tree
         for witness, checkpoint in zip(self.witnesses, held, strict=True):
             if checkpoint is not None and (problem := inconsistency(tree, checkpoint.checkpoint)):
                 raise LogConsistencyError(f"witness {witness.uri}: {problem}")
