@@ -36,10 +36,12 @@ from spine_pipeline.archive.checkpoint import (
     split_note,
     time_extension,
 )
-from spine_pipeline.archive.identity import ArchiveIdentity, ensure_identity
+from spine_pipeline.archive.identity import ArchiveIdentity, ensure_identity, read_identity
 from spine_pipeline.archive.layout import (
     CHECKPOINT_PREFIX,
+    IDENTITY_KEY,
     checkpoint_key,
+    manifest_key,
     parse_checkpoint_size,
     parse_witness_size,
     witness_checkpoint_key,
@@ -360,6 +362,32 @@ class LogPublisher:
     def origin(self) -> str:
         return self.identity().origin
 
+    def log_identity(self, manifests: ManifestLog) -> ArchiveIdentity:
+        """The identity record, checked against the archive id the log's manifests carry.
+
+        Why: witnesses remember the log under the origin the record gives, so an insider who
+        rolls back the tail and deletes or replaces the record (and the archive's
+        checkpoints) would otherwise have the writer carry on as a new log no witness has
+        heard of. A record is only created for a log whose manifests name no archive yet (a
+        new archive, or one written before signing). `LogConsistencyError` otherwise.
+        """
+        named = [m for m in manifests if m.archive_id is not None]
+        if self._identity is None and named and read_identity(self.store) is None:
+            first = named[0]
+            raise LogConsistencyError(
+                f"{IDENTITY_KEY} is missing, but {manifest_key(first.seq)} names archive "
+                f"{first.archive_id}: restore the identity record"
+            )
+        identity = self.identity()
+        for m in named:
+            if m.archive_id != identity.archive_id:
+                raise LogConsistencyError(
+                    f"{IDENTITY_KEY} names archive {identity.archive_id}, but "
+                    f"{manifest_key(m.seq)} names archive {m.archive_id}: the identity record "
+                    "was replaced, or the manifest is not this archive's"
+                )
+        return identity
+
     def needs_checkpoint(self, manifests: ManifestLog) -> bool:
         """Whether the log's newest size has no checkpoint yet (a crash after a commit, or an
         archive that began unsigned)."""
@@ -371,7 +399,8 @@ class LogPublisher:
     ) -> SignedCheckpoint | None:
         """Checkpoint the log as it is now (after catching up) and hand it to every witness.
 
-        Checking before writing: every witness's newest checkpoint must be a state of this
+        Checking before writing: the identity record must be the one the log's manifests
+        name (`log_identity`) and every witness's newest checkpoint must be a state of this
         log, else `LogConsistencyError` and nothing is written. None for an empty log.
 
         The witnesses are read before the log: a witness only ever holds checkpoints of
@@ -379,7 +408,7 @@ class LogPublisher:
         race this one. Read the other way round, a racing writer's commit and checkpoint
         landing in between would look exactly like a rollback.
         """
-        origin = self.origin
+        origin = self.log_identity(manifests).origin
         held = [w.newest(origin) for w in self.witnesses]
         manifests.refresh()
         tree = manifests.tree

@@ -13,8 +13,9 @@ from pathlib import Path
 import boto3
 import pytest
 
-from spine_pipeline.archive.identity import read_identity
+from spine_pipeline.archive.identity import ArchiveIdentity, read_identity
 from spine_pipeline.archive.layout import (
+    IDENTITY_KEY,
     MANIFEST_PREFIX,
     TABLE_PREFIX,
     checkpoint_key,
@@ -436,3 +437,55 @@ def test_the_default_archiver_without_a_key_writes_unsigned(kit, monkeypatch):
     (manifest,) = _log(kit)
     assert manifest.signature is None
     assert list(kit.store.list("checkpoints/")) == []
+
+
+def test_a_deleted_identity_record_stops_the_writer_before_it_commits(kit, witness_uri):
+    """Deleting `archive.json` (with the tail) would give the log a new origin, one no
+    witness has heard of: the writer must not mint a new identity for a log that names one."""
+    pair = Keypair()
+    _two_signed_batches(kit, pair, witness_uri)
+    old = read_identity(kit.store)
+    kit.store.delete(manifest_key(2))
+    for _, key in archive_checkpoints(kit.store):
+        kit.store.delete(key)
+    kit.store.delete(IDENTITY_KEY)
+    manifests, tables = _objects(kit, MANIFEST_PREFIX), _objects(kit, TABLE_PREFIX)
+    ids = kit.submit("[scenario:completed] after the attack")
+    with pytest.raises(LogConsistencyError) as caught:
+        kit.archiver(publisher=_publisher(kit, pair.key, witness_uri)).archive(ids)
+    message = _one_line(str(caught.value))
+    assert IDENTITY_KEY in message and old is not None and old.archive_id in message
+    assert _objects(kit, MANIFEST_PREFIX) == manifests
+    assert _objects(kit, TABLE_PREFIX) == tables
+    assert read_identity(kit.store) is None  # no new identity minted either
+
+
+def test_a_replaced_identity_record_stops_the_writer_before_it_commits(kit, witness_uri):
+    pair = Keypair()
+    _two_signed_batches(kit, pair, witness_uri)
+    old = read_identity(kit.store)
+    assert old is not None
+    kit.store.delete(manifest_key(2))
+    for _, key in archive_checkpoints(kit.store):
+        kit.store.delete(key)
+    other = ArchiveIdentity(archive_id="0" * 32, created_at=old.created_at)
+    _put_raw(kit.uri, IDENTITY_KEY, other.to_bytes())
+    manifests = _objects(kit, MANIFEST_PREFIX)
+    ids = kit.submit("[scenario:completed] after the attack")
+    with pytest.raises(LogConsistencyError) as caught:
+        kit.archiver(publisher=_publisher(kit, pair.key, witness_uri)).archive(ids)
+    message = _one_line(str(caught.value))
+    assert old.archive_id in message and other.archive_id in message
+    assert _objects(kit, MANIFEST_PREFIX) == manifests
+
+
+def test_a_deleted_identity_record_stops_a_writer_without_witnesses(kit):
+    pair = Keypair()
+    first = kit.submit("[scenario:completed] signed")
+    assert kit.archiver(publisher=_publisher(kit, pair.key)).archive(first).ok
+    kit.store.delete(IDENTITY_KEY)  # the checkpoint of the log stays: nothing else to repair
+    ids = kit.submit("[scenario:completed] after the attack")
+    with pytest.raises(LogConsistencyError, match=f"^{IDENTITY_KEY} is missing"):
+        kit.archiver(publisher=_publisher(kit, pair.key)).archive(ids)
+    assert _objects(kit, MANIFEST_PREFIX) == [manifest_key(1)]
+    assert read_identity(kit.store) is None
