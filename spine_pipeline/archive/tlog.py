@@ -267,10 +267,22 @@ class Witness:
         held = self.checkpoints(origin)
         if not held:
             return None
-        _, key = held[-1]
-        return open_checkpoint(
-            read_note(self.store, key), origin=origin, keys=keys, where=f"witness {key}"
-        )
+        size, key = held[-1]
+        return self._read(origin, size, key, keys)
+
+    def _read(self, origin: str, size: int, key: str, keys: VerifyKeys | None) -> SignedCheckpoint:
+        """The checkpoint at `key`; refused (one line naming this witness) unless it is a
+        checkpoint of `origin` at the size its name says: one stored under a larger name
+        would otherwise pass for a state the witness never saw."""
+        where = f"witness {self.uri}: {key}"
+        try:
+            note = read_note(self.store, key)
+        except CheckpointError as exc:
+            raise CheckpointError(f"witness {self.uri}: {exc}") from None
+        signed = open_checkpoint(note, origin=origin, keys=keys, where=where)
+        if signed.size != size:
+            raise CheckpointError(f"{where}: holds a checkpoint of size {signed.size}")
+        return signed
 
     def offer(self, signed: SignedCheckpoint, tree: MerkleLog) -> bool:
         """Add `signed` (a checkpoint of `tree`) if consistent with what this witness holds.
@@ -307,9 +319,7 @@ class Witness:
         try:
             self.store.put_bytes(key, signed.note, content_type="text/plain; charset=utf-8")
         except AlreadyExists:
-            other = open_checkpoint(
-                read_note(self.store, key), origin=origin, keys=None, where=f"witness {key}"
-            )
+            other = self._read(origin, signed.size, key, None)
             if other.root != signed.root:
                 raise LogConsistencyError(
                     f"witness {self.uri}: {key} holds another root for size {signed.size}: fork"

@@ -489,3 +489,37 @@ def test_a_deleted_identity_record_stops_a_writer_without_witnesses(kit):
         kit.archiver(publisher=_publisher(kit, pair.key)).archive(ids)
     assert _objects(kit, MANIFEST_PREFIX) == [manifest_key(1)]
     assert read_identity(kit.store) is None
+
+
+def _forged_note(pair: Keypair, origin: str, size: int) -> bytes:
+    tree = MerkleLog()
+    for n in range(size):
+        tree.append(f"leaf {n}".encode())
+    return sign_checkpoint(pair.key, origin, tree).note
+
+
+@pytest.mark.parametrize(
+    "planted",
+    ["garbage", "other-origin", "size-differs-from-name", "too-large"],
+)
+def test_a_hostile_witness_note_stops_the_writer_before_it_commits(kit, witness_uri, planted):
+    pair = Keypair()
+    _two_signed_batches(kit, pair, witness_uri)
+    origin = _origin(kit)
+    data = {
+        "garbage": b"not a checkpoint\n",
+        "other-origin": _forged_note(pair, "spine-pipeline/" + "0" * 32, 3),
+        # A real state of the log (size 1), filed under a larger size: not what a witness
+        # holds at that name, whatever it says.
+        "size-differs-from-name": read_note(kit.store, checkpoint_key(1)),
+        "too-large": b"x" * (1 << 17),
+    }[planted]
+    Witness.open(witness_uri).store.put_bytes(witness_checkpoint_key(origin, 3), data)
+    manifests, tables = _objects(kit, MANIFEST_PREFIX), _objects(kit, TABLE_PREFIX)
+    ids = kit.submit("[scenario:completed] after the planting")
+    with pytest.raises(ValueError) as caught:
+        kit.archiver(publisher=_publisher(kit, pair.key, witness_uri)).archive(ids)
+    message = _one_line(str(caught.value))
+    assert message.startswith(f"witness {witness_uri}: "), message
+    assert _objects(kit, MANIFEST_PREFIX) == manifests
+    assert _objects(kit, TABLE_PREFIX) == tables
