@@ -274,9 +274,11 @@ class Archiver:
         )
 
     def _check_log(self) -> None:
-        """Before adding to the log: checkpoint an uncheckpointed tail, and make sure every
-        witness still agrees with the log (`LogConsistencyError` otherwise)."""
+        """Before adding to the log: make sure the identity record is the log's and every
+        witness still agrees with the log (`LogConsistencyError` otherwise), and checkpoint
+        an uncheckpointed tail."""
         assert self.publisher is not None
+        self.publisher.log_identity(self.log)
         if self.publisher.needs_checkpoint(self.log) or self.publisher.witnesses:
             self.publisher.publish(self.log)
 

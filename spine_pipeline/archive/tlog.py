@@ -38,10 +38,12 @@ from spine_pipeline.archive.checkpoint import (
     split_note,
     time_extension,
 )
-from spine_pipeline.archive.identity import ArchiveIdentity, ensure_identity
+from spine_pipeline.archive.identity import ArchiveIdentity, ensure_identity, read_identity
 from spine_pipeline.archive.layout import (
     CHECKPOINT_PREFIX,
+    IDENTITY_KEY,
     checkpoint_key,
+    manifest_key,
     parse_checkpoint_size,
     parse_witness_size,
     witness_checkpoint_key,
@@ -283,23 +285,41 @@ class Witness:
         held = self.checkpoints(origin)
         if not held:
             return None
-        _, key = held[-1]
-        return open_checkpoint(
-            read_note(self.store, key), origin=origin, keys=keys, where=f"witness {key}"
-        )
+        size, key = held[-1]
+        return self._read(origin, size, key, keys)
+
+    def _read(self, origin: str, size: int, key: str, keys: VerifyKeys | None) -> SignedCheckpoint:
+        """The checkpoint at `key`; refused (one line naming this witness) unless it is a
+        checkpoint of `origin` at the size its name says: one stored under a larger name
+        would otherwise pass for a state the witness never saw."""
+        where = f"witness {self.uri}: {key}"
+        try:
+            note = read_note(self.store, key)
+        except CheckpointError as exc:
+            raise CheckpointError(f"witness {self.uri}: {exc}") from None
+        signed = open_checkpoint(note, origin=origin, keys=keys, where=where)
+        if signed.size != size:
+            raise CheckpointError(f"{where}: holds a checkpoint of size {signed.size}")
+        return signed
 
     def offer(self, signed: SignedCheckpoint, tree: MerkleLog) -> bool:
         """Add `signed` (a checkpoint of `tree`) if consistent with what this witness holds.
 
-        True when added, False when the witness already holds that size (same root). Raises
-        `LogConsistencyError` when `tree` contradicts the witness's newest checkpoint: the
-        archive was rolled back or forked since the witness last saw it.
+        True when added, False when the witness already holds that size (same root) or a
+        larger one. Raises `LogConsistencyError` when `tree` contradicts the witness's newest
+        checkpoint of at most `tree`'s size: the archive was forked since the witness saw it.
+
+        A witness checkpoint larger than `tree` is not judged here: it was read after `tree`,
+        so a racing writer may simply have committed and witnessed more meanwhile. Rollbacks
+        are caught by reading the witnesses *before* the log (`LogPublisher.publish`).
         """
         origin = signed.checkpoint.origin
         # Read by format only: what the witness holds is trusted by where it is (another
         # account, write-once), and a checkpoint signed before a key rotation is still a state.
         held = self.newest(origin)
         if held is not None:
+            if held.size > tree.size:
+                return False  # a racing writer already witnessed a later size
             problem = inconsistency(tree, held.checkpoint)
             if problem is not None:
                 raise LogConsistencyError(f"witness {self.uri}: {problem}")
@@ -317,9 +337,7 @@ class Witness:
         try:
             self.store.put_bytes(key, signed.note, content_type="text/plain; charset=utf-8")
         except AlreadyExists:
-            other = open_checkpoint(
-                read_note(self.store, key), origin=origin, keys=None, where=f"witness {key}"
-            )
+            other = self._read(origin, signed.size, key, None)
             if other.root != signed.root:
                 raise LogConsistencyError(
                     f"witness {self.uri}: {key} holds another root for size {signed.size}: fork"
@@ -372,6 +390,32 @@ class LogPublisher:
     def origin(self) -> str:
         return self.identity().origin
 
+    def log_identity(self, manifests: ManifestLog) -> ArchiveIdentity:
+        """The identity record, checked against the archive id the log's manifests carry.
+
+        Why: witnesses remember the log under the origin the record gives, so an insider who
+        rolls back the tail and deletes or replaces the record (and the archive's
+        checkpoints) would otherwise have the writer carry on as a new log no witness has
+        heard of. A record is only created for a log whose manifests name no archive yet (a
+        new archive, or one written before signing). `LogConsistencyError` otherwise.
+        """
+        named = [m for m in manifests if m.archive_id is not None]
+        if self._identity is None and named and read_identity(self.store) is None:
+            first = named[0]
+            raise LogConsistencyError(
+                f"{IDENTITY_KEY} is missing, but {manifest_key(first.seq)} names archive "
+                f"{first.archive_id}: restore the identity record"
+            )
+        identity = self.identity()
+        for m in named:
+            if m.archive_id != identity.archive_id:
+                raise LogConsistencyError(
+                    f"{IDENTITY_KEY} names archive {identity.archive_id}, but "
+                    f"{manifest_key(m.seq)} names archive {m.archive_id}: the identity record "
+                    "was replaced, or the manifest is not this archive's"
+                )
+        return identity
+
     def needs_checkpoint(self, manifests: ManifestLog) -> bool:
         """Whether the log's newest size has no checkpoint yet (a crash after a commit, or an
         archive that began unsigned)."""
@@ -383,13 +427,19 @@ class LogPublisher:
     ) -> SignedCheckpoint | None:
         """Checkpoint the log as it is now (after catching up) and hand it to every witness.
 
-        Checking before writing: every witness's newest checkpoint must be a state of this
+        Checking before writing: the identity record must be the one the log's manifests
+        name (`log_identity`) and every witness's newest checkpoint must be a state of this
         log, else `LogConsistencyError` and nothing is written. None for an empty log.
+
+        The witnesses are read before the log: a witness only ever holds checkpoints of
+        committed manifests, so a log read afterwards has all of them, however many writers
+        race this one. Read the other way round, a racing writer's commit and checkpoint
+        landing in between would look exactly like a rollback.
         """
+        origin = self.log_identity(manifests).origin
+        held = [w.newest(origin) for w in self.witnesses]
         manifests.refresh()
         tree = manifests.tree
-        origin = self.origin
-        held = [w.newest(origin) for w in self.witnesses]
         for witness, checkpoint in zip(self.witnesses, held, strict=True):
             if checkpoint is not None and (problem := inconsistency(tree, checkpoint.checkpoint)):
                 raise LogConsistencyError(f"witness {witness.uri}: {problem}")
