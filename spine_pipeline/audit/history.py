@@ -276,10 +276,8 @@ class LogGuard:
         for manifest in new:
             key = manifest_key(manifest.seq)
             if manifest.archive_id is not None and manifest.archive_id != self.archive_id:
-                raise _refuse(
-                    f"{key}: names archive {manifest.archive_id}, {IDENTITY_KEY} says "
-                    f"{self.archive_id}"
-                )
+                says = f"says {self.archive_id}" if self.archive_id else "is missing"
+                raise _refuse(f"{key}: names archive {manifest.archive_id}, {IDENTITY_KEY} {says}")
             if self.keys is None:
                 continue
             finding = signature_finding(manifest, self.keys)

@@ -15,8 +15,8 @@ import boto3
 import duckdb
 import pytest
 
-from spine_pipeline.archive.identity import read_identity
-from spine_pipeline.archive.layout import checkpoint_key, manifest_key
+from spine_pipeline.archive.identity import ArchiveIdentity, read_identity
+from spine_pipeline.archive.layout import IDENTITY_KEY, checkpoint_key, manifest_key
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.merkle import MerkleLog, leaf_hash
 from spine_pipeline.archive.signing import SigningKey, generate_keypair
@@ -279,6 +279,43 @@ def test_an_archive_checkpoint_inconsistent_with_the_log_is_refused(
     assert (report.checkpoint_size, report.checkpoint_verified) == (2, False)
 
 
+def test_a_replaced_or_deleted_identity_record_is_refused(
+    kit: ArchiveKit, keys: Keys, tmp_path: Path
+) -> None:
+    ids = runs(kit, 2)
+    commit(kit, ids[:1], keys.signing)
+    commit(kit, ids[1:], keys.signing)
+    db, quiet = tmp_path / "audit.duckdb", tmp_path / "quiet.duckdb"
+    refresh_audit_db(kit.uri, db)
+    refresh_audit_db(kit.uri, quiet)  # no rebuild fails beside this one (see below)
+    before = {path: fingerprint(path) for path in (db, quiet)}
+    # A new identity would escape the witnesses' memory of the log (another origin).
+    other = ArchiveIdentity(archive_id="f" * 32, created_at="2026-01-01T00:00:00Z")
+    plant(kit, IDENTITY_KEY, other.to_bytes())
+    for build in (refresh_audit_db, rebuild_audit_db):
+        with pytest.raises(
+            IngestError,
+            match=r"^refusing to ingest: checkpoints/000000000002.note: "
+            r"checkpoint of log 'spine-pipeline/[0-9a-f]{32}', not of this archive",
+        ):
+            build(kit.uri, db)
+    # Its checkpoints deleted too: the audit remembers the log's origin, and the manifests
+    # name the first identity.
+    for size in (1, 2):
+        kit.store.delete(checkpoint_key(size))
+    with pytest.raises(IngestError, match=r"archive.json now names 'spine-pipeline/f{32}'"):
+        refresh_audit_db(kit.uri, quiet)
+    with pytest.raises(IngestError, match=r"000000000001.json: names archive [0-9a-f]{32}, "):
+        rebuild_audit_db(kit.uri, db)
+    # And with no identity record at all.
+    kit.store.delete(IDENTITY_KEY)
+    with pytest.raises(IngestError, match=r"the archive has no archive.json now"):
+        refresh_audit_db(kit.uri, quiet)
+    with pytest.raises(IngestError, match=r"names archive [0-9a-f]{32}, archive.json is missing"):
+        rebuild_audit_db(kit.uri, db)
+    assert before == {path: fingerprint(path) for path in (db, quiet)}
+
+
 def test_an_unsigned_manifest_after_signed_ones_is_refused_with_a_verify_key(
     kit: ArchiveKit, keys: Keys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -312,7 +349,8 @@ def test_a_manifest_signed_by_another_key_is_refused_with_a_verify_key(
     kit.store.delete(checkpoint_key(2))  # so the manifest itself is what is judged
     monkeypatch.setenv("SPINE_VERIFY_KEY", keys.public_pem)
     with pytest.raises(
-        IngestError, match=rf"manifests/000000000002.json: signed by unknown key id {stranger.key_id}"
+        IngestError,
+        match=rf"manifests/000000000002.json: signed by unknown key id {stranger.key_id}",
     ):
         rebuild_audit_db(kit.uri, tmp_path / "audit.duckdb")
 
