@@ -22,7 +22,13 @@ from spine_pipeline.archive.merkle import MerkleLog, leaf_hash
 from spine_pipeline.archive.signing import SigningKey, generate_keypair
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.archive.tlog import LogPublisher, sign_checkpoint
-from spine_pipeline.audit import IngestError, connect_readonly, rebuild_audit_db, refresh_audit_db
+from spine_pipeline.audit import (
+    IngestError,
+    connect_readonly,
+    rebuild_audit_db,
+    refresh_audit_db,
+    run_sql,
+)
 from spine_pipeline_tests.archive.conftest import ArchiveKit
 from spine_pipeline_tests.audit.conftest import rows
 
@@ -128,6 +134,7 @@ def test_checkpoints_are_recorded_by_refresh_and_rebuild(
     ]
 
     # Incremental: the next manifest and its checkpoint; manifest 1-2 keep checkpoint 2.
+    history_root_2 = tree_root(kit)
     commit(kit, ids[2:], keys.signing)
     second = refresh_audit_db(kit.uri, db)
     assert second.manifests == [3] and second.checkpoint_size == 3
@@ -140,9 +147,16 @@ def test_checkpoints_are_recorded_by_refresh_and_rebuild(
     assert query(db, manifests_sql) == expected
     history = query(db, "SELECT size, ingested_at FROM checkpoints ORDER BY size")
 
-    # "As of checkpoint 2" (docs/audit.md): the runs of the manifests it covers.
-    as_of = query(db, "SELECT run_id FROM runs WHERE manifest_seq <= 2 ORDER BY run_id")
+    # "As of checkpoint N" (docs/audit.md, through the read-only `sql` command).
+    as_of = run_sql(db, "SELECT run_id FROM runs WHERE manifest_seq <= 2 ORDER BY run_id")[1]
     assert as_of == sorted((r,) for r in ids[:2])
+    vouched = run_sql(
+        db,
+        "SELECT r.run_id, m.seq, c.size, c.root, c.verified "
+        "FROM runs r JOIN manifests m ON m.seq = r.manifest_seq "
+        f"LEFT JOIN checkpoints c ON c.size = m.checkpoint_size WHERE r.run_id = '{ids[0]}'",
+    )[1]
+    assert vouched == [(ids[0], 1, 2, history_root_2, True)]
 
     # A rebuild keeps the audit's history of checkpoints (sizes and when they were ingested).
     rebuilt = rebuild_audit_db(kit.uri, db)
