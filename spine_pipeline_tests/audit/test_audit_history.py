@@ -223,6 +223,20 @@ def test_an_unsigned_rollback_is_refused_by_a_refresh_whose_spare_lags(
     assert fingerprint(db) == before
 
 
+def test_an_unsigned_rewrite_is_refused_by_a_refresh_whose_spare_lags(
+    kit: ArchiveKit, tmp_path: Path
+) -> None:
+    db = tmp_path / "audit.duckdb"
+    _lagging_spare(kit, db, None)
+    before = fingerprint(db)
+    # Manifest 3 rewritten, still chained to manifest 2 (the spare's anchor).
+    key = manifest_key(3)
+    plant(kit, key, kit.store.get_bytes(key).replace(b'"writer"', b'"writer" ', 1))
+    with pytest.raises(IngestError, match=r"manifests/000000000003.json: changed since it was"):
+        refresh_audit_db(kit.uri, db)
+    assert fingerprint(db) == before
+
+
 def test_a_fork_is_refused(kit: ArchiveKit, keys: Keys, tmp_path: Path) -> None:
     db = tmp_path / "audit.duckdb"
     _lagging_spare(kit, db, keys.signing)
@@ -291,6 +305,15 @@ def test_an_archive_checkpoint_inconsistent_with_the_log_is_refused(
     plant(kit, checkpoint_key(2), sign_checkpoint(stranger, identity.origin, log.tree).note)
     report = refresh_audit_db(kit.uri, tmp_path / "unverified.duckdb")
     assert (report.checkpoint_size, report.checkpoint_verified) == (2, False)
+
+    # A checkpoint of more manifests than the archive has, and one filed under another size.
+    larger = MerkleLog([leaf_hash(bytes([i])) for i in range(9)])
+    plant(kit, checkpoint_key(9), sign_checkpoint(keys.signing, identity.origin, larger).note)
+    with pytest.raises(IngestError, match=r"000000000009.note: rollback: .* had 9 manifests"):
+        refresh_audit_db(kit.uri, tmp_path / "larger.duckdb")
+    plant(kit, checkpoint_key(9), original)
+    with pytest.raises(IngestError, match=r"000000000009.note: holds a checkpoint of size 2$"):
+        refresh_audit_db(kit.uri, tmp_path / "misfiled.duckdb")
 
 
 def test_a_replaced_or_deleted_identity_record_is_refused(
