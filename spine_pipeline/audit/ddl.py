@@ -13,7 +13,9 @@ import pyarrow as pa
 
 from spine_pipeline.archive.arrow_schemas import TABLES
 
-AUDIT_SCHEMA_VERSION = 2  # 2: no primary key on the tables that grow (UNKEYED_TABLES)
+# 2: no primary key on the tables that grow (UNKEYED_TABLES); 3: `checkpoints`, and the
+# manifests' signature and checkpoint columns (ADDED_COLUMNS)
+AUDIT_SCHEMA_VERSION = 3
 DATA_TABLES = tuple(TABLES)  # runs, blocks, block_sources, edges, tasks, artifacts, run_errors
 OVERDUE_HOURS = 3
 ANOMALY_FACTOR = 3
@@ -107,6 +109,20 @@ _FIXED_TABLES = [
   valid BOOLEAN NOT NULL,
   raw_json VARCHAR NOT NULL
 )""",
+    # The archive's signed checkpoints, one row per checkpoint the audit ingested (each refresh
+    # or rebuild ingests the archive's newest one): the audit's memory of the largest state
+    # of the log it has seen, so a later rollback or fork is refused (`audit/history.py`).
+    # root: hex; key_ids: the verify keys that checked the note (empty when unverified).
+    """CREATE TABLE IF NOT EXISTS checkpoints (
+  origin VARCHAR NOT NULL,
+  size BIGINT PRIMARY KEY,
+  root VARCHAR NOT NULL,
+  checkpoint_time TIMESTAMPTZ,
+  key_ids VARCHAR[] NOT NULL,
+  note VARCHAR NOT NULL,
+  ingested_at TIMESTAMPTZ NOT NULL,
+  verified BOOLEAN NOT NULL
+)""",
     # Ingest bookkeeping: one row per key.
     """CREATE TABLE IF NOT EXISTS audit_state (
   key VARCHAR PRIMARY KEY,
@@ -143,6 +159,19 @@ _FIXED_TABLES = [
   total_len BIGINT NOT NULL
 )""",
 ]
+
+# Columns added to fixed tables after their first layout, by `ensure_schema` on every database
+# (new or old), so both have one column order. manifests: key_id of the manifest's signature
+# (NULL: unsigned, or ingested before the audit recorded it); signature_verified (true:
+# checked with SPINE_VERIFY_KEY at ingest; false: not checked; NULL: unsigned);
+# checkpoint_size: the first checkpoint the audit ingested that covers the manifest.
+ADDED_COLUMNS = {
+    "manifests": (
+        ("key_id", "VARCHAR"),
+        ("signature_verified", "BOOLEAN"),
+        ("checkpoint_size", "BIGINT"),
+    ),
+}
 
 # Columns added to search_docs after its first layout (filled for old rows on open).
 # text_row: rowid of the row holding the document's text (blocks, runs or block_sources by
@@ -307,6 +336,11 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
                 con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {typ}')
     for ddl in _FIXED_TABLES:
         con.execute(ddl)
+    for table, added in ADDED_COLUMNS.items():
+        have = set(_columns_of(con, table))
+        for name, typ in added:
+            if name not in have:
+                con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {typ}')
     _drop_growing_keys(con)
     _ensure_search_layout(con)
     _ensure_run_facts(con)

@@ -66,13 +66,19 @@ class IngestReport:
     snapshot: str = ""  # new | reused | copied
     seconds: float = 0.0
     bytes_verified: int = 0
+    checkpoint_size: int | None = None  # the newest checkpoint the database holds
+    checkpoint_verified: bool = False  # its signature was checked with SPINE_VERIFY_KEY
 
     def summary(self) -> str:
         rows = ", ".join(f"{t}={n}" for t, n in sorted(self.rows.items()) if n)
+        checkpoint = ""
+        if self.checkpoint_size is not None:
+            how = "verified" if self.checkpoint_verified else "signature not verified"
+            checkpoint = f"checkpoint {self.checkpoint_size} ({how}); "
         return (
             f"ingested {len(self.manifests)} manifest(s) (last seq {self.last_seq}), "
             f"{self.submissions} submission record(s), {self.inflight} run(s) in flight; "
-            f"rows: {rows or 'none'}; {self.seconds:.2f} s"
+            f"rows: {rows or 'none'}; {checkpoint}{self.seconds:.2f} s"
         )
 
 
@@ -125,25 +131,30 @@ class _Fetcher:
             self._con = None
 
 
-def _new_manifests(con: duckdb.DuckDBPyConnection, store: ObjectStore) -> list[Manifest]:
-    """Manifests after the last ingested one, with the chain checked from that anchor.
+def new_manifests(
+    con: duckdb.DuckDBPyConnection, store: ObjectStore
+) -> tuple[Manifest | None, list[Manifest]]:
+    """The last ingested manifest (the anchor, None for an empty database) as the archive
+    holds it now, and the manifests after it, with the chain checked from that anchor.
 
     The anchor itself is re-read and re-hashed: a manifest changed after it was ingested is
     refused here rather than silently chained onto. A rebuild checks the chain from seq 1.
     """
     last_seq, last_sha = last_ingested(con)
     try:
+        anchor = None
         if last_seq == 0:
             manifest_log = ManifestLog(store)
         else:
             key = manifest_key(last_seq)
             if not store.exists(key):
                 raise IngestError(f"{key}: ingested earlier but now missing from the archive")
-            if sha256_hex(store.get_bytes(key)) != last_sha:
+            data = store.get_bytes(key)
+            if sha256_hex(data) != last_sha:
                 raise IngestError(f"{key}: changed since it was ingested (sha256 mismatch)")
-            stub = Manifest(last_seq, "", "", None, "", (), (), (), sha256=last_sha)
-            manifest_log = ManifestLog(store, manifests=[stub])
-        return manifest_log.refresh()
+            anchor = Manifest.from_bytes(data, key=key)
+            manifest_log = ManifestLog(store, manifests=[anchor])
+        return anchor, manifest_log.refresh()
     except ManifestError as exc:
         raise IngestError(f"refusing to ingest: {exc}") from None
 
@@ -192,6 +203,7 @@ def _load_manifest(
     manifest: Manifest,
     report: IngestReport,
     bulk: bool,
+    signatures_verified: bool,
 ) -> Counter[str]:
     """Verify and insert the manifest's files and its row (in the caller's transaction)."""
     run_ids = set(manifest.run_ids)
@@ -218,8 +230,11 @@ def _load_manifest(
     if seen_runs != run_ids:
         missing = sorted(run_ids - seen_runs)[:3]
         raise IngestError(f"manifest {manifest.seq}: no runs row for run(s) {', '.join(missing)}")
+    signature = manifest.signature
     con.execute(
-        "INSERT INTO manifests VALUES (?, ?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, now())",
+        "INSERT INTO manifests (seq, batch_id, committed_at, sha256, prev_sha256, run_count, "
+        "file_count, artifact_count, schema_version, ingested_at, key_id, signature_verified) "
+        "VALUES (?, ?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, now(), ?, ?)",
         [
             manifest.seq,
             manifest.batch_id,
@@ -230,6 +245,8 @@ def _load_manifest(
             len(manifest.files),
             len(manifest.artifacts),
             manifest.schema_version,
+            signature.key_id if signature else None,
+            signatures_verified if signature else None,
         ],
     )
     return rows
@@ -248,6 +265,7 @@ def _ingest_group(
     report: IngestReport,
     published_seq: int,
     bulk: bool = False,
+    signatures_verified: bool = False,
 ) -> None:
     """Ingest manifests in one transaction: all of them or none.
 
@@ -259,7 +277,9 @@ def _ingest_group(
     con.execute("BEGIN TRANSACTION")
     try:
         for manifest in group:
-            per_manifest.append(_load_manifest(con, fetcher, manifest, report, bulk))
+            per_manifest.append(
+                _load_manifest(con, fetcher, manifest, report, bulk, signatures_verified)
+            )
         if not bulk:
             con.execute(
                 "INSERT INTO run_facts_stored "
@@ -337,17 +357,24 @@ def ingest_manifests(
     report: IngestReport,
     published_seq: int = 0,
     bulk: bool = False,
+    *,
+    manifests: list[Manifest] | None = None,
+    signatures_verified: bool = False,
 ) -> None:
     """Ingest every manifest committed after the last ingested one, in chain order.
 
     A refresh commits one manifest per transaction; `bulk` (a rebuild) BULK_GROUP at a time.
+    `manifests` are those `new_manifests` returned, when the caller has read (and checked)
+    them already; `signatures_verified` says their signatures were checked with a verify key.
     """
     fetcher = _Fetcher(store)
     try:
-        manifests = _new_manifests(con, store)
+        if manifests is None:
+            manifests = new_manifests(con, store)[1]
         size = BULK_GROUP if bulk else 1
         for i in range(0, len(manifests), size):
-            _ingest_group(con, fetcher, manifests[i : i + size], report, published_seq, bulk)
+            group = manifests[i : i + size]
+            _ingest_group(con, fetcher, group, report, published_seq, bulk, signatures_verified)
     finally:
         fetcher.close()
     report.last_seq = last_ingested(con)[0]

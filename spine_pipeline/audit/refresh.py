@@ -3,7 +3,8 @@
 A refresh catches up the spare snapshot (`snapshot.py`) with the manifests committed since
 (`ingest.py`, which also extends the search index, `search_index.py`), mirrors the ledger
 (`ledger_mirror.py`) and publishes it; a rebuild does the same into a new file from the
-archive alone.
+archive alone. Both first check the archive's log against the checkpoints the published
+database ingested, and record the archive's newest checkpoint (`history.py`).
 """
 
 from __future__ import annotations
@@ -14,14 +15,17 @@ from pathlib import Path
 
 import duckdb
 
+from spine_pipeline.archive.signing import VerifyKeys
 from spine_pipeline.archive.stores import ObjectStore, open_store
 from spine_pipeline.audit.ddl import ensure_schema, recount_search_stats, refill_run_facts
 from spine_pipeline.audit.duck import load_extension, sql_str
+from spine_pipeline.audit.history import LogGuard, Memory, load_verify_keys, read_memory
 from spine_pipeline.audit.ingest import (
     IngestError,
     IngestReport,
     get_state,
     ingest_manifests,
+    new_manifests,
     refuse_repeated_runs_bulk,
     set_state,
 )
@@ -50,6 +54,9 @@ def ingest_into(
     published_seq: int = 0,
     published: Path | None = None,
     bulk: bool = False,
+    *,
+    memory: Memory | None = None,
+    keys: VerifyKeys | None = None,
 ) -> None:
     """Bring an open read-write audit database up to date with the archive.
 
@@ -57,7 +64,8 @@ def ingest_into(
     up on them); only later ones count as new in the report. `published` (the snapshot a
     reused spare lags behind) lends its ledger records, so none is fetched twice. `bulk`
     (a new file, unseen until published) derives the search statistics and run facts once
-    at the end instead of per manifest.
+    at the end instead of per manifest. `memory` is what the published database remembers
+    of the log (`history.read_memory`); `keys` are SPINE_VERIFY_KEY's, when set.
     """
     load_extension(con, "fts")
     ensure_schema(con)
@@ -69,7 +77,19 @@ def ingest_into(
             "run `spine-pipeline audit rebuild`"
         )
     set_state(con, "archive_uri", uri)
-    ingest_manifests(con, store, report, published_seq, bulk)
+    guard = LogGuard.observe(store, keys)  # before the manifests: see LogGuard
+    anchor, manifests = new_manifests(con, store)
+    guard.check(con, anchor, manifests, memory or Memory(), archive_uri=uri, fresh=bulk)
+    ingest_manifests(
+        con,
+        store,
+        report,
+        published_seq,
+        bulk,
+        manifests=manifests,
+        signatures_verified=keys is not None,
+    )
+    guard.record(con, report)
     if published is not None:
         adopt_ledger_records(con, published, uri)
     mirror_submissions(con, store, report, bulk)
@@ -117,6 +137,7 @@ def _build_snapshot(
     is reused or copied from the published snapshot and caught up (`snapshot.prepare_spare`).
     """
     settings = Settings.from_env()
+    keys = load_verify_keys(settings.verify_key)
     archive_uri = archive_uri or settings.archive_uri
     paths = paths_for(db_path or settings.audit_db)
     store = store or open_store(archive_uri)
@@ -124,6 +145,7 @@ def _build_snapshot(
     report = IngestReport(db_path=str(paths.published))
     with writer_lock(paths):
         published_seq = 0 if fresh else _published_seq(paths.published)
+        memory = read_memory(paths.published)  # before a rebuild replaces it
         spare, how = prepare_spare(paths, fresh=fresh)
         report.snapshot = how
         con = duckdb.connect(str(spare))
@@ -141,6 +163,8 @@ def _build_snapshot(
                 published_seq,
                 published=paths.published if how == "reused" else None,
                 bulk=how == "new",
+                memory=memory,
+                keys=keys,
             )
             if how == "new":
                 cluster_search_index(con)
