@@ -163,7 +163,7 @@ class Archiver:
         if isinstance(publisher, _FromSettings):
             assert settings is not None
             publisher = LogPublisher.from_settings(
-                store, settings.signing_key, settings.witness_uris
+                store, settings.signing_key, settings.witness_uris, settings.verify_key
             )
         #: Signs manifests and checkpoints the log; None: an unsigned writer.
         self.publisher: LogPublisher | None = publisher

@@ -12,7 +12,7 @@ module only reads and reports.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from spine_pipeline.archive.checkpoint import CheckpointError
 from spine_pipeline.archive.identity import IdentityError, read_identity
@@ -97,10 +97,15 @@ def log_status(
     """
     verified = keys is not None
     log = ManifestLog(store)
+    # Checkpoints (the archive's, then the witnesses') are read before the manifests: a
+    # checkpoint only ever covers manifests already committed, so a log read afterwards
+    # holds them all, and a writer racing this read cannot pass for a rollback.
     try:
-        log.refresh()
         identity = read_identity(store)
         held = archive_checkpoints(store)
+        origin = identity.origin if identity is not None else None
+        witnessed = [_witness_newest(w, origin, keys) for w in witnesses]
+        log.refresh()
     except (ManifestError, IdentityError, StoreError) as exc:
         return LogStatus(log.tree.size, None, None, (), verified, problem=_line(exc))
     tree = log.tree
@@ -111,31 +116,36 @@ def log_status(
         orphaned = f"{len(held)} checkpoint(s) but no identity record ({IDENTITY_KEY})"
         plain = tuple(WitnessStatus(w.uri, None) for w in witnesses)
         return LogStatus(tree.size, root, None, plain, verified, problem=orphaned if held else None)
-    origin = identity.origin
     newest: SignedCheckpoint | None = None
     problem: str | None = None
     if held:
         _, key = held[-1]
         try:
-            newest = open_checkpoint(read_note(store, key), origin=origin, keys=keys, where=key)
+            newest = open_checkpoint(
+                read_note(store, key), origin=identity.origin, keys=keys, where=key
+            )
         except (CheckpointError, StoreError) as exc:
             problem = _line(exc)
         if newest is not None and (contradiction := inconsistency(tree, newest.checkpoint)):
             problem = f"{key}: {contradiction}"
-    statuses = tuple(_witness_status(w, origin, keys, log) for w in witnesses)
+    statuses = tuple(
+        status
+        if status.newest is None or status.problem is not None
+        else replace(status, problem=inconsistency(tree, status.newest.checkpoint))
+        for status in witnessed
+    )
     return LogStatus(tree.size, root, newest, statuses, verified, problem=problem)
 
 
-def _witness_status(
-    witness: Witness, origin: str, keys: VerifyKeys | None, log: ManifestLog
-) -> WitnessStatus:
+def _witness_newest(witness: Witness, origin: str | None, keys: VerifyKeys | None) -> WitnessStatus:
+    """The witness's newest checkpoint of `origin`, not yet compared with the log."""
+    if origin is None:
+        return WitnessStatus(witness.uri, None)
     try:
         newest = witness.newest(origin, keys)
     except (CheckpointError, StoreError) as exc:
         return WitnessStatus(witness.uri, None, _line(exc))
-    if newest is None:
-        return WitnessStatus(witness.uri, None)
-    return WitnessStatus(witness.uri, newest, inconsistency(log.tree, newest.checkpoint))
+    return WitnessStatus(witness.uri, newest)
 
 
 def _line(exc: BaseException) -> str:

@@ -271,6 +271,10 @@ class VerifyKeys:
     def __contains__(self, kid: object) -> bool:
         return kid in self._keys
 
+    def public_keys(self) -> tuple[Ed25519PublicKey, ...]:
+        """The keys themselves, in the order they were given."""
+        return tuple(self._keys.values())
+
     def raw_public_keys(self) -> dict[str, bytes]:
         """Key id -> raw 32-byte public key, in the order the keys were given."""
         return {kid: _raw(key) for kid, key in self._keys.items()}

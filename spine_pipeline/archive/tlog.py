@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 #: C2SP signed-note signature type of Ed25519.
 ED25519_NOTE_TYPE = 0x01
+#: How far back a writer probes for its newest checkpoint before checking every signature.
+MAX_TAIL_PROBES = 32
 #: A checkpoint note is well under 1 KiB; anything much larger at a checkpoint key is not one.
 MAX_NOTE_BYTES = 64 * 1024
 
@@ -360,11 +362,18 @@ class LogPublisher:
     store: ObjectStore
     key: SigningKey
     witnesses: tuple[Witness, ...] = ()
+    #: Other keys whose manifests this writer accepts into a checkpoint (a rotation with
+    #: writers on both keys at once: `SPINE_VERIFY_KEY`); its own key is always accepted.
+    accepted: VerifyKeys | None = None
     _identity: ArchiveIdentity | None = None
 
     @classmethod
     def from_settings(
-        cls, store: ObjectStore, signing_key: str | None, witness_uris: Sequence[str]
+        cls,
+        store: ObjectStore,
+        signing_key: str | None,
+        witness_uris: Sequence[str],
+        verify_key: str | None = None,
     ) -> LogPublisher | None:
         """The publisher the settings ask for; None when there is no signing key.
 
@@ -379,7 +388,8 @@ class LogPublisher:
                 )
             return None
         key = SigningKey.load(signing_key, what="SPINE_SIGNING_KEY")
-        return cls(store, key, tuple(Witness.open(uri) for uri in witness_uris))
+        accepted = VerifyKeys.load(verify_key, what="SPINE_VERIFY_KEY") if verify_key else None
+        return cls(store, key, tuple(Witness.open(uri) for uri in witness_uris), accepted)
 
     def identity(self) -> ArchiveIdentity:
         if self._identity is None:
@@ -416,6 +426,45 @@ class LogPublisher:
                 )
         return identity
 
+    def _check_signatures(self, manifests: ManifestLog) -> None:
+        """Refuse to checkpoint a forgery: a writer's checkpoint vouches for every manifest
+        it covers, and a witness keeps it forever.
+
+        After the first signed manifest every manifest must carry a signature (a field
+        check, no cryptography); those not yet covered by a checkpoint (found by probing
+        back from the newest size, usually one probe) must verify under this writer's key
+        or an accepted one. Older ones were vouched for by an earlier checkpoint, which
+        `verify` checks, so each batch costs a few signature checks, not the whole log.
+        """
+        listed = manifests.manifests
+        first = next((i for i, m in enumerate(listed) if m.signature is not None), None)
+        if first is None:
+            return  # a log never signed: the first checkpoint covers it as it is
+        for m in listed[first:]:
+            if m.signature is None:
+                raise LogConsistencyError(
+                    f"{manifest_key(m.seq)}: unsigned, after signed manifests: refusing to "
+                    "checkpoint it (a forgery? run verify)"
+                )
+        keys = VerifyKeys(
+            [self.key.public_key, *(self.accepted.public_keys() if self.accepted else ())]
+        )
+        for m in listed[max(first, self._checkpointed_size(len(listed))) :]:
+            finding = signature_finding(m, keys)
+            if finding is not None:
+                raise LogConsistencyError(
+                    f"{manifest_key(m.seq)}: {finding}: refusing to checkpoint it (a forgery, "
+                    "or a writer's key missing from SPINE_VERIFY_KEY; run verify)"
+                )
+
+    def _checkpointed_size(self, size: int) -> int:
+        """The largest size <= `size` with a checkpoint in the archive, probing back at most
+        `MAX_TAIL_PROBES` sizes (0 when none is that close: the whole log is checked)."""
+        for probe in range(size, max(0, size - MAX_TAIL_PROBES), -1):
+            if self.store.exists(checkpoint_key(probe)):
+                return probe
+        return 0
+
     def needs_checkpoint(self, manifests: ManifestLog) -> bool:
         """Whether the log's newest size has no checkpoint yet (a crash after a commit, or an
         archive that began unsigned)."""
@@ -445,6 +494,7 @@ class LogPublisher:
                 raise LogConsistencyError(f"witness {witness.uri}: {problem}")
         if tree.size == 0:
             return None  # nothing to checkpoint (and no witness holds more: checked above)
+        self._check_signatures(manifests)
         signed = sign_checkpoint(self.key, origin, tree, now=now)
         key = checkpoint_key(tree.size)
         try:

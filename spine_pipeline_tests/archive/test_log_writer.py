@@ -8,6 +8,7 @@ rollback) or something else (a fork) must stop the writer before it commits anyt
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -345,6 +346,57 @@ def test_a_witness_holding_another_root_stops_the_writer_before_it_commits(kit, 
     _put_raw(witness_uri, witness_checkpoint_key(origin, 2), forgery.note)
     message = _refused_batch(kit, pair, witness_uri)
     assert "fork" in message
+
+
+@pytest.mark.parametrize("forgery", ["unsigned", "stranger"])
+def test_an_appended_forgery_is_never_checkpointed_nor_witnessed(kit, witness_uri, forgery):
+    """A writer's checkpoint vouches for every manifest under it and a witness keeps it
+    forever: a forged manifest an insider appended (unsigned, or signed by a key the writer
+    does not accept) stops the writer before it checkpoints or commits anything."""
+    pair = Keypair()
+    _two_signed_batches(kit, pair, witness_uri)
+    log = _log(kit)
+    newest = log.manifests[-1]
+    forged = replace(
+        newest,
+        seq=newest.seq + 1,
+        prev_sha256=newest.sha256,
+        batch_id="forged",
+        signature=None,
+        sha256=None,
+    )
+    if forgery == "stranger":
+        forged = replace(forged, signature=Keypair().key.sign(forged.to_bytes()))
+    kit.store.put_bytes(manifest_key(forged.seq), forged.to_bytes())
+    tables = _objects(kit, TABLE_PREFIX)
+    ids = kit.submit("[scenario:completed] after the forgery")
+    with pytest.raises(LogConsistencyError) as caught:
+        kit.archiver(publisher=_publisher(kit, pair.key, witness_uri)).archive(ids)
+    message = _one_line(str(caught.value))
+    assert message.startswith(manifest_key(3)) and "refusing to checkpoint" in message
+    assert ("unsigned" if forgery == "unsigned" else "unknown key") in message
+    assert not kit.store.exists(checkpoint_key(3))
+    assert [c.size for c in _witness_checkpoints(witness_uri, _origin(kit), None)] == [1, 2]
+    assert _objects(kit, MANIFEST_PREFIX) == [manifest_key(n) for n in (1, 2, 3)]
+    assert _objects(kit, TABLE_PREFIX) == tables
+
+
+def test_a_writer_accepts_manifests_of_the_keys_in_spine_verify_key(kit, witness_uri):
+    """Two writers on two keys at once (a rotation): each accepts the other's manifests
+    when its SPINE_VERIFY_KEY lists the other key."""
+    old, new = Keypair(), Keypair()
+    ids = kit.submit("[scenario:completed] old key")
+    publisher = LogPublisher(open_store(kit.uri), old.key, (Witness.open(witness_uri),))
+    publisher.publish = lambda manifests, **kw: None  # the old writer stops before its checkpoint
+    assert kit.archiver(publisher=publisher).archive(ids).ok
+    strict = _publisher(kit, new.key, witness_uri)
+    with pytest.raises(LogConsistencyError, match="unknown key"):
+        strict.publish(_log(kit))
+    accepting = LogPublisher(
+        open_store(kit.uri), new.key, (Witness.open(witness_uri),), accepted=old.keys
+    )
+    signed = accepting.publish(_log(kit))
+    assert signed is not None and signed.size == 1
 
 
 # ----------------------------------------------------------------------------- transitions
