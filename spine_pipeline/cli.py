@@ -10,7 +10,7 @@ import click
 
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.stores import open_store
-from spine_pipeline.cli_errors import enable_debug_log, expected_errors, fail
+from spine_pipeline.cli_errors import BAD_USAGE, enable_debug_log, expected_errors, fail
 from spine_pipeline.settings import Settings
 from spine_pipeline.spine import SpineClient, UploadFile
 from spine_pipeline.submission import SubmitSpec, submit_and_record
@@ -287,6 +287,29 @@ def demo(timeout: float, run_seconds: str) -> None:
     )
     if not ok:
         fail("demo did not archive every run cleanly")
+
+
+@main.command()
+@click.argument("run_id")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="file to write (default: ./spine-show/RUN_ID.html)",
+)
+@expected_errors
+def show(run_id: str, out_path: Path | None) -> None:
+    """Write one archived run as an offline HTML page (no script, no network) and print its path.
+
+    The page shows the run's committed rows, each file checked against its manifest's sha256.
+    Exit 1 if the run is not archived.
+    """
+    from spine_pipeline.evidence.show import valid_run_id, write_show_page
+
+    if not valid_run_id(run_id):
+        fail(f"not a valid run id: {run_id!r} (1-128 URL-safe characters)", BAD_USAGE)
+    click.echo(write_show_page(Settings.from_env().archive_uri, run_id, out_path))
 
 
 @main.command()
