@@ -110,6 +110,7 @@ table{border-collapse:collapse;font-size:13px;margin:4px 0 8px}
 th,td{border:1px solid #d9e2ec;padding:3px 8px;text-align:left;vertical-align:top;
 overflow-wrap:anywhere}
 th{background:#f5f7fa;font-weight:600}
+#files th,#files td:nth-child(2),#artifacts-table th{white-space:nowrap}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 code,pre,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
 pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f5f7fa;padding:8px;margin:4px 0}
@@ -129,6 +130,7 @@ svg.dag rect.s-running,svg.dag rect.s-pending{fill:#fff3c4}
 svg.dag rect.s-failed,svg.dag rect.s-error,svg.dag rect.s-errored{fill:#ffe3e3}
 svg.dag rect.s-partial{fill:#ffe8d9}
 .st.s-completed{color:#207227}.st.s-failed,.st.s-error,.st.s-errored{color:#ab091e}
+.st.s-partial{color:#b44d12}
 article.block{border:1px solid #d9e2ec;border-radius:6px;padding:10px 14px;margin:12px 0}
 article.block .ty{color:#486581;font-weight:400;font-size:12px}
 article.block .st{font-weight:400;font-size:12px}
@@ -136,7 +138,6 @@ dl.meta{display:grid;grid-template-columns:max-content 1fr;gap:0 12px;font-size:
 dl.meta dt{color:#627d98}dl.meta dd{margin:0;overflow-wrap:anywhere}
 .content{border-top:1px dashed #d9e2ec;margin-top:6px}
 .content table{display:block;overflow-x:auto}
-.content img{display:none}
 .content th.al-left,.content td.al-left{text-align:left}
 .content th.al-center,.content td.al-center{text-align:center}
 .content th.al-right,.content td.al-right{text-align:right}
@@ -410,8 +411,10 @@ def _verification(
         f"{_row('batch', f'<span class=mono>{esc_visible(m.batch_id)}</span>')}"
         f"{_row('archive id', f'<span class=mono>{esc_visible(m.archive_id)}</span>')}"
         "</table>"
+        f"<details><summary>{len(data.files):,} table files read, each checked against the "
+        "size and sha256 the manifest lists</summary>"
         '<table id="files"><tr><th>file</th><th>table</th><th>rows</th><th>bytes</th>'
-        f"<th>sha256</th></tr>{files}</table></section>"
+        f"<th>sha256</th></tr>{files}</table></details></section>"
     )
     return "".join(parts)
 
