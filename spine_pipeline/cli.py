@@ -396,6 +396,29 @@ def demo(timeout: float, run_seconds: str) -> None:
 
 
 @main.command()
+@click.argument("run_id")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="file to write (default: ./spine-show/RUN_ID.html)",
+)
+@expected_errors
+def show(run_id: str, out_path: Path | None) -> None:
+    """Write one archived run as an offline HTML page (no script, no network) and print its path.
+
+    The page shows the run's committed rows, each file checked against its manifest's sha256.
+    Exit 1 if the run is not archived.
+    """
+    from spine_pipeline.evidence.show import valid_run_id, write_show_page
+
+    if not valid_run_id(run_id):
+        fail(f"not a valid run id: {run_id!r} (1-128 URL-safe characters)", BAD_USAGE)
+    click.echo(write_show_page(Settings.from_env().archive_uri, run_id, out_path))
+
+
+@main.command()
 @click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
 @expected_errors
 def dev(port: int) -> None:

@@ -1,0 +1,92 @@
+"""`spine-pipeline show RUN_ID`: one archived run's page, written for a quick look.
+
+The CLI stays thin: this module loads, renders and writes; it needs no click, so Dagster (the
+`spine_run` materialisation's link) and the evidence bundle can call the same functions.
+
+The page is a copy of archived content (prompts, outputs), so it is written like every other
+such output of the project (`sql --output`, `report credits --html`; docs/reliability.md):
+owner-only (0600 whatever the umask), through a temporary file renamed into place (it appears
+whole or not at all), never through a symlink at the path. The default directory
+`./spine-show/` is created 0700 and refused if it is a symlink.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from pathlib import Path
+
+from spine_pipeline.archive.stores import open_store
+from spine_pipeline.evidence.page import render_page_bytes
+from spine_pipeline.evidence.run_data import load_run_data
+
+__all__ = ["DEFAULT_DIR", "FILE_MODE", "valid_run_id", "write_page_file", "write_show_page"]
+
+DEFAULT_DIR = Path("spine-show")
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+#: Run ids are opaque 1-128 URL-safe characters (docs/design.md section 7): no `/`, so a run
+#: id is always a plain file name.
+_RUN_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+
+
+def valid_run_id(run_id: str) -> bool:
+    """Whether `run_id` is 1-128 URL-safe characters (what a run id may be)."""
+    return _RUN_ID.fullmatch(run_id) is not None
+
+
+def write_show_page(archive_uri: str, run_id: str, out: Path | None = None) -> Path:
+    """Render `run_id` from the archive and write it to `out` (default under `./spine-show/`).
+
+    Returns the absolute path written. `RunNotArchived`/`EvidenceError` (ValueErrors) name
+    what is wrong in one line; so does a `ValueError` for a symlinked path.
+    """
+    if not valid_run_id(run_id):
+        raise ValueError(f"not a valid run id: {run_id!r} (1-128 URL-safe characters)")
+    data = load_run_data(open_store(archive_uri), run_id)
+    page = render_page_bytes(data, artifact_links=False)
+    if out is None:
+        _ensure_dir(DEFAULT_DIR)
+        out = DEFAULT_DIR / f"{run_id}.html"
+    write_page_file(out, page)
+    return out.absolute()
+
+
+def _ensure_dir(path: Path) -> None:
+    if path.is_symlink():
+        raise ValueError(f"refusing to write into {path}: it is a symlink")
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=DIR_MODE)
+    if not path.is_dir() or path.is_symlink():
+        raise ValueError(f"refusing to write into {path}: not a directory")
+
+
+def write_page_file(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
+    """Write `data` to `path` atomically: a temp file beside it (O_EXCL|O_NOFOLLOW), `mode`
+    set with fchmod (no umask widens or narrows it), fsynced, then renamed over `path`.
+
+    A symlink at `path` is refused, never followed (the rename would replace it, but a
+    planted link says someone expects the write to go elsewhere). On any failure neither a
+    partial page nor the temp file is left.
+    """
+    if path.is_symlink():
+        raise ValueError(f"refusing to write {path}: it is a symlink")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, mode)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            fd = -1
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
