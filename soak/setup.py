@@ -90,9 +90,11 @@ def set_up(
 ) -> Rig:
     """Start the simulator (and SeaweedFS with its proxy), set the environment, open the
     instance and an empty worker pool; every teardown goes on `stack`."""
+    from spine_pipeline.archive.signing import generate_keypair
     from spine_pipeline.archive.stores import open_store
     from spine_pipeline.simulator import SimulatorConfig, SimulatorServer
 
+    signing_pem, verify_pem = generate_keypair()
     (workdir / "logs").mkdir(exist_ok=True)
     (workdir / "catalogs").mkdir(exist_ok=True)
     sim = stack.enter_context(
@@ -119,6 +121,11 @@ def set_up(
         "SPINE_POLL_REREQUEST_SECONDS": str(cfg.rerequest_after),
         "SPINE_POLL_BUDGET_SECONDS": str(cfg.tick_budget),
         "SPINE_AUDIT_RETRY_SECONDS": str(cfg.audit_retry),
+        # Every writer signs and witnesses, as production should: the races, kills and storage
+        # faults of the soak then also prove one consistent, witnessed log.
+        "SPINE_SIGNING_KEY": signing_pem.decode("ascii"),
+        "SPINE_VERIFY_KEY": verify_pem.decode("ascii"),
+        "SPINE_WITNESS_URI": str(workdir / "witness"),
         **cfg.extra_env,
     }
     proxy: SlowDownProxy | None = None

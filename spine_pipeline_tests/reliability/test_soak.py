@@ -9,6 +9,7 @@ import pytest
 
 from soak import SoakConfig, run_soak
 from soak.report import render
+from spine_pipeline.archive.signing import generate_keypair
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline_tests.reliability.conftest import CANARY_API_KEY, CANARY_AWS_SECRET
 from spine_pipeline_tests.reliability.logs import capture_logs
@@ -27,12 +28,18 @@ API_FAULTS = ("429", "503", "500-after", "latency", "drop", "malformed", "expire
 def test_short_soak_keeps_every_invariant_and_leaks_no_secret(backend, tmp_path, capfd, request):
     server = request.getfixturevalue("canary_s3_server") if backend == "s3" else None
     lines: list[str] = []
+    signing_pem, verify_pem = (pem.decode("ascii") for pem in generate_keypair())
     config = SoakConfig(
         runs=RUNS[backend],
         backend=backend,
         api_key=CANARY_API_KEY,
         workdir=tmp_path / "soak",
-        extra_env={"SPINE_SOAK_LOG_LEVEL": "DEBUG"},
+        extra_env={
+            "SPINE_SOAK_LOG_LEVEL": "DEBUG",
+            # The soak signs with a key of its own; this one is known here, so it is scanned.
+            "SPINE_SIGNING_KEY": signing_pem,
+            "SPINE_VERIFY_KEY": verify_pem,
+        },
         **SHORT,
     )
     with capture_logs() as logs:
@@ -50,7 +57,14 @@ def test_short_soak_keeps_every_invariant_and_leaks_no_secret(backend, tmp_path,
         assert report.s3_restarts and report.storage_faults.get("slowdown", 0) > 0, text
 
     # Invariant 5: no byte of either secret anywhere the soak wrote or logged.
-    scanner = SecretScanner({"spine api key": CANARY_API_KEY, "aws secret": CANARY_AWS_SECRET})
+    scanner = SecretScanner(
+        {
+            "spine api key": CANARY_API_KEY,
+            "aws secret": CANARY_AWS_SECRET,
+            # The private key's base64 body (its PEM armour is public text).
+            "signing key": "".join(signing_pem.strip().splitlines()[1:-1]),
+        }
+    )
     scanner.tree(tmp_path / "soak")  # DAGSTER_HOME, audit db, worker logs, local archive
     if server is not None:
         archive = open_store(f"s3://{report.figures['bucket']}/soak", s3_client=server.client())
