@@ -20,7 +20,9 @@ import dagster as dg
 
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.read import read_committed
+from spine_pipeline.archive.signing import VerifyKeys
 from spine_pipeline.archive.stores import open_store
+from spine_pipeline.archive.tlog import Witness
 from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline.audit import credit_report
 from spine_pipeline.audit.sql import format_table
@@ -123,11 +125,26 @@ def run_demo(
     archive_until_done(
         defs, instance, archive_uri, report, timeout=timeout, tick_every=tick_every, say=say
     )
-    verified = verify_archive(open_store(archive_uri))
+    # Verified as `spine-pipeline verify` would with the same settings: with a verify key and
+    # witnesses when they are set (a signed demo: docs/integrity.md).
+    settings = Settings.from_env()
+    keys = VerifyKeys.load(settings.verify_key) if settings.verify_key else None
+    verified = verify_archive(
+        open_store(archive_uri),
+        keys=keys,
+        witnesses=[Witness.open(uri, must_exist=True) for uri in settings.witness_uris],
+    )
     report.verify_ok = verified.ok
+    signed = (
+        f", {verified.signed} signed and checked, checkpoint at size "
+        f"{verified.checkpoint.size if verified.checkpoint else 0}"
+        if keys is not None
+        else ""
+    )
     report.verify_summary = (
-        f"{verified.manifests} manifests, {verified.files} files, {verified.artifacts} "
-        f"artifacts: " + ("OK" if verified.ok else f"{len(verified.problems)} problem(s)")
+        f"{verified.manifests} manifests{signed}, {verified.files} files, "
+        f"{verified.artifacts} artifacts: "
+        + ("OK" if verified.ok else f"{len(verified.problems)} problem(s)")
     )
     report.seconds = round(time.monotonic() - started, 1)
     return report
