@@ -607,3 +607,48 @@ def test_cli_rejects_a_url_without_secret():
     result = CliRunner().invoke(main, ["simulator", "--webhook-url", "http://127.0.0.1:9/x"])
     assert result.exit_code == 2
     assert "webhook_url needs a webhook_secret" in result.output
+
+
+def test_cli_simulator_sends_signed_webhooks(receiver):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "spine_pipeline.cli",
+            "simulator",
+            "--port",
+            "0",
+            "--run-seconds",
+            "0.1:0.2",
+            "--webhook-url",
+            receiver.url,
+            "--webhook-secret",
+            SECRET,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        first, second = proc.stdout.readline(), proc.stdout.readline()
+        base = first.split("listening on ")[1].split(" ")[0]
+        assert second.strip() == f"Sending signed webhooks to {receiver.url}"
+        with httpx.Client(base_url=base, headers={"X-API-KEY": "sk_spine_simulator"}) as http:
+            run_id = http.post("/v1/run", data={"prompt": "[scenario:completed] x"}).json()["data"][
+                "run_id"
+            ]
+            deadline = time.monotonic() + 15
+            while len(receiver.received) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert by_run(receiver.events()) == {run_id: ["run.started", "run.completed"]}
+            assert all(item.sdk_ok and item.independent_ok for item in receiver.received)
+            deliveries = http.get("/_sim/webhooks").json()["data"]["deliveries"]
+            assert [d["outcome"] for d in deliveries] == ["delivered", "delivered"]
+    finally:
+        proc.terminate()
+        output, _ = proc.communicate(timeout=10)
+    assert proc.returncode is not None
+    assert SECRET not in first + second + output
