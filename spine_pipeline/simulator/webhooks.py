@@ -83,7 +83,7 @@ def _sign(secret: str, t: int, body: bytes) -> str:
 
     TEMPORARY (issue 17, merge note for the lead): ``spine_pipeline/webhooks/signature.py`` is
     THE home of this rule; replace this function and its callers in this module
-    (``_Sender._attempts``) with the shared signer at merge. Rule (spine-api.md section 5):
+    (``WebhookSender._attempts``) with the shared signer at merge. Rule (spine-api.md section 5):
     lowercase hex HMAC-SHA256 keyed by the whole secret as UTF-8, over ``f"{t}."`` + raw body.
     """
     digest = hmac.new(secret.encode("utf-8"), f"{t}.".encode() + body, hashlib.sha256)
@@ -225,7 +225,8 @@ class WebhookSender:
             target=self._thread_main, args=(ready,), name="spine-simulator-webhooks", daemon=True
         )
         self._thread.start()
-        if not ready.wait(15):
+        if not ready.wait(15) or not self._accepting:
+            self.stop()
             raise RuntimeError("webhook sender did not start")
         log.info("webhook deliveries to %s", redact_url(self.url))
         return self
@@ -246,7 +247,9 @@ class WebhookSender:
         except Exception:  # never take the simulator down with it
             log.exception("webhook sender crashed")
         finally:
+            self._accepting = False
             self._loop = None
+            ready.set()
 
     async def _main(self, ready: threading.Event) -> None:
         self._loop = asyncio.get_running_loop()
