@@ -439,7 +439,7 @@ def test_fault_drop_never_sends(sender_sim, receiver):
 
 
 def test_fault_bad_signature_is_refused_and_retried(sender_sim, receiver):
-    sim = sender_sim(faults="webhook:bad-signature x1".replace(" ", ""), webhook_max_attempts=2)
+    sim = sender_sim(faults="webhook:bad-signaturex1", webhook_max_attempts=2)
     sim.webhooks.ping()
     good = sim.webhooks.ping()
     settle(sim)
@@ -490,7 +490,7 @@ def test_webhook_fault_specs():
 
 
 def test_http_drop_rules_do_not_touch_webhooks(sender_sim, receiver):
-    sim = sender_sim(faults="*:drop@0.01")
+    sim = sender_sim()
     sim.set_faults("*:drop")
     sim.webhooks.ping()
     settle(sim)
@@ -509,7 +509,7 @@ def test_non_2xx_is_retried_with_the_same_id(sender_sim, receiver):
     (record,) = sim.webhooks.records()
     assert (record.outcome, record.attempts, record.status_code) == ("delivered", 3, 204)
     stamps = [item.at for item in receiver.received]
-    assert stamps[2] - stamps[1] >= stamps[1] - stamps[0] > 0.04  # backoff doubles
+    assert stamps[1] - stamps[0] >= 0.05 and stamps[2] - stamps[1] >= 0.1  # backoff doubles
 
 
 def test_receiver_down_fails_after_bounded_attempts(make_simulator):
@@ -534,6 +534,9 @@ def test_api_keeps_answering_while_the_receiver_hangs(sender_sim, receiver):
             run_id = response.json()["data"]["run_id"]
             assert http.get(f"/v1/run/{run_id}").status_code == 200
             assert time.monotonic() - start < 1.0
+        deadline = time.monotonic() + 10
+        while len(receiver.received) < 8 and time.monotonic() < deadline:
+            time.sleep(0.02)
         time.sleep(0.3)
         assert len(receiver.received) == 8  # the concurrency bound
     start = time.monotonic()
