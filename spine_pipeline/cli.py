@@ -52,10 +52,19 @@ def main(debug: bool) -> None:
     show_default=True,
     help="seconds before pre-signed artifact URLs expire",
 )
+@click.option("--webhook-url", default="", help="POST signed webhook deliveries to this URL")
+@click.option("--webhook-secret", default="", help="whsec_... secret signing the deliveries")
 def simulator(
-    port: int, seed: int, run_seconds: str, faults: str, api_key: str, url_ttl: float
+    port: int,
+    seed: int,
+    run_seconds: str,
+    faults: str,
+    api_key: str,
+    url_ttl: float,
+    webhook_url: str,
+    webhook_secret: str,
 ) -> None:
-    """Serve the embedded Spine API on 127.0.0.1."""
+    """Serve the embedded Spine API on 127.0.0.1 (and send webhooks with --webhook-url)."""
     from spine_pipeline.simulator import (
         SimulatorConfig,
         parse_faults,
@@ -70,6 +79,8 @@ def simulator(
             api_key=api_key,
             faults=faults,
             url_ttl_seconds=url_ttl,
+            webhook_url=webhook_url,
+            webhook_secret=webhook_secret,
         )
         parse_faults(faults)
     except ValueError as exc:

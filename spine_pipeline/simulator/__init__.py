@@ -8,6 +8,7 @@ See docs/simulator.md. Typical use::
 
 from .config import FaultRule, SimulatorConfig, parse_faults, parse_run_seconds
 from .server import SimulatorServer, serve_forever
+from .webhooks import WebhookDelivery, WebhookSender
 from .world import ArtifactTruth, CreateForm, RunTruth, World
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "RunTruth",
     "SimulatorConfig",
     "SimulatorServer",
+    "WebhookDelivery",
+    "WebhookSender",
     "World",
     "parse_faults",
     "parse_run_seconds",

@@ -46,6 +46,7 @@ from .vocab import (
     invalid_template_message,
     invalid_uuid_message,
 )
+from .webhooks import WebhookDelivery
 from .world import CreateForm, Run, World, canonical_uuid
 
 log = logging.getLogger("spine_pipeline.simulator")
@@ -251,6 +252,13 @@ class _LyingResponse(Response):
         closer = scope.get("sim.close")
         if closer is None or not closer():
             raise RuntimeError("lying-length needs uvicorn")
+
+
+def _delivery_row(record: WebhookDelivery) -> dict[str, Any]:
+    """One webhook delivery record as JSON (the body is omitted: it can be megabytes)."""
+    row = {k: v for k, v in vars(record).items() if k != "body"}
+    row["faults"] = list(record.faults)
+    return row
 
 
 def build_app(world: World) -> ASGIApp:
@@ -488,6 +496,16 @@ def build_app(world: World) -> ASGIApp:
             world.finish_all()
         return ok(world.summary())
 
+    async def admin_webhooks(request: Request) -> Response:
+        if (denied := auth(request)) is not None:
+            return denied
+        sender = world.webhooks
+        if sender is None:
+            return fail(400, "webhooks are not configured (--webhook-url/--webhook-secret)")
+        if request.method == "POST":
+            return ok({"event_id": sender.ping()})
+        return ok({**sender.summary(), "deliveries": [_delivery_row(r) for r in sender.records()]})
+
     async def http_error(request: Request, exc: Exception) -> Response:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         message = {404: "Not found", 405: "Method not allowed"}.get(status, MSG_INTERNAL)
@@ -508,6 +526,8 @@ def build_app(world: World) -> ASGIApp:
         Route("/_sim/state", admin_state, methods=["GET"]),
         Route("/_sim/advance", admin_advance, methods=["POST"]),
         Route("/_sim/finish", admin_finish, methods=["POST"]),
+        Route("/_sim/webhooks", admin_webhooks, methods=["GET"]),
+        Route("/_sim/webhooks/ping", admin_webhooks, methods=["POST"]),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: crash})
     return SimMiddleware(app, world)

@@ -8,10 +8,22 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
-FAULT_ROUTES: tuple[str, ...] = ("create", "get", "dag", "tasks", "task", "download", "*")
+FAULT_ROUTES: tuple[str, ...] = (
+    "create",
+    "get",
+    "dag",
+    "tasks",
+    "task",
+    "download",
+    "webhook",
+    "*",
+)
 API_ROUTES: frozenset[str] = frozenset({"create", "get", "dag", "tasks", "task"})
 ALL_ROUTES: frozenset[str] = API_ROUTES | {"download"}
+"""The HTTP routes; ``*`` matches only these (webhook deliveries need explicit rules)."""
+WEBHOOK: frozenset[str] = frozenset({"webhook"})
 
 FAULT_KINDS: dict[str, frozenset[str]] = {
     "429": ALL_ROUTES,
@@ -19,13 +31,18 @@ FAULT_KINDS: dict[str, frozenset[str]] = {
     "502": ALL_ROUTES,
     "503": ALL_ROUTES,
     "500-after": frozenset({"create"}),
-    "drop": ALL_ROUTES,
+    "drop": ALL_ROUTES | WEBHOOK,
     "latency": ALL_ROUTES,
     "malformed": API_ROUTES,
     "false200": API_ROUTES,
     "expired": frozenset({"download"}),
     "truncated": frozenset({"download"}),
     "unknown-status": frozenset({"get"}),
+    "duplicate": WEBHOOK,
+    "out-of-order": WEBHOOK,
+    "delay": WEBHOOK,
+    "resend": WEBHOOK,
+    "bad-signature": WEBHOOK,
 }
 """Fault kind -> the routes it can apply to (a ``*`` rule only matches those)."""
 
@@ -48,6 +65,8 @@ class FaultRule:
         """True when this rule can fire for a request classified as ``route``."""
         if self.route not in ("*", route):
             return False
+        if self.route == "*" and route not in ALL_ROUTES:
+            return False
         return route in FAULT_KINDS[self.kind]
 
     @property
@@ -59,6 +78,11 @@ class FaultRule:
     def latency_ms(self) -> float:
         """Delay for ``latency`` rules, in milliseconds (default 100)."""
         return float(self.arg) if self.arg else 100.0
+
+    @property
+    def delay_seconds(self) -> float:
+        """Delay for webhook ``delay`` rules, in seconds (default 5)."""
+        return float(self.arg) if self.arg else 5.0
 
 
 def parse_faults(spec: str | None) -> list[FaultRule]:
@@ -129,16 +153,16 @@ def _check_arg(kind: str, arg: str | None, text: str) -> None:
         raise ValueError(
             f"invalid argument '{arg}' for fault kind '429' in rule '{text}' (seconds or 'date')"
         )
-    if kind == "latency":
+    if kind in ("latency", "delay"):
         try:
             value = float(arg)
         except ValueError:
             value = -1.0
         if value >= 0 and math.isfinite(value):
             return
+        unit = "milliseconds" if kind == "latency" else "seconds"
         raise ValueError(
-            f"invalid argument '{arg}' for fault kind 'latency' in rule '{text}' "
-            "(milliseconds >= 0)"
+            f"invalid argument '{arg}' for fault kind '{kind}' in rule '{text}' ({unit} >= 0)"
         )
     raise ValueError(f"fault kind '{kind}' takes no argument (rule '{text}')")
 
@@ -176,6 +200,16 @@ class SimulatorConfig:
     """Relative weights of completed, partial and failed outcomes."""
     artifact_cache_mb: float = 512.0
     """Bound on cached artifact bytes; evicted artifacts are regenerated deterministically."""
+    webhook_url: str = ""
+    """Where to POST signed webhook deliveries; empty means no webhooks (see webhooks.py)."""
+    webhook_secret: str = ""
+    """The ``whsec_...`` signing secret; required with ``webhook_url`` (never logged)."""
+    webhook_timeout_seconds: float = 5.0
+    """Per-attempt delivery timeout."""
+    webhook_max_attempts: int = 5
+    """Attempts per delivery (the first one included) before it is recorded as failed."""
+    webhook_backoff_seconds: float = 1.0
+    """Wait before the first retry; doubles on each further retry (capped at 60 s)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.run_seconds, str):
@@ -199,6 +233,27 @@ class SimulatorConfig:
                 "outcome_weights must be three non-negative numbers with a positive sum"
             )
         self.outcome_weights = weights
+        self._check_webhooks()
+
+    def _check_webhooks(self) -> None:
+        if self.webhook_url:
+            try:
+                parts = urlsplit(self.webhook_url)
+                parts.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError:
+                parts = urlsplit("")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("webhook_url must be an http:// or https:// URL with a host")
+            if not self.webhook_secret:
+                raise ValueError("webhook_url needs a webhook_secret")
+        elif self.webhook_secret:
+            raise ValueError("webhook_secret is set but webhook_url is not")
+        if not (math.isfinite(self.webhook_timeout_seconds) and self.webhook_timeout_seconds > 0):
+            raise ValueError("webhook_timeout_seconds must be > 0")
+        if self.webhook_max_attempts < 1:
+            raise ValueError("webhook_max_attempts must be >= 1")
+        if not (math.isfinite(self.webhook_backoff_seconds) and self.webhook_backoff_seconds >= 0):
+            raise ValueError("webhook_backoff_seconds must be >= 0")
 
     def __repr__(self) -> str:
         # Never show the API key (it ends up in logs and tracebacks otherwise).
@@ -208,5 +263,22 @@ class SimulatorConfig:
             f"canvas_id_on_create_rate={self.canvas_id_on_create_rate}, "
             f"artifact_size_scale={self.artifact_size_scale}, "
             f"big_artifact_mb={self.big_artifact_mb}, "
-            f"outcome_weights={self.outcome_weights})"
+            f"outcome_weights={self.outcome_weights}, "
+            f"webhook_url={redact_url(self.webhook_url)!r}, "
+            f"webhook_secret={'***' if self.webhook_secret else ''!r})"
         )
+
+
+def redact_url(url: str) -> str:
+    """A URL without user info, query or fragment (they may carry tokens), for logs and reprs."""
+    if not url:
+        return ""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"

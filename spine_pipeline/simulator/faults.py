@@ -51,6 +51,7 @@ class FaultInjector:
 
     def __init__(self, spec: str, seed: int, counts: Counter[str]) -> None:
         self._lock = threading.Lock()
+        self._seed = seed
         self._rng = random.Random(f"{seed}:faults")
         self.counts = counts
         self._rules: list[FaultRule] = []
@@ -97,3 +98,38 @@ class FaultInjector:
                 else:
                     chosen = rule
         return FaultDecision(latency, chosen)
+
+    def decide_keyed(
+        self, route: str, key: str, kinds: frozenset[str] | None = None
+    ) -> tuple[float, FaultRule | None]:
+        """Faults for one webhook event: the summed ``delay`` seconds and at most one other rule.
+
+        Unlike :meth:`decide`, each ``@P`` draw is a pure function of (seed, rule, ``key``), so
+        the outcome does not depend on which background delivery happens to be decided first,
+        and webhook decisions never shift the request RNG. ``kinds`` limits the candidates (an
+        ``out-of-order`` rule only means something for ``run.started``).
+        """
+        delay = 0.0
+        chosen: FaultRule | None = None
+        with self._lock:
+            for index, rule in enumerate(self._rules):
+                if not rule.applies_to(route) or (kinds is not None and rule.kind not in kinds):
+                    continue
+                if rule.kind != "delay" and chosen is not None:
+                    continue
+                remaining = self._remaining[index]
+                if remaining is not None and remaining <= 0:
+                    continue
+                if rule.probability is not None:
+                    draw = random.Random(f"{self._seed}:{route}:{index}:{rule.text}:{key}")
+                    if draw.random() >= rule.probability:
+                        continue
+                if remaining is not None:
+                    self._remaining[index] = remaining - 1
+                self.counts[rule.kind] += 1
+                self.counts[f"{route}:{rule.kind}"] += 1
+                if rule.kind == "delay":
+                    delay += rule.delay_seconds
+                else:
+                    chosen = rule
+        return delay, chosen

@@ -12,7 +12,8 @@ from types import TracebackType
 import uvicorn
 
 from .app import build_app
-from .config import SimulatorConfig
+from .config import SimulatorConfig, redact_url
+from .webhooks import WebhookSender
 from .world import World
 
 log = logging.getLogger("spine_pipeline.simulator")
@@ -57,6 +58,8 @@ class SimulatorServer:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._sock: socket.socket | None = None
+        self.webhooks: WebhookSender | None = None
+        """The webhook sender when ``webhook_url`` is configured (its records outlive stop)."""
 
     @property
     def base_url(self) -> str:
@@ -81,6 +84,11 @@ class SimulatorServer:
         self._sock = _bind(self._requested_port)
         self.port = self._sock.getsockname()[1]
         self.world.base_url = self.base_url
+        try:
+            _start_webhooks(self)
+        except BaseException:
+            self._cleanup()
+            raise
         server = uvicorn.Server(_uvicorn_config(self.app))
         self._server = server
         errors: list[BaseException] = []
@@ -121,7 +129,12 @@ class SimulatorServer:
                 thread.join(timeout=5)
         self._cleanup()
 
+    def _stop_webhooks(self) -> None:
+        if self.webhooks is not None:
+            self.webhooks.stop()
+
     def _cleanup(self) -> None:
+        self._stop_webhooks()
         if self._sock is not None:
             self._sock.close()
         self._sock = None
@@ -144,6 +157,16 @@ class SimulatorServer:
         return f"<SimulatorServer {where} seed={self.config.seed}>"
 
 
+def _start_webhooks(server: SimulatorServer) -> None:
+    """Start the webhook sender before requests are served, so no ``run.started`` is missed."""
+    if not server.config.webhook_url:
+        return
+    if server.webhooks is None:
+        server.webhooks = WebhookSender(server.world)
+        server.world.webhooks = server.webhooks
+    server.webhooks.start()
+
+
 def _stoppable() -> None:
     """Let SIGTERM and SIGINT stop this process even if its parent ignored or blocked them.
 
@@ -164,8 +187,16 @@ def serve_forever(config: SimulatorConfig | None = None, port: int = 8765) -> No
     sock = _bind(port)
     bound = sock.getsockname()[1]
     world.base_url = f"http://{HOST}:{bound}"
+    sender: WebhookSender | None = None
+    if config.webhook_url:
+        sender = WebhookSender(world).start()
+        world.webhooks = sender
     print(f"Spine simulator listening on {world.base_url} (API key: {config.api_key})", flush=True)
+    if sender is not None:
+        print(f"Sending signed webhooks to {redact_url(config.webhook_url)}", flush=True)
     try:
         uvicorn.Server(_uvicorn_config(app)).run(sockets=[sock])
     finally:
         sock.close()
+        if sender is not None:
+            sender.stop()

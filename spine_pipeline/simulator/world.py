@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import render
 from .artifacts import BigPng, build_artifact
@@ -38,6 +38,9 @@ from .faults import FaultInjector
 from .jsonio import dumps, dumps_iterative
 from .urls import UrlSigner
 from .vocab import CONTENT_TYPES
+
+if TYPE_CHECKING:
+    from .webhooks import WebhookSender
 
 log = logging.getLogger("spine_pipeline.simulator")
 
@@ -178,6 +181,8 @@ class World:
         self.signer = UrlSigner(secret, config.url_ttl_seconds, self.now)
         self.base_url = ""
         self.requests_served = 0
+        self.webhooks: WebhookSender | None = None
+        """Set by the server when webhooks are configured; told about creates and clock moves."""
 
     # ------------------------------------------------------------------ clock
 
@@ -189,6 +194,8 @@ class World:
         """Move the simulator clock forward: runs progress, URLs expire."""
         with self._lock:
             self._offset += seconds
+        if self.webhooks is not None:
+            self.webhooks.clock_moved()
 
     # ------------------------------------------------------------------ runs
 
@@ -275,6 +282,8 @@ class World:
             seconds,
             ",".join(sorted(scenarios)) or "-",
         )
+        if self.webhooks is not None:
+            self.webhooks.run_created(run)
         return run
 
     def finish(self, run_id: str) -> None:
@@ -282,6 +291,8 @@ class World:
         with self._lock:
             run = self._by_id[run_id]
             run.finish_at = min(run.finish_at, self.now())
+        if self.webhooks is not None:
+            self.webhooks.clock_moved()
 
     def finish_all(self) -> None:
         """Make every run terminal now."""
@@ -289,6 +300,8 @@ class World:
             now = self.now()
             for run in self._runs:
                 run.finish_at = min(run.finish_at, now)
+        if self.webhooks is not None:
+            self.webhooks.clock_moved()
 
     def is_terminal(self, run: Run) -> bool:
         """Whether the run has reached its terminal status on the simulator clock."""
@@ -634,6 +647,7 @@ class World:
             "fault_counts": dict(self.fault_counts),
             "faults": self.faults.spec,
             "clock_offset_seconds": self._offset,
+            "webhooks": self.webhooks.summary() if self.webhooks is not None else None,
         }
 
 
