@@ -429,6 +429,13 @@ class Inbox:
         wrote it. Store failures raise (`StoreError` and its kind): the caller must then not
         acknowledge the delivery, so that Spine sends it again.
         """
+        if not (valid_event_id(event.event_id) and valid_event_type(event.type)) or (
+            event.run_id is not None and not valid_run_id(event.run_id)
+        ):
+            raise ValueError("not a storable event: id, type or run_id unsafe as a key")
+        if received_at.tzinfo is None:
+            raise ValueError("received_at must be timezone-aware")
+        received_at = received_at.astimezone(UTC)
         claim = webhook_id_key(event.event_id)
         if self.store.exists(claim):
             return self._redelivered(event)
