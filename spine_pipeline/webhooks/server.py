@@ -1,8 +1,9 @@
 """The receiver under uvicorn: in the foreground (`spine-pipeline webhooks serve`) or in a
 thread (`WebhookServer`: tests, and `dev` when a secret is set).
 
-uvicorn's own limits sit in front of the app's: h11 refuses a request head over 16 KiB and
-enforces `Content-Length` framing, so the app's body cap is the only size check needed.
+uvicorn runs the h11 protocol, not httptools: h11 refuses a request head over
+`MAX_HEAD_BYTES` (httptools buffered a 200 MiB header line whole), and it enforces
+`Content-Length` framing, so the app's body cap is the only other size check needed.
 Access logs stay off: the app logs each delivery's outcome itself, without headers.
 """
 
@@ -24,6 +25,8 @@ __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "WebhookServer", "serve"]
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
+#: Longest request line plus headers: far above a delivery's (a few hundred bytes).
+MAX_HEAD_BYTES = 16 * 1024
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -40,6 +43,8 @@ def _config(app: ASGIApp, host: str) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         host=host,
+        http="h11",  # see the module docstring: a bounded request head
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
         log_config=None,
         access_log=False,
         lifespan="off",

@@ -76,3 +76,31 @@ def ledger_keys(store: Any) -> list[str]:
 
 def entry_keys(store: Any) -> list[str]:
     return [k for k in webhook_keys(store) if "/events/" in k]
+
+
+class AsgiClient:
+    """A synchronous client for an ASGI app in process (httpx's ASGITransport)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def request(self, method: str, url: str, **kw: Any) -> Any:
+        import asyncio
+
+        import httpx
+
+        async def go() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+                return await c.request(method, url, **kw)
+
+        return asyncio.run(go())
+
+    def post(self, url: str, **kw: Any) -> Any:
+        return self.request("POST", url, **kw)
+
+    def get(self, url: str, **kw: Any) -> Any:
+        return self.request("GET", url, **kw)
+
+    def put(self, url: str, **kw: Any) -> Any:
+        return self.request("PUT", url, **kw)
