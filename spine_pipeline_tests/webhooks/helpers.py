@@ -53,7 +53,9 @@ def body_of(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(", ", ": ")).encode("utf-8")
 
 
-def headers_for(body: bytes, *, secret: str = SECRET, t: int | None = None, doc: Any = None) -> dict[str, str]:
+def headers_for(
+    body: bytes, *, secret: str = SECRET, t: int | None = None, doc: Any = None
+) -> dict[str, str]:
     t = int(time.time()) if t is None else t
     headers = {
         "Content-Type": "application/json",

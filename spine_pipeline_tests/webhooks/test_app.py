@@ -43,7 +43,9 @@ def client(store):
 
 
 def _post(client, body: bytes, headers=None, **kw):
-    return client.post(PATH, content=body, headers=headers_for(body, t=T) if headers is None else headers, **kw)
+    return client.post(
+        PATH, content=body, headers=headers_for(body, t=T) if headers is None else headers, **kw
+    )
 
 
 def _doc(*args, **kw):
@@ -60,7 +62,12 @@ def test_an_accepted_delivery_is_stored_before_the_200(client, store) -> None:
     body = body_of(doc)
     response = _post(client, body, headers_for(body, t=T, doc=doc))
     assert response.status_code == 200
-    assert response.json() == {"received": True, "id": doc["id"], "stored": True, "duplicate": False}
+    assert response.json() == {
+        "received": True,
+        "id": doc["id"],
+        "stored": True,
+        "duplicate": False,
+    }
     [key] = entry_keys(store)
     record = json.loads(store.get_bytes(key))
     assert record["body"].encode() == body
@@ -89,7 +96,12 @@ def test_duplicates_by_id_and_by_run_and_type(client, store) -> None:
     resend = _doc("run.completed", "run-a")
     response = _post(client, body_of(resend))
     assert response.status_code == 200
-    assert response.json() == {"received": True, "id": resend["id"], "stored": True, "duplicate": True}
+    assert response.json() == {
+        "received": True,
+        "id": resend["id"],
+        "stored": True,
+        "duplicate": True,
+    }
     assert len(entry_keys(store)) == 2
 
 
@@ -117,19 +129,58 @@ def _refusal_cases():
     return {
         "no signature": (good, {}, 401, "missing Spine-Signature header"),
         "empty signature": (good, {"Spine-Signature": ""}, 401, "missing Spine-Signature header"),
-        "malformed signature": (good, {"Spine-Signature": "sha256=abc"}, 401, "malformed Spine-Signature header: no t"),
-        "t not an integer": (good, {"Spine-Signature": f"t=x{T},v1=ab"}, 401, "malformed Spine-Signature header: t is not an integer"),
-        "wrong secret": (good, {"Spine-Signature": sign("whsec_wrong", T, good)}, 401, "no matching signature"),
-        "several v1, none valid": (good, {"Spine-Signature": f"t={T},v1={'0' * 64},v1={VECTOR_V1}"}, 401, "no matching signature"),
-        "body changed by one byte": (bytes(flipped), {"Spine-Signature": sig}, 401, "no matching signature"),
-        "stale": (good, {"Spine-Signature": sign(SECRET, T - 301, good)}, 400, "signature timestamp too old"),
-        "future": (good, {"Spine-Signature": sign(SECRET, T + 301, good)}, 400, "signature timestamp in the future"),
+        "malformed signature": (
+            good,
+            {"Spine-Signature": "sha256=abc"},
+            401,
+            "malformed Spine-Signature header: no t",
+        ),
+        "t not an integer": (
+            good,
+            {"Spine-Signature": f"t=x{T},v1=ab"},
+            401,
+            "malformed Spine-Signature header: t is not an integer",
+        ),
+        "wrong secret": (
+            good,
+            {"Spine-Signature": sign("whsec_wrong", T, good)},
+            401,
+            "no matching signature",
+        ),
+        "several v1, none valid": (
+            good,
+            {"Spine-Signature": f"t={T},v1={'0' * 64},v1={VECTOR_V1}"},
+            401,
+            "no matching signature",
+        ),
+        "body changed by one byte": (
+            bytes(flipped),
+            {"Spine-Signature": sig},
+            401,
+            "no matching signature",
+        ),
+        "stale": (
+            good,
+            {"Spine-Signature": sign(SECRET, T - 301, good)},
+            400,
+            "signature timestamp too old",
+        ),
+        "future": (
+            good,
+            {"Spine-Signature": sign(SECRET, T + 301, good)},
+            400,
+            "signature timestamp in the future",
+        ),
         "malformed JSON": (*signed(b'{"id": "evt_1", "type": '), 400, "malformed JSON"),
         "JSON array": (*signed(b"[]"), 400, "JSON body is not an object"),
         "missing id": (*signed(b'{"type": "run.completed"}'), 400, "missing id"),
         "missing type": (*signed(b'{"id": "evt_1"}'), 400, "missing type"),
         "not UTF-8": (*signed(b'{"id": "evt_1", "type": "\xff"}'), 400, "body is not UTF-8"),
-        "run id not a key segment": (*signed(body_of(_doc("run.completed", "../manifests"))), 400, "invalid run_id"),
+        "run id not a key segment": (
+            *signed(body_of(_doc("run.completed", "../manifests"))),
+            400,
+            "invalid run_id",
+        ),
         "empty body": (*signed(b""), 400, "malformed JSON"),
     }
 
@@ -277,7 +328,11 @@ class BrokenStore:
 
 @pytest.mark.parametrize(
     "exc",
-    [StoreError("S3 put failed: SlowDown"), PermissionError(13, "Permission denied"), RuntimeError("bug")],
+    [
+        StoreError("S3 put failed: SlowDown"),
+        PermissionError(13, "Permission denied"),
+        RuntimeError("bug"),
+    ],
 )
 def test_a_store_failure_is_503_and_the_retry_is_stored(store, exc) -> None:
     body = body_of(_doc("run.completed", "run-a"))
@@ -307,13 +362,21 @@ def test_no_secret_signature_or_body_in_responses_or_logs(store, caplog) -> None
         response = _post(client, body, headers)
         assert response.status_code == status
         texts.append(response.text)
-    broken = AsgiClient(create_app(BrokenStore(store, StoreError("down")), [SECRET], clock=lambda: float(T)))
+    broken = AsgiClient(
+        create_app(BrokenStore(store, StoreError("down")), [SECRET], clock=lambda: float(T))
+    )
     texts.append(_post(broken, body_of(_doc())).text)
     texts.extend(r.getMessage() for r in caplog.records)
     texts.extend(str(r.exc_info) for r in caplog.records if r.exc_info)
     joined = "\n".join(texts)
     assert "refused" in joined  # the refusals were logged
-    for forbidden in (SECRET, "whsec_second_secret", "CONFIDENTIAL-OUTPUT", signature_hex(SECRET, T, secret_body), VECTOR_V1):
+    for forbidden in (
+        SECRET,
+        "whsec_second_secret",
+        "CONFIDENTIAL-OUTPUT",
+        signature_hex(SECRET, T, secret_body),
+        VECTOR_V1,
+    ):
         assert forbidden not in joined
 
 
@@ -321,10 +384,15 @@ def test_no_secret_signature_or_body_in_responses_or_logs(store, caplog) -> None
 
 
 def test_it_mounts_in_another_asgi_app(store) -> None:
-    outer = Starlette(routes=[Mount("/hooks", app=create_app(store, [SECRET], clock=lambda: float(T)))])
+    outer = Starlette(
+        routes=[Mount("/hooks", app=create_app(store, [SECRET], clock=lambda: float(T)))]
+    )
     client = AsgiClient(outer)
     body = body_of(_doc())
-    assert client.post("/hooks" + PATH, content=body, headers=headers_for(body, t=T)).status_code == 200
+    assert (
+        client.post("/hooks" + PATH, content=body, headers=headers_for(body, t=T)).status_code
+        == 200
+    )
     assert client.get("/hooks/healthz").status_code == 200
     assert len(entry_keys(store)) == 1
 

@@ -75,7 +75,15 @@ class Receiver:
     def start(self) -> None:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "spine_pipeline.cli", "webhooks", "serve", "--port", str(self.port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "spine_pipeline.cli",
+                    "webhooks",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                ],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -97,7 +105,9 @@ class Receiver:
             self.proc.wait(10)
 
 
-def test_a_receiver_killed_mid_stream_loses_nothing_it_acknowledged(tmp_path: Path, archive_uri: str) -> None:
+def test_a_receiver_killed_mid_stream_loses_nothing_it_acknowledged(
+    tmp_path: Path, archive_uri: str
+) -> None:
     env = {
         **os.environ,
         "SPINE_ARCHIVE_URI": archive_uri,
@@ -120,7 +130,9 @@ def test_a_receiver_killed_mid_stream_loses_nothing_it_acknowledged(tmp_path: Pa
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline:
                     try:
-                        response = client.post(url, content=body, headers=headers_for(body, doc=doc))
+                        response = client.post(
+                            url, content=body, headers=headers_for(body, doc=doc)
+                        )
                     except httpx.HTTPError:
                         time.sleep(0.02)
                         continue

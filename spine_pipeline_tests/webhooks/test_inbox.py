@@ -68,7 +68,11 @@ def test_a_run_event_is_stored_whole_with_its_marker(store) -> None:
     assert record is not None
     assert record.body == body
     assert (record.event_id, record.type, record.run_id) == (doc["id"], "run.completed", "run-a")
-    assert (record.created, record.livemode, record.api_version) == (doc["created"], False, "2026-04-01")
+    assert (record.created, record.livemode, record.api_version) == (
+        doc["created"],
+        False,
+        "2026-04-01",
+    )
     assert record.received_at == NOW and record.signature_t == 1 and not record.duplicate
     assert record.headers == {"spine-signature": "t=1,v1=ab", "user-agent": "Spine-Webhooks/1.0"}
 
@@ -140,13 +144,38 @@ def test_a_resend_with_a_new_id_is_stored_and_flagged(store) -> None:
         ({"id": "evt_1", "type": "run/completed"}, "invalid type"),
         ({"type": "run.completed"}, "missing id"),
         ({"id": "evt_1"}, "missing type"),
-        ({"id": "evt_1", "type": "run.completed", "data": {"object": {"run_id": "a/b"}}}, "invalid run_id"),
-        ({"id": "evt_1", "type": "run.completed", "data": {"object": {"run_id": ".."}}}, "invalid run_id"),
-        ({"id": "evt_1", "type": "run.completed", "data": {"object": {"run_id": "."}}}, "invalid run_id"),
-        ({"id": "evt_1", "type": "run.completed", "data": {"object": {"run_id": ".tmp-spine-x"}}}, "invalid run_id"),
-        ({"id": "evt_1", "type": "run.completed", "data": {"object": {"run_id": ""}}}, "invalid run_id"),
-        ({"id": "evt_1", "type": "run.completed", "data": {"object": {"run_id": 12}}}, "invalid run_id"),
-        ({"id": "evt_1", "type": "run.completed", "data": {"object": {"run_id": "r" * 129}}}, "invalid run_id"),
+        (
+            {"id": "evt_1", "type": "run.completed", "data": {"object": {"run_id": "a/b"}}},
+            "invalid run_id",
+        ),
+        (
+            {"id": "evt_1", "type": "run.completed", "data": {"object": {"run_id": ".."}}},
+            "invalid run_id",
+        ),
+        (
+            {"id": "evt_1", "type": "run.completed", "data": {"object": {"run_id": "."}}},
+            "invalid run_id",
+        ),
+        (
+            {
+                "id": "evt_1",
+                "type": "run.completed",
+                "data": {"object": {"run_id": ".tmp-spine-x"}},
+            },
+            "invalid run_id",
+        ),
+        (
+            {"id": "evt_1", "type": "run.completed", "data": {"object": {"run_id": ""}}},
+            "invalid run_id",
+        ),
+        (
+            {"id": "evt_1", "type": "run.completed", "data": {"object": {"run_id": 12}}},
+            "invalid run_id",
+        ),
+        (
+            {"id": "evt_1", "type": "run.completed", "data": {"object": {"run_id": "r" * 129}}},
+            "invalid run_id",
+        ),
     ],
 )
 def test_unsafe_names_are_refused(doc, reason) -> None:
@@ -179,10 +208,22 @@ def test_malformed_bodies_are_refused(body: bytes, reason: str) -> None:
 def test_fields_of_the_wrong_type_read_as_absent() -> None:
     event = parse_event(
         json.dumps(
-            {"id": "evt_1", "type": "x", "created": True, "livemode": "yes", "api_version": 3, "data": []}
+            {
+                "id": "evt_1",
+                "type": "x",
+                "created": True,
+                "livemode": "yes",
+                "api_version": 3,
+                "data": [],
+            }
         ).encode()
     )
-    assert (event.created, event.livemode, event.api_version, event.run_id) == (None, None, None, None)
+    assert (event.created, event.livemode, event.api_version, event.run_id) == (
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 def test_store_event_refuses_a_hand_made_unsafe_event(store) -> None:

@@ -47,7 +47,9 @@ def test_our_signature_verifies_with_the_sdk(sdk, secret: str) -> None:
         assert event.id.startswith("evt_")
         # And a wrong secret or a changed body fails there too.
         with pytest.raises(WebhookSignatureError):
-            sdk.construct_event(payload=body + b" ", sig_header=sign(secret, now, body), secret=secret)
+            sdk.construct_event(
+                payload=body + b" ", sig_header=sign(secret, now, body), secret=secret
+            )
 
 
 def _sdk_expected(monkeypatch: pytest.MonkeyPatch, body: bytes, t: int, secret: str) -> str:

@@ -135,9 +135,7 @@ def test_rotated_secrets() -> None:
         assert verify(header, VECTOR_BODY, [old, new], now=T) == T
         assert verify(header, VECTOR_BODY, [new, old], now=T) == T
     # After the rotation ends, the old secret's deliveries are refused.
-    assert isinstance(
-        _refused(sign(old, T, VECTOR_BODY), secrets=(new,)), NoMatchingSignature
-    )
+    assert isinstance(_refused(sign(old, T, VECTOR_BODY), secrets=(new,)), NoMatchingSignature)
     # Dual signing during a rotation: one header, one v1 per secret.
     dual = f"t={T},v1={signature_hex(old, T, VECTOR_BODY)},v1={signature_hex(new, T, VECTOR_BODY)}"
     assert verify(dual, VECTOR_BODY, [new], now=T) == T
