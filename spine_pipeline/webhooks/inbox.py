@@ -108,6 +108,7 @@ _EVENT_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # also a safe key segment (`.`, `..`, the store's temp prefix) is refused by validate_key.
 _RUN_ID = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 _RECEIVED = "%Y%m%dT%H%M%S%fZ"
+_RECEIVED_TEXT = re.compile(r"[0-9]{8}T[0-9]{12}Z")
 
 
 def valid_event_id(value: object) -> TypeGuard[str]:
@@ -392,6 +393,8 @@ def _load_cursor(cursor: str | None) -> _Cursor | None:
     try:
         doc = json.loads(cursor)
         mark, seen = doc["mark"], doc["seen"]
+        if not isinstance(mark, str) or not _RECEIVED_TEXT.fullmatch(mark):
+            raise ValueError("bad mark")
         datetime.strptime(mark, _RECEIVED)
         if doc.get("v") != 1 or not isinstance(seen, list):
             raise ValueError("unknown cursor version")

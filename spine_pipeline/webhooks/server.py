@@ -1,5 +1,5 @@
 """The receiver under uvicorn: in the foreground (`spine-pipeline webhooks serve`) or in a
-thread (`WebhookServer`: tests, and `dev` when a secret is set).
+thread (`WebhookServer`: tests, or a command that runs it beside others, as `dev` will).
 
 uvicorn runs the h11 protocol, not httptools: h11 refuses a request head over
 `MAX_HEAD_BYTES` (httptools buffered a 200 MiB header line whole), and it enforces

@@ -90,7 +90,7 @@ def test_webhook_events_and_runs_without_terminal_event(
         assert isinstance(by_id[eid][3], datetime)
     assert by_id[resend["id"]][7:9] == (
         True,
-        [r for r in table if r[2] == completed[1] and r[1] == "run.completed" and not r[7]][0][0],
+        next(r for r in table if r[2] == completed[1] and r[1] == "run.completed" and not r[7])[0],
     )
     assert sum(r[7] for r in table) == 1
 

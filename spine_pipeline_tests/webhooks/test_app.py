@@ -11,16 +11,15 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from spine_pipeline.archive.layout import LEDGER_PREFIX
 from spine_pipeline.archive.stores import StoreError, open_store
 from spine_pipeline.webhooks.app import MAX_BODY, create_app
 from spine_pipeline.webhooks.signature import sign, signature_hex
 from spine_pipeline_tests.webhooks.helpers import (
-    AsgiClient,
     SECRET,
     VECTOR_BODY,
     VECTOR_T,
     VECTOR_V1,
+    AsgiClient,
     body_of,
     entry_keys,
     envelope,
@@ -353,7 +352,8 @@ def test_no_secret_signature_or_body_in_responses_or_logs(store, caplog) -> None
     client = AsgiClient(create_app(store, [SECRET, "whsec_second_secret"], clock=lambda: float(T)))
     secret_body = body_of(_doc("run.completed", "run-a", final_output="CONFIDENTIAL-OUTPUT"))
     texts = []
-    cases = list(_refusal_cases().values()) + [
+    cases = [
+        *list(_refusal_cases().values()),
         (secret_body, headers_for(secret_body, t=T), 200, None),
         (secret_body, headers_for(secret_body, t=T), 200, None),
         (secret_body, {"Spine-Signature": sign("whsec_wrong", T, secret_body)}, 401, None),

@@ -165,3 +165,15 @@ def test_a_receiver_killed_mid_stream_loses_nothing_it_acknowledged(
     log = (tmp_path / "receiver.log").read_text()
     assert "webhook receiver listening on" in log
     assert SECRET not in log and "whsec_previous" not in log
+
+
+def test_the_secrets_are_parsed_in_order_and_kept_out_of_repr() -> None:
+    from spine_pipeline.settings import Settings
+
+    settings = Settings.from_env(
+        {"SPINE_WEBHOOK_SECRET": "whsec_NEWCANARY, whsec_OLDCANARY,whsec_NEWCANARY"}
+    )
+    assert settings.webhook_secrets == ("whsec_NEWCANARY", "whsec_OLDCANARY")
+    assert "CANARY" not in repr(settings) and "CANARY" not in str(settings)
+    assert Settings.from_env({"SPINE_TRACK_FROM_WEBHOOKS": "0"}).track_from_webhooks is False
+    assert Settings.from_env({}).webhook_secrets == ()

@@ -401,9 +401,16 @@ def test_the_limit_never_skips_an_event(store) -> None:
 def test_the_cursor_stays_small_and_a_bad_cursor_rereads_the_window(store) -> None:
     inbox = Inbox(store)
     ids = _store_at(inbox, NOW - timedelta(hours=1), NOW)
-    events, cursor = inbox.since(None, now=NOW)
+    _events, cursor = inbox.since(None, now=NOW)
     assert len(json.loads(cursor)["seen"]) == 1  # only what is after the settle mark
-    for bad in ("garbage", "{}", json.dumps({"v": 1, "mark": "x", "seen": []}), '{"v": 2}'):
+    for bad in (
+        "garbage",
+        "{}",
+        '{"v": 2}',
+        json.dumps({"v": 1, "mark": "x", "seen": []}),
+        json.dumps({"v": 1, "mark": "2026504T1T1Z", "seen": []}),  # strptime would take it
+        json.dumps({"v": 1, "mark": "99991231T235959000000Z", "seen": [1]}),
+    ):
         again, _ = inbox.since(bad, now=NOW)
         assert [e.event_id for e in again] == ids
 
@@ -412,7 +419,7 @@ def test_events_older_than_the_lookback_are_not_read(store) -> None:
     inbox = Inbox(store)
     _store_at(inbox, NOW - LOOKBACK - timedelta(hours=2))
     recent = _store_at(inbox, NOW - LOOKBACK + timedelta(hours=2))
-    events, cursor = inbox.since(None, now=NOW)
+    events, _cursor = inbox.since(None, now=NOW)
     assert [e.event_id for e in events] == recent
     # An old cursor is clamped to the window too.
     old = json.dumps({"v": 1, "mark": "20200101T000000000000Z", "seen": []})

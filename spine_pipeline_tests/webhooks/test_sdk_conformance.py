@@ -34,7 +34,7 @@ def _bodies() -> list[bytes]:
         VECTOR_BODY,
         body_of(envelope("run.completed", "06bb6cee-1")),
         body_of(envelope("run.failed", "r2", error="boom")),
-        body_of(envelope("run.started", "r3", note="naïve – ünïcödé ✓")),
+        body_of(envelope("run.started", "r3", note="naïve ünïcödé \u2013 \u2713")),
         body_of(envelope("webhook.ping", None)),
     ]
 
