@@ -444,12 +444,14 @@ def _ledger() -> Ledger:
 
 
 from spine_pipeline.cli_audit import audit, cited, report, search, sql  # noqa: E402
+from spine_pipeline.cli_webhooks import webhooks  # noqa: E402
 
 main.add_command(audit)
 main.add_command(report)
 main.add_command(sql)
 main.add_command(search)
 main.add_command(cited)
+main.add_command(webhooks)
 
 if __name__ == "__main__":
     main()

@@ -112,6 +112,20 @@ def enable_debug_log() -> None:
         logger.addHandler(handler)
 
 
+def enable_info_log(name: str) -> None:
+    """INFO and up of one product logger on stderr, redacted: what a long-running command
+    (the webhook receiver) reports as it goes. `--debug` already shows it all."""
+    if any(isinstance(h, _StderrHandler) for h in logging.getLogger(PRODUCT_LOGGER).handlers):
+        return
+    logger = logging.getLogger(name)
+    if logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler(logging.INFO)
+        handler.setFormatter(_RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+
+
 def expected_errors(func: F) -> F:
     """Turn the libraries' expected exceptions into a one-line error and exit code 1 or 2.
 
@@ -123,9 +137,12 @@ def expected_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            # The key is masked from the start, whatever its shape, even in a command that
-            # never builds a client (which would register it).
-            register_secret(Settings.from_env().api_key)
+            # The key (and the webhook secrets) are masked from the start, whatever their
+            # shape, even in a command that never builds a client (which would register it).
+            settings = Settings.from_env()
+            register_secret(settings.api_key)
+            for secret in settings.webhook_secrets:
+                register_secret(secret)
             return func(*args, **kwargs)
         except ConfigurationError as exc:
             log.debug("bad setting", exc_info=True)

@@ -13,9 +13,10 @@ call from the mapping given (the process environment by default), never cached a
 the demo, the tests and the soak change the environment between calls, and a parse is a
 few dictionary look-ups.
 
-Errors are one line naming the variable and, except for the API key and the signing key, the
-value (shortened, any URL credentials masked). The API key is only ever "not set" or
-"malformed"; the signing key (a path or PEM text) is never shown either.
+Errors are one line naming the variable and, except for the API key, the signing key and the
+webhook secret, the value (shortened, any URL credentials masked). The API key is only ever
+"not set" or "malformed"; the signing key (a path or PEM text) and the webhook secret are
+never shown either.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ VARIABLES = (
     "SPINE_SIGNING_KEY",
     "SPINE_VERIFY_KEY",
     "SPINE_WITNESS_URI",
+    "SPINE_WEBHOOK_SECRET",
+    "SPINE_TRACK_FROM_WEBHOOKS",
     "AWS_ENDPOINT_URL_S3",
     "AWS_ENDPOINT_URL",
     "AWS_REGION",
@@ -332,6 +335,28 @@ def parse_verify_keys(name: str, raw: str) -> str:
     return raw
 
 
+def parse_webhook_secrets(name: str, raw: str) -> tuple[str, ...]:
+    """Webhook signing secrets (`whsec_...`), separated by commas: two during a rotation.
+
+    Each is used whole as the HMAC key, so it must survive the environment unchanged:
+    printable ASCII without spaces, none empty. The message never contains the value.
+    """
+    parts = tuple(part.strip() for part in raw.split(","))
+    if not all(p and p.isascii() and p.isprintable() and " " not in p for p in parts):
+        raise ConfigurationError(
+            f"{name} must be one or more secrets separated by commas (printable ASCII, no "
+            "spaces, none empty); value not shown"
+        )
+    return tuple(dict.fromkeys(parts))
+
+
+def parse_flag(name: str, raw: str) -> bool:
+    """A switch: `1` on, `0` off (nothing else, so a typo is not silently "off")."""
+    if raw not in ("0", "1"):
+        raise _bad(name, "0 or 1", raw)
+    return raw == "1"
+
+
 # ----------------------------------------------------------------------------- reading
 
 
@@ -367,7 +392,8 @@ class Settings:
 
     `api_key` is the raw key (kept out of `repr`); the Spine client wraps it in a `Secret`.
     `signing_key` and `verify_key` are the raw values (PEM text or paths; the signing key kept
-    out of `repr`), loaded by `archive/signing.py` where they are used.
+    out of `repr`), loaded by `archive/signing.py` where they are used. `webhook_secrets`
+    (kept out of `repr`) are the receiver's HMAC keys, in the order given.
     `s3_endpoint_url` is `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`; `aws_region` is
     `AWS_REGION`, else `AWS_DEFAULT_REGION` (None: boto3's chain decides).
     """
@@ -395,6 +421,8 @@ class Settings:
     signing_key: str | None = field(default=None, repr=False)
     verify_key: str | None = None
     witness_uris: tuple[str, ...] = ()
+    webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
+    track_from_webhooks: bool = False
     s3_endpoint_url: str | None = None
     aws_region: str | None = None
     dagster_home: str | None = None
@@ -449,6 +477,8 @@ class Settings:
             signing_key=_optional(e, "SPINE_SIGNING_KEY", parse_signing_key),
             verify_key=_optional(e, "SPINE_VERIFY_KEY", parse_verify_keys),
             witness_uris=_get(e, "SPINE_WITNESS_URI", parse_archive_uris, ()),
+            webhook_secrets=_get(e, "SPINE_WEBHOOK_SECRET", parse_webhook_secrets, ()),
+            track_from_webhooks=_get(e, "SPINE_TRACK_FROM_WEBHOOKS", parse_flag, False),
             s3_endpoint_url=_first(e, ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), parse_http_url),
             aws_region=_first(e, ("AWS_REGION", "AWS_DEFAULT_REGION"), parse_region),
             dagster_home=_optional(e, "DAGSTER_HOME", parse_path),

@@ -102,6 +102,15 @@ CASES = [
         "s3://witness-bucket,,/mnt/witness",
     ),
     Case(
+        "SPINE_WEBHOOK_SECRET",
+        " whsec_old_1, whsec_new_2 ",
+        "webhook_secrets",
+        ("whsec_old_1", "whsec_new_2"),
+        "whsec_old_1,,whsec new",
+        echoed=False,
+    ),
+    Case("SPINE_TRACK_FROM_WEBHOOKS", "1", "track_from_webhooks", True, "yes"),
+    Case(
         "AWS_ENDPOINT_URL_S3",
         "http://127.0.0.1:9000",
         "s3_endpoint_url",

@@ -8,6 +8,11 @@
   ledger/submissions/dt=YYYY-MM-DD/<ts>Z-<nonce>.json   submission_key(): every submit attempt
   ledger/tracked/dt=YYYY-MM-DD/<run_id>.json       tracked_key(): runs to poll and archive
   ledger/abandoned/<run_id>.json                   abandoned_key(): runs given up on
+  ledger/webhooks/events/dt=YYYY-MM-DD/hour=HH/<ts>Z-<event_id>.json
+                                                   webhook_event_key(): accepted deliveries
+  ledger/webhooks/ids/<event_id>.json              webhook_id_key(): one claim per event id
+  ledger/webhooks/runs/<run_id>/<type>.json        webhook_run_marker_key(): first event id
+                                                   of a (run, type), to spot resends
   reports/credits/YYYY-MM-DD/credits-<time>.html   credit_report_key(): rendered credit reports
   archive.json                                     IDENTITY_KEY: the archive's identity record
   checkpoints/<tree size, 12 digits>.note          checkpoint_key(): signed checkpoints of the log
@@ -64,7 +69,12 @@ __all__ = [
     "TABLE_PREFIX",
     "TEMP_PREFIX",
     "TRACKED_PREFIX",
+    "WEBHOOKS_PREFIX",
+    "WEBHOOK_EVENTS_PREFIX",
+    "WEBHOOK_IDS_PREFIX",
+    "WEBHOOK_RUNS_PREFIX",
     "TableKey",
+    "WebhookEventKey",
     "abandoned_key",
     "artifact_key",
     "checkpoint_key",
@@ -77,6 +87,7 @@ __all__ = [
     "parse_manifest_seq",
     "parse_submission_day",
     "parse_table_key",
+    "parse_webhook_event_key",
     "parse_witness_size",
     "submission_key",
     "submissions_day_prefix",
@@ -84,6 +95,11 @@ __all__ = [
     "tracked_day_prefix",
     "tracked_key",
     "tracked_run_id",
+    "webhook_event_key",
+    "webhook_events_day_prefix",
+    "webhook_events_hour_prefix",
+    "webhook_id_key",
+    "webhook_run_marker_key",
     "witness_checkpoint_key",
     "witness_prefix",
 ]
@@ -256,6 +272,67 @@ def parse_abandoned_run_id(key: str) -> str | None:
     if not key.startswith(ABANDONED_PREFIX) or not key.endswith(".json"):
         return None
     return key[len(ABANDONED_PREFIX) : -len(".json")]
+
+
+# -- the webhook inbox: accepted deliveries, outside the chain ------------------------------
+
+WEBHOOKS_PREFIX = f"{LEDGER_PREFIX}webhooks/"
+WEBHOOK_EVENTS_PREFIX = f"{WEBHOOKS_PREFIX}events/"
+WEBHOOK_IDS_PREFIX = f"{WEBHOOKS_PREFIX}ids/"
+WEBHOOK_RUNS_PREFIX = f"{WEBHOOKS_PREFIX}runs/"
+_WEBHOOK_EVENT_KEY = re.compile(
+    rf"{re.escape(WEBHOOK_EVENTS_PREFIX)}dt=({_DAY})/hour=([0-9]{{2}})/"
+    r"([0-9]{8}T[0-9]{12}Z)-([A-Za-z0-9_-]{1,128})\.json"
+)
+
+
+class WebhookEventKey(NamedTuple):
+    """The parts of an inbox entry's key: its UTC day, its receive time (`%Y%m%dT%H%M%S%fZ`,
+    fixed width, so key order is receive order) and the event id."""
+
+    dt: str
+    received: str
+    event_id: str
+
+
+def webhook_events_day_prefix(day: date | str) -> str:
+    """The inbox entries received on one UTC day (the audit mirror lists days)."""
+    return f"{WEBHOOK_EVENTS_PREFIX}dt={_day(day)}/"
+
+
+def webhook_events_hour_prefix(at: datetime) -> str:
+    """The inbox entries received in one UTC hour (the sensor's reader lists hours)."""
+    return f"{webhook_events_day_prefix(at)}hour={at:%H}/"
+
+
+def webhook_event_key(received_at: datetime, event_id: str) -> str:
+    """The inbox entry of an event received at `received_at` (UTC)."""
+    return (
+        f"{webhook_events_hour_prefix(received_at)}{received_at:%Y%m%dT%H%M%S%f}Z-{event_id}.json"
+    )
+
+
+def parse_webhook_event_key(key: str) -> WebhookEventKey | None:
+    """(dt, received, event_id) of a key `webhook_event_key` makes; None for any other key,
+    or one whose day, hour and time disagree."""
+    m = _WEBHOOK_EVENT_KEY.fullmatch(key)
+    if not m:
+        return None
+    day, hour, received, event_id = m.groups()
+    if received[:8] != day.replace("-", "") or received[9:11] != hour:
+        return None
+    return WebhookEventKey(day, received, event_id)
+
+
+def webhook_id_key(event_id: str) -> str:
+    """The claim of an event id: created once, by the first receiver to store the event."""
+    return f"{WEBHOOK_IDS_PREFIX}{event_id}.json"
+
+
+def webhook_run_marker_key(run_id: str, event_type: str) -> str:
+    """The first event id stored for (run, event type); a later id for the same pair is a
+    resend."""
+    return f"{WEBHOOK_RUNS_PREFIX}{run_id}/{event_type}.json"
 
 
 # -- reports and reserved names ------------------------------------------------------------

@@ -14,8 +14,8 @@ import pyarrow as pa
 from spine_pipeline.archive.arrow_schemas import TABLES
 
 # 2: no primary key on the tables that grow (UNKEYED_TABLES); 3: `checkpoints`, and the
-# manifests' signature and checkpoint columns (ADDED_COLUMNS)
-AUDIT_SCHEMA_VERSION = 3
+# manifests' signature and checkpoint columns (ADDED_COLUMNS); 4: `webhook_events`
+AUDIT_SCHEMA_VERSION = 4
 DATA_TABLES = tuple(TABLES)  # runs, blocks, block_sources, edges, tasks, artifacts, run_errors
 OVERDUE_HOURS = 3
 ANOMALY_FACTOR = 3
@@ -51,11 +51,12 @@ def _create_data_table(table: str, name: str | None = None) -> str:
 
 
 # No primary key on the tables that grow with the archive (runs, submissions,
-# ledger_tracked): DuckDB rewrites a table's whole ART index at every checkpoint, which
-# made each refresh grow with the archive (figures in docs/decisions.md). Their keys are kept
-# unique by the ingest instead: a manifest repeating a run is refused, and ledger records
-# are inserted only under keys not yet present.
-UNKEYED_TABLES = ("runs", "submissions", "ledger_tracked")
+# ledger_tracked, webhook_events): DuckDB rewrites a table's whole ART index at every
+# checkpoint, which made each refresh grow with the archive (figures in docs/decisions.md).
+# Their keys are kept unique by the ingest instead: a manifest repeating a run is refused,
+# and ledger records (webhook events: event ids) are inserted only under keys not yet
+# present.
+UNKEYED_TABLES = ("runs", "submissions", "ledger_tracked", "webhook_events")
 
 
 _FIXED_TABLES = [
@@ -108,6 +109,23 @@ _FIXED_TABLES = [
   source VARCHAR,
   valid BOOLEAN NOT NULL,
   raw_json VARCHAR NOT NULL
+)""",
+    # Webhook deliveries from the inbox (`ledger/webhooks/events/`), one row per event id
+    # (the ingest inserts an id only once; `webhooks/inbox.py` stores each id once). created:
+    # the envelope's Unix time; duplicate: a resend of a (run_id, type) stored under
+    # duplicate_of; raw_body: the signed body, verbatim.
+    """CREATE TABLE IF NOT EXISTS webhook_events (
+  event_id VARCHAR NOT NULL,
+  type VARCHAR NOT NULL,
+  run_id VARCHAR,
+  created TIMESTAMPTZ,
+  received_at TIMESTAMPTZ NOT NULL,
+  livemode BOOLEAN,
+  api_version VARCHAR,
+  duplicate BOOLEAN NOT NULL,
+  duplicate_of VARCHAR,
+  raw_body VARCHAR NOT NULL,
+  ledger_key VARCHAR NOT NULL
 )""",
     # The archive's signed checkpoints, one row per checkpoint the audit ingested (each refresh
     # or rebuild ingests the archive's newest one): the audit's memory of the largest state
@@ -302,6 +320,20 @@ SELECT run_id, 'in_flight' AS state, request_name, NULL AS status, submitted_at,
 FROM inflight_runs i
 WHERE now() - coalesce(submitted_at, tracked_at) > INTERVAL {h} HOUR
   AND run_id NOT IN (SELECT run_id FROM runs)""",
+        # Archived runs that ended completed or failed and whose `run.<status>` delivery never
+        # reached the inbox, among the runs that became terminal since its first delivery
+        # (before that nothing was listening). Partial runs have no event to miss.
+        """CREATE OR REPLACE VIEW runs_without_terminal_event AS
+SELECT f.run_id, f.status, 'run.' || f.status AS expected_event, f.request_name,
+  f.terminal_at, f.archived_at,
+  (SELECT list_sort(list_distinct(list(w.type))) FROM webhook_events w
+   WHERE w.run_id = f.run_id) AS events_received
+FROM run_facts f
+WHERE f.status IN ('completed', 'failed')
+  AND coalesce(f.terminal_at, f.archived_at) >= (SELECT min(received_at) FROM webhook_events)
+  AND NOT EXISTS (
+    SELECT 1 FROM webhook_events w WHERE w.run_id = f.run_id AND w.type = 'run.' || f.status
+  )""",
         """CREATE OR REPLACE VIEW credit_anomalies AS
 SELECT f.day, f.run_id, f.request_name, f.template, f.credits, d.credits AS day_credits,
   d.trailing_7d_median, round(d.credits / d.trailing_7d_median, 2) AS day_ratio,

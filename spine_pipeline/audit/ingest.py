@@ -62,6 +62,7 @@ class IngestReport:
     submissions: int = 0
     inflight: int = 0
     tracked_read: int = 0  # tracking records fetched (only those no earlier refresh read)
+    webhook_events: int = 0  # webhook events new to the database
     last_seq: int = 0
     snapshot: str = ""  # new | reused | copied
     seconds: float = 0.0

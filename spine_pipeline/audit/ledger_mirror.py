@@ -1,8 +1,9 @@
-"""The ledger, mirrored into the audit database: submissions and in-flight runs.
+"""The ledger, mirrored into the audit database: submissions, in-flight runs, webhook events.
 
-`submissions` gets each `ledger/submissions/` record once, by object key; `ledger_tracked`
-keeps every tracking record a refresh has read (they are write-once, so each is fetched
-once, whatever the history), and `inflight_runs` is replaced on every refresh by the
+`submissions` gets each `ledger/submissions/` record once, by object key; `webhook_events`
+each webhook inbox entry once, one row per event id; `ledger_tracked` keeps every tracking
+record a refresh has read (they are write-once, so each is fetched once, whatever the
+history), and `inflight_runs` is replaced on every refresh by the
 ledger's own rule (`archive.ledger.in_flight`, the sensor's look-back window) over them.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,11 @@ import pyarrow as pa
 
 from spine_pipeline.archive.layout import (
     SUBMISSIONS_PREFIX,
+    WEBHOOK_EVENTS_PREFIX,
     parse_submission_day,
+    parse_webhook_event_key,
     submissions_day_prefix,
+    webhook_events_day_prefix,
 )
 from spine_pipeline.archive.ledger import (
     Ledger,
@@ -34,6 +39,7 @@ from spine_pipeline.archive.stores import ObjectStore
 from spine_pipeline.audit.ddl import run_facts_select
 from spine_pipeline.audit.duck import sql_str
 from spine_pipeline.audit.ingest import IngestReport, get_state, set_state
+from spine_pipeline.webhooks.inbox import decode_record
 
 log = logging.getLogger(__name__)
 
@@ -64,21 +70,37 @@ def _opt_str(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _listed_since(
+    store: ObjectStore, prefix: str, day_prefix: Callable[[date], str], since: str | None
+) -> list[str]:
+    """Keys under `prefix`: all of them, or (after a first refresh) those of the day partitions
+    from the day before `since` (a late writer's day) to tomorrow (a clock a little ahead)."""
+    if since is None:
+        return [i.key for i in store.list(prefix)]
+    start = date.fromisoformat(since) - timedelta(days=1)
+    end = datetime.now(UTC).date() + timedelta(days=1)
+    return [
+        i.key
+        for n in range((end - start).days + 1)
+        for i in store.list(day_prefix(start + timedelta(days=n)))
+    ]
+
+
+def _unix_time(value: int | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 def mirror_submissions(
     con: duckdb.DuckDBPyConnection, store: ObjectStore, report: IngestReport, bulk: bool = False
 ) -> None:
     """New `ledger/submissions/` records, by object key (each key is ingested once)."""
     since = get_state(con, "submissions_day")
-    if since is None:
-        listing = [i.key for i in store.list(SUBMISSIONS_PREFIX)]
-    else:
-        start = date.fromisoformat(since) - timedelta(days=1)
-        end = datetime.now(UTC).date() + timedelta(days=1)
-        listing = [
-            i.key
-            for n in range((end - start).days + 1)
-            for i in store.list(submissions_day_prefix(start + timedelta(days=n)))
-        ]
+    listing = _listed_since(store, SUBMISSIONS_PREFIX, submissions_day_prefix, since)
     keys = [k for k in listing if k.endswith(".json")]
     if not keys:
         return
@@ -136,6 +158,83 @@ def mirror_submissions(
         con.execute("ROLLBACK")
         raise
     report.submissions += len(rows)
+
+
+def mirror_webhook_events(
+    con: duckdb.DuckDBPyConnection, store: ObjectStore, report: IngestReport
+) -> None:
+    """New webhook inbox entries, one row per event id, each entry fetched once.
+
+    Entries are write-once and named by receive day, so a refresh lists the recent days and
+    fetches only keys it has not stored. An entry `decode_record` refuses (not written by a
+    receiver) is skipped with a warning; an event id already in the table is not added again.
+    """
+    since = get_state(con, "webhooks_day")
+    listing = _listed_since(store, WEBHOOK_EVENTS_PREFIX, webhook_events_day_prefix, since)
+    keys = [k for k in listing if parse_webhook_event_key(k) is not None]
+    if not keys:
+        return
+    known = {
+        r[0]
+        for r in con.execute(
+            "SELECT ledger_key FROM webhook_events WHERE ledger_key IN (SELECT unnest(?))", [keys]
+        ).fetchall()
+    }
+    records = []
+    for key in keys:
+        if key in known:
+            continue
+        record = decode_record(store.get_bytes(key), key)
+        if record is None:
+            log.warning("skipping webhook inbox entry %s: not a readable record", key)
+            continue
+        records.append(record)
+    ids = [r.event_id for r in records]
+    stored = (
+        {
+            r[0]
+            for r in con.execute(
+                "SELECT event_id FROM webhook_events "
+                "WHERE event_id IN (SELECT unnest(?::VARCHAR[]))",
+                [ids],
+            ).fetchall()
+        }
+        if ids
+        else set()
+    )
+    rows = []
+    for record in records:
+        if record.event_id in stored:
+            continue
+        stored.add(record.event_id)
+        rows.append(
+            (
+                record.event_id,
+                record.type,
+                record.run_id,
+                _unix_time(record.created),
+                record.received_at,
+                record.livemode,
+                record.api_version,
+                record.duplicate,
+                record.duplicate_of,
+                record.body_text,
+                record.key,
+            )
+        )
+    days = [p.dt for k in keys if (p := parse_webhook_event_key(k))]
+    con.execute("BEGIN TRANSACTION")
+    try:
+        if rows:
+            con.executemany(
+                "INSERT INTO webhook_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+        set_state(con, "webhooks_day", max(days + ([since] if since else [])))
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    report.webhook_events += len(rows)
 
 
 def _tracked_row(key: str, text: str, record: TrackedRun | None) -> tuple[Any, ...]:
@@ -257,7 +356,7 @@ def adopt_ledger_records(con: duckdb.DuckDBPyConnection, published: Path, uri: s
         }
         con.execute("BEGIN TRANSACTION")
         try:
-            for table in ("submissions", "ledger_tracked"):
+            for table in ("submissions", "ledger_tracked", "webhook_events"):
                 if table not in have:
                     continue
                 cols = ", ".join(

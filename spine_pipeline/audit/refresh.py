@@ -32,6 +32,7 @@ from spine_pipeline.audit.ingest import (
 from spine_pipeline.audit.ledger_mirror import (
     adopt_ledger_records,
     mirror_submissions,
+    mirror_webhook_events,
     refresh_inflight,
 )
 from spine_pipeline.audit.search_index import cluster_search_index
@@ -93,6 +94,7 @@ def ingest_into(
     if published is not None:
         adopt_ledger_records(con, published, uri)
     mirror_submissions(con, store, report, bulk)
+    mirror_webhook_events(con, store, report)
     refresh_inflight(con, store, report)
     if bulk:
         refuse_repeated_runs_bulk(con)

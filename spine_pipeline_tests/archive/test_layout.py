@@ -27,10 +27,14 @@ from spine_pipeline.archive.layout import (
     parse_manifest_seq,
     parse_submission_day,
     parse_table_key,
+    parse_webhook_event_key,
     submission_key,
     table_key,
     tracked_key,
     tracked_run_id,
+    webhook_event_key,
+    webhook_id_key,
+    webhook_run_marker_key,
 )
 from spine_pipeline.archive.manifest import ArtifactEntry, FileEntry, Manifest, ManifestLog
 from spine_pipeline.archive.stores import ObjectStore, open_store, validate_key
@@ -59,6 +63,14 @@ def test_templates_are_the_documented_layout() -> None:
     assert abandoned_key("run-1") == "ledger/abandoned/run-1.json"
     assert credit_report_key(TS) == "reports/credits/2026-11-28/credits-101502.html"
     assert (
+        webhook_event_key(TS, "evt_1")
+        == "ledger/webhooks/events/dt=2026-11-28/hour=10/20261128T101502123456Z-evt_1.json"
+    )
+    assert webhook_id_key("evt_1") == "ledger/webhooks/ids/evt_1.json"
+    assert webhook_run_marker_key("run-1", "run.completed") == (
+        "ledger/webhooks/runs/run-1/run.completed.json"
+    )
+    assert (
         credit_report_key(TS, microseconds=True)
         == "reports/credits/2026-11-28/credits-101502123456.html"
     )
@@ -79,7 +91,15 @@ def test_other_keys_round_trip() -> None:
     assert parse_submission_day(submission_key(TS, "0123456789ab")) == "2026-11-28"
     assert tracked_run_id(tracked_key(TS, "run-1")) == "run-1"
     assert parse_abandoned_run_id(abandoned_key("run-1")) == "run-1"
+    assert parse_webhook_event_key(webhook_event_key(TS, "evt_1")) == (
+        "2026-11-28",
+        "20261128T101502123456Z",
+        "evt_1",
+    )
     for key in (
+        webhook_event_key(TS, "evt_1"),
+        webhook_id_key("evt_1"),
+        webhook_run_marker_key("run-1", "run.completed"),
         artifact_key(SHA),
         manifest_key(1),
         submission_key(TS, "0123456789ab"),
@@ -116,6 +136,17 @@ def test_parsers_refuse_keys_the_writer_does_not_make() -> None:
     assert key_dt("tables/runs/b.parquet") is None
     assert parse_submission_day(tracked_key(TS, "run-1")) is None
     assert parse_abandoned_run_id(tracked_key(TS, "run-1")) is None
+    event = webhook_event_key(TS, "evt_1")
+    for wrong in (
+        event.replace("hour=10", "hour=11"),  # the hour disagrees with the receive time
+        event.replace("dt=2026-11-28", "dt=2026-11-27"),
+        event.replace("-evt_1", "-evt/1"),
+        event.replace("-evt_1", "-evt.1"),
+        event.replace("123456Z", "12345Z"),
+        event.removesuffix(".json"),
+        webhook_id_key("evt_1"),
+    ):
+        assert parse_webhook_event_key(wrong) is None, wrong
 
 
 def test_manifest_key_order_is_commit_order() -> None:
@@ -127,7 +158,14 @@ def test_manifest_key_order_is_commit_order() -> None:
 def test_prefixes_cover_exactly_what_they_should() -> None:
     table = table_key("runs", "2026-11-28", BATCH)
     artifact, manifest = artifact_key(SHA), manifest_key(1)
-    ledger = [submission_key(TS, "n"), tracked_key(TS, "r"), abandoned_key("r")]
+    ledger = [
+        submission_key(TS, "n"),
+        tracked_key(TS, "r"),
+        abandoned_key("r"),
+        webhook_event_key(TS, "evt_1"),
+        webhook_id_key("evt_1"),
+        webhook_run_marker_key("r", "run.completed"),
+    ]
     # verify's scope is every committed kind, and nothing outside the chain
     for key in (table, artifact, manifest):
         assert key.startswith(layout.CHAINED_PREFIXES), key
@@ -181,7 +219,14 @@ def test_gc_and_verify_agree_with_the_writer_on_every_prefix(archive_uri: str) -
         "artifacts/legacy/x.bin",  # under the artifact area, outside the content addresses
     }
     never_collected = {NON_ASCII_MANIFEST, "manifests/notes.txt"}
-    outside_chain = {tracked_key(TS, "run-9"), abandoned_key("run-9"), credit_report_key(TS)}
+    outside_chain = {
+        tracked_key(TS, "run-9"),
+        abandoned_key("run-9"),
+        credit_report_key(TS),
+        webhook_event_key(TS, "evt_9"),
+        webhook_id_key("evt_9"),
+        webhook_run_marker_key("run-9", "run.failed"),
+    }
     for key in collectable | never_collected | outside_chain:
         store.put_bytes(key, b"stray")
 

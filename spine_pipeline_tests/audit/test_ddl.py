@@ -11,7 +11,12 @@ from spine_pipeline.audit import connect_readonly, refresh_audit_db, search
 from spine_pipeline.audit.ddl import UNKEYED_TABLES, _table_ddl
 from spine_pipeline_tests.audit.conftest import World, rows
 
-KEYS = {"runs": "run_id", "submissions": "ledger_key", "ledger_tracked": "ledger_key"}
+KEYS = {
+    "runs": "run_id",
+    "submissions": "ledger_key",
+    "ledger_tracked": "ledger_key",
+    "webhook_events": "event_id",
+}
 
 
 def _keyed(db: Path) -> set[str]:
