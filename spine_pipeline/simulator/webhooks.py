@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import logging
 import math
 import random
@@ -44,6 +42,8 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import httpx
+
+from spine_pipeline.webhooks.signature import SIGNATURE_HEADER, sign
 
 from .config import FaultRule, redact_url
 from .jsonio import dumps
@@ -76,18 +76,6 @@ PENDING, DELIVERED, FAILED, DROPPED, OVERFLOW, CANCELLED = (
     "overflow",
     "cancelled",
 )
-
-
-def _sign(secret: str, t: int, body: bytes) -> str:
-    """The ``Spine-Signature`` header value ``t=<t>,v1=<hex>`` for a raw body.
-
-    TEMPORARY (issue 17, merge note for the lead): ``spine_pipeline/webhooks/signature.py`` is
-    THE home of this rule; replace this function and its callers in this module
-    (``WebhookSender._attempts``) with the shared signer at merge. Rule (spine-api.md section 5):
-    lowercase hex HMAC-SHA256 keyed by the whole secret as UTF-8, over ``f"{t}."`` + raw body.
-    """
-    digest = hmac.new(secret.encode("utf-8"), f"{t}.".encode() + body, hashlib.sha256)
-    return f"t={t},v1={digest.hexdigest()}"
 
 
 def envelope_body(event_id: str, event_type: str, created: int, obj: dict[str, Any]) -> bytes:
@@ -470,7 +458,7 @@ class WebhookSender:
                 headers = {
                     "Content-Type": "application/json",
                     "User-Agent": USER_AGENT,
-                    "Spine-Signature": _sign(secret, t, record.body),
+                    SIGNATURE_HEADER: sign(secret, t, record.body),
                     "Spine-Event-Id": record.header_event_id,
                     "Spine-Event-Type": record.type,
                 }

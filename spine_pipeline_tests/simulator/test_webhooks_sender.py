@@ -27,8 +27,9 @@ from spine.exceptions import WebhookSignatureError
 
 from spine_pipeline.cli import main
 from spine_pipeline.simulator import SimulatorConfig, SimulatorServer, World, parse_faults
-from spine_pipeline.simulator.webhooks import WebhookSender, _sign, envelope_body
+from spine_pipeline.simulator.webhooks import WebhookSender, envelope_body
 from spine_pipeline.simulator.world import CreateForm
+from spine_pipeline.webhooks.signature import sign as _sign
 from spine_pipeline_tests.simulator.conftest import without_download_urls
 
 SECRET = "whsec_sim_test_secret"
