@@ -51,6 +51,7 @@ __all__ = [
     "Source",
     "Task",
     "committing_manifest",
+    "copy_checked",
     "load_run_data",
     "read_run_data",
     "run_files",
@@ -298,23 +299,8 @@ def _read_file(
 ) -> Iterator[dict[str, Any]]:
     """The rows of `run_id` in one listed file, after checking its bytes against `entry`."""
     with tempfile.TemporaryFile(prefix="spine-evidence-") as spool:
-        digest = hashlib.sha256()
-        size = 0
         with open_file(entry.key) as src:
-            while size <= entry.bytes:
-                chunk = src.read(min(_CHUNK, entry.bytes + 1 - size))
-                if not chunk:
-                    break
-                digest.update(chunk)
-                spool.write(chunk)
-                size += len(chunk)
-        if size != entry.bytes:
-            more = "more than" if size > entry.bytes else f"{size}, not"
-            raise EvidenceError(f"{entry.key}: {more} the {entry.bytes} bytes the manifest lists")
-        if digest.hexdigest() != entry.sha256:
-            raise EvidenceError(
-                f"{entry.key}: sha256 {digest.hexdigest()} is not the manifest's {entry.sha256}"
-            )
+            copy_checked(src, spool, key=entry.key, size=entry.bytes, sha256=entry.sha256)
         spool.seek(0)
         try:
             parquet = pq.ParquetFile(spool)
@@ -326,6 +312,34 @@ def _read_file(
                     yield from mine.to_pylist()
         except (pa.ArrowException, KeyError) as exc:
             raise EvidenceError(f"{entry.key}: not a readable {entry.table} file ({exc})") from None
+
+
+def copy_checked(
+    src: IO[bytes], dest: IO[bytes], *, key: str, size: int, sha256: str, what: str = "manifest"
+) -> None:
+    """Copy `src` to `dest` while hashing it; `EvidenceError` unless exactly `size` bytes with
+    this `sha256` came.
+
+    Reading stops one byte past `size`, so a grown or endless object costs no more than the
+    file it should be. The one rule for taking a listed object's bytes: the loader (into a
+    spool the Parquet reader parses) and the bundle writer (into the bundle) both use it, so
+    what is parsed or bundled is exactly what was checked. `dest` may hold a partial copy
+    when this raises: the caller discards it.
+    """
+    digest = hashlib.sha256()
+    got = 0
+    while got <= size:
+        chunk = src.read(min(_CHUNK, size + 1 - got))
+        if not chunk:
+            break
+        digest.update(chunk)
+        dest.write(chunk)
+        got += len(chunk)
+    if got != size:
+        more = "more than" if got > size else f"{got}, not"
+        raise EvidenceError(f"{key}: {more} the {size} bytes the {what} lists")
+    if digest.hexdigest() != sha256:
+        raise EvidenceError(f"{key}: sha256 {digest.hexdigest()} is not the {what}'s {sha256}")
 
 
 def _pick(row: dict[str, Any], table: str) -> dict[str, Any]:
