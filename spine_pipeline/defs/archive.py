@@ -41,6 +41,7 @@ from spine_pipeline.archive.stores import ObjectStore
 from spine_pipeline.archive.tlog import SignedCheckpoint, Witness
 from spine_pipeline.defs.names import ARCHIVE_BATCH_OP, ARCHIVE_LOG_CHECK, ARCHIVE_LOG_JOB
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
+from spine_pipeline.evidence.run_data import RunData, read_runs_data
 from spine_pipeline.evidence.show import pages_dir, write_run_page
 from spine_pipeline.settings import Settings
 from spine_pipeline.spine import canvas_url
@@ -248,23 +249,33 @@ def _run_pages(
         why = "the archive is not local" if directory is None else "no manifest"
         return {r: f"not written: {why} (spine-pipeline show {r})" for r in run_ids}
     deadline = time.monotonic() + PAGE_BUDGET_SECONDS
+    try:
+        loaded: dict[str, RunData | Exception] = {
+            **read_runs_data(manifest, run_ids, store.open_read)
+        }
+    except Exception as exc:  # a page is a convenience: it never fails the archive run
+        loaded = dict.fromkeys(run_ids, exc)
     pages: dict[str, dg.MetadataValue | str] = {}
     for run_id in run_ids:
-        if time.monotonic() > deadline:
+        data = loaded[run_id]
+        if isinstance(data, Exception):
+            problem = data
+        elif time.monotonic() > deadline:
             pages[run_id] = (
                 f"not written: the batch's {PAGE_BUDGET_SECONDS:g} s for pages are used up "
                 f"(spine-pipeline show {run_id})"
             )
             continue
-        try:
-            pages[run_id] = dg.MetadataValue.path(
-                str(write_run_page(store, manifest, run_id, directory))
-            )
-        except Exception as exc:  # a page is a convenience: it never fails the archive run
-            text = str(exc).strip()
-            reason = redact(text.splitlines()[0] if text else type(exc).__name__)[:300]
-            context.log.warning("run %s: page not written: %s", run_id, reason)
-            pages[run_id] = f"not written: {reason}"
+        else:
+            try:
+                pages[run_id] = dg.MetadataValue.path(str(write_run_page(directory, data)))
+                continue
+            except Exception as exc:  # as above
+                problem = exc
+        text = str(problem).strip()
+        reason = redact(text.splitlines()[0] if text else type(problem).__name__)[:300]
+        context.log.warning("run %s: page not written: %s", run_id, reason)
+        pages[run_id] = f"not written: {reason}"
     return pages
 
 

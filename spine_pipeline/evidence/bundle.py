@@ -150,10 +150,10 @@ def verification_text(proof: RunProof) -> str:
         f"(sha256 {proof.manifest_sha256}), leaf {proof.leaf_index} of the log "
         f"{cp.checkpoint.origin}, which the signed checkpoint below (size {cp.size}, root "
         f"{cp.root.hex()}) contains; proof.json holds the inclusion proof "
-        f"({len(proof.inclusion_proof)} sibling hash(es)). {checked} Check the whole bundle offline with "
-        "`spine-pipeline verify-evidence` and the archive's public key: every file against "
-        "SHA256SUMS and the manifest, both signatures, the inclusion proof, and that this page "
-        "is the rendering of the bundled data."
+        f"({len(proof.inclusion_proof)} sibling hash(es)). {checked} Check the whole bundle "
+        "offline with `spine-pipeline verify-evidence` and the archive's public key: every "
+        "file against SHA256SUMS and the manifest, both signatures, the inclusion proof, and "
+        "that this page is the rendering of the bundled data."
     )
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "copy_checked",
     "load_run_data",
     "read_run_data",
+    "read_runs_data",
     "run_files",
 ]
 
@@ -265,10 +266,49 @@ def read_run_data(
     manifest: Manifest, run_id: str, open_file: Callable[[str], IO[bytes]]
 ) -> RunData:
     """`run_id`'s rows from the files `manifest` lists, each checked against its entry."""
-    files = run_files(manifest, run_id)
-    rows: dict[str, list[dict[str, Any]]] = {t: [] for t in RUN_TABLES}
-    for entry in files:
-        rows[entry.table].extend(_read_file(entry, run_id, open_file))
+    data = read_runs_data(manifest, [run_id], open_file)[run_id]
+    if isinstance(data, EvidenceError):
+        raise data
+    return data
+
+
+def read_runs_data(
+    manifest: Manifest, run_ids: Sequence[str], open_file: Callable[[str], IO[bytes]]
+) -> dict[str, RunData | EvidenceError]:
+    """Several runs committed by `manifest`, reading each of its files once.
+
+    Why: the runs of a batch share its table files, so loading them one by one reads every
+    file once per run (quadratic in the batch); Dagster writes the page of every run of a
+    batch it just committed. A file that fails its check raises (it spoils every run);
+    a run whose rows do not add up gets its `EvidenceError` as its value. Memory is the
+    runs' own rows plus one Parquet batch.
+    """
+    wanted = {run_id: run_files(manifest, run_id) for run_id in dict.fromkeys(run_ids)}
+    readers: dict[str, tuple[FileEntry, set[str]]] = {}
+    for run_id, files in wanted.items():
+        for entry in files:
+            readers.setdefault(entry.key, (entry, set()))[1].add(run_id)
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {
+        run_id: {t: [] for t in RUN_TABLES} for run_id in wanted
+    }
+    for entry, runs in readers.values():
+        for row in _read_file(entry, runs, open_file):
+            rows[row["run_id"]][entry.table].append(row)
+    out: dict[str, RunData | EvidenceError] = {}
+    for run_id, files in wanted.items():
+        try:
+            out[run_id] = _assemble(manifest, run_id, files, rows.pop(run_id))
+        except EvidenceError as exc:
+            out[run_id] = exc
+    return out
+
+
+def _assemble(
+    manifest: Manifest,
+    run_id: str,
+    files: tuple[FileEntry, ...],
+    rows: dict[str, list[dict[str, Any]]],
+) -> RunData:
     if len(rows["runs"]) != 1:
         raise EvidenceError(
             f"run {run_id}: manifest {manifest.seq} has {len(rows['runs'])} runs rows for it"
@@ -295,9 +335,9 @@ def read_run_data(
 
 
 def _read_file(
-    entry: FileEntry, run_id: str, open_file: Callable[[str], IO[bytes]]
+    entry: FileEntry, run_ids: set[str], open_file: Callable[[str], IO[bytes]]
 ) -> Iterator[dict[str, Any]]:
-    """The rows of `run_id` in one listed file, after checking its bytes against `entry`."""
+    """The rows of `run_ids` in one listed file, after checking its bytes against `entry`."""
     with tempfile.TemporaryFile(prefix="spine-evidence-") as spool:
         with open_file(entry.key) as src:
             copy_checked(src, spool, key=entry.key, size=entry.bytes, sha256=entry.sha256)
@@ -306,8 +346,9 @@ def _read_file(
             parquet = pq.ParquetFile(spool)
             names = set(parquet.schema_arrow.names)
             wanted = sorted({"run_id", *_COLUMNS[entry.table]} & names)
+            ids = pa.array(sorted(run_ids), type=parquet.schema_arrow.field("run_id").type)
             for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=wanted):
-                mine = batch.filter(pc.equal(batch.column("run_id"), pa.scalar(run_id)))
+                mine = batch.filter(pc.is_in(batch.column("run_id"), value_set=ids))
                 if mine.num_rows:
                     yield from mine.to_pylist()
         except (pa.ArrowException, KeyError) as exc:

@@ -19,11 +19,10 @@ import re
 import secrets
 from pathlib import Path
 
-from spine_pipeline.archive.manifest import Manifest
 from spine_pipeline.archive.stores import ObjectStore, open_store
 from spine_pipeline.archive.stores.local import LocalStore
 from spine_pipeline.evidence.page import render_page_bytes
-from spine_pipeline.evidence.run_data import load_run_data, read_run_data
+from spine_pipeline.evidence.run_data import RunData, load_run_data
 
 __all__ = [
     "DEFAULT_DIR",
@@ -78,17 +77,16 @@ def pages_dir(store: ObjectStore, dagster_home: Path | None) -> Path | None:
     return (dagster_home if dagster_home is not None else store.root.parent) / DEFAULT_DIR.name
 
 
-def write_run_page(store: ObjectStore, manifest: Manifest, run_id: str, directory: Path) -> Path:
-    """Write `<directory>/<run_id>.html` for a run `manifest` committed; return its path.
+def write_run_page(directory: Path, data: RunData) -> Path:
+    """Write `<directory>/<run_id>.html` (the `show` page of `data`); return its path.
 
-    For a batch just committed: reads only that manifest's files of the run (no log
-    listing), so a page costs the run's own rows and its rendering.
+    Dagster loads a just-committed batch once (`read_runs_data`) and writes each run's page
+    through this, so a page costs the run's rendering, not another read of the batch.
     """
-    if not valid_run_id(run_id):
-        raise ValueError(f"not a valid run id: {run_id!r:.140} (1-128 URL-safe characters)")
+    if not valid_run_id(data.run_id):
+        raise ValueError(f"not a valid run id: {data.run_id!r:.140} (1-128 URL-safe characters)")
     _ensure_dir(directory)
-    data = read_run_data(manifest, run_id, store.open_read)
-    path = directory / f"{run_id}.html"
+    path = directory / f"{data.run_id}.html"
     write_page_file(path, render_page_bytes(data, artifact_links=False))
     return path.absolute()
 
