@@ -249,8 +249,8 @@ def _check_target(out: Path, as_zip: bool) -> None:
             raise ValueError(f"refusing to write into {out}: not a directory")
         if any(out.iterdir()):
             raise ValueError(f"refusing to write into {out}: it is not empty")
-    if not out.absolute().parent.is_dir():
-        raise ValueError(f"cannot write {out}: {out.absolute().parent} is not a directory")
+    if not out.parent.is_dir():
+        raise ValueError(f"cannot write {out}: {out.parent} is not a directory")
 
 
 def write_bundle(
@@ -272,10 +272,11 @@ def write_bundle(
     """
     if not valid_run_id(run_id):
         raise ValueError(f"not a valid run id: {run_id!r} (1-128 URL-safe characters)")
+    out = Path(os.path.abspath(out))  # normalised (`x/`, `./x`), symlinks not resolved
     _check_target(out, as_zip)
     proof = prove_run(store, run_id, keys=keys)
     manifest = Manifest.from_bytes(proof.manifest_bytes, key=proof.manifest_key)
-    parent = out.absolute().parent
+    parent = out.parent
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".part", dir=parent))
     zip_tmp: Path | None = None
     try:
@@ -300,7 +301,7 @@ def write_bundle(
             with contextlib.suppress(FileNotFoundError):
                 zip_tmp.unlink()
     return BundleWritten(
-        path=out.absolute(),
+        path=out,
         run_id=run_id,
         files=len(files.hashes) - 1,
         bytes=files.total,
@@ -334,7 +335,7 @@ def _move_into_place(target: Path, out: Path, as_zip: bool) -> None:
             f"refusing to write {out}: it appeared or changed meanwhile ({exc.strerror})"
         ) from None
     with contextlib.suppress(OSError):
-        fd = os.open(out.absolute().parent, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
