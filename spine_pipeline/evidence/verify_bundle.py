@@ -415,7 +415,8 @@ def verify_bundle(path: Path, keys: VerifyKeys, *, limits: BundleLimits = LIMITS
         except EvidenceError as exc:
             raise BundleError(str(exc)) from None
         page = bundle_page(data, proof)
-        if _read_bytes(box, INDEX, limits.max_total_bytes) != page:
+        # Sizes first: a huge forged page is refused without being read into memory.
+        if box.sizes[INDEX] != len(page) or _read_bytes(box, INDEX, len(page)) != page:
             raise BundleError(f"{INDEX}: not the rendering of the bundled data{_why(box)}")
     assert manifest.signature is not None  # check_run_proof verified it
     return BundleReport(

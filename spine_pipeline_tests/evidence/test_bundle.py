@@ -322,6 +322,23 @@ def test_a_changed_file_with_rewritten_sums_fails_deeper(
     verify_bundle(copy_a, bundles.keys)  # the control: rewriting the sums alone changes nothing
 
 
+def test_a_grown_or_shrunk_page_with_rewritten_sums_fails(bundles: Bundles, copy_a: Path) -> None:
+    page = copy_a / INDEX
+    original = page.read_bytes()
+    for changed in (original + b"<!-- more -->", original[:-1]):
+        page.write_bytes(changed)
+        _resum(copy_a)
+        _fails(copy_a, bundles.keys, r"^index\.html: not the rendering of the bundled data$")
+    # A page naming another renderer says so (the bytes may differ because the renderer does).
+    other = re.sub(rb"markdown-it-py/[0-9.]+", b"markdown-it-py/0.0.1", original, count=1)
+    assert other != original
+    for changed, named in ((other, "markdown-it-py/0.0.1"), (b"", "no generator tag")):
+        page.write_bytes(changed)
+        _resum(copy_a)
+        message = _fails(copy_a, bundles.keys, r"^index\.html: not the rendering .* \(it names ")
+        assert named in message
+
+
 def test_a_proof_that_does_not_lead_to_the_root_fails(bundles: Bundles, copy_a: Path) -> None:
     doc = json.loads((copy_a / PROOF).read_bytes())
     sibling = doc["inclusion_proof"][0]
