@@ -4,10 +4,13 @@
   committing manifest lists, hash-checked, into a typed `RunData`;
 - `page`: `render_page(data)` renders one self-contained, script-free HTML page, a
   deterministic function of its input (so a bundled page can be checked by re-rendering);
-- `dag_svg`: the canvas DAG laid out in layers as inline SVG.
+- `dag_svg`: the canvas DAG laid out in layers as inline SVG;
+- `bundle`: `write_bundle` writes one run as a self-contained evidence bundle (page, Parquet,
+  artifacts, manifest, proof, SHA256SUMS), deterministically;
+- `verify_bundle`: `verify_bundle` checks a bundle offline with only the public key.
 
-A library: no Dagster, no DuckDB; the CLI (`spine-pipeline show`) and, later, the evidence
-bundle and `verify-evidence` build on it. Limits and formats: docs/evidence.md.
+A library: no Dagster, no DuckDB; the CLI (`show`, `evidence`, `verify-evidence`) and Dagster
+(the `spine_run` page link) build on it. Limits and formats: docs/evidence.md.
 """
 
 from __future__ import annotations

@@ -51,8 +51,10 @@ __all__ = [
     "Source",
     "Task",
     "committing_manifest",
+    "copy_checked",
     "load_run_data",
     "read_run_data",
+    "read_runs_data",
     "run_files",
 ]
 
@@ -264,10 +266,49 @@ def read_run_data(
     manifest: Manifest, run_id: str, open_file: Callable[[str], IO[bytes]]
 ) -> RunData:
     """`run_id`'s rows from the files `manifest` lists, each checked against its entry."""
-    files = run_files(manifest, run_id)
-    rows: dict[str, list[dict[str, Any]]] = {t: [] for t in RUN_TABLES}
-    for entry in files:
-        rows[entry.table].extend(_read_file(entry, run_id, open_file))
+    data = read_runs_data(manifest, [run_id], open_file)[run_id]
+    if isinstance(data, EvidenceError):
+        raise data
+    return data
+
+
+def read_runs_data(
+    manifest: Manifest, run_ids: Sequence[str], open_file: Callable[[str], IO[bytes]]
+) -> dict[str, RunData | EvidenceError]:
+    """Several runs committed by `manifest`, reading each of its files once.
+
+    Why: the runs of a batch share its table files, so loading them one by one reads every
+    file once per run (quadratic in the batch); Dagster writes the page of every run of a
+    batch it just committed. A file that fails its check raises (it spoils every run);
+    a run whose rows do not add up gets its `EvidenceError` as its value. Memory is the
+    runs' own rows plus one Parquet batch.
+    """
+    wanted = {run_id: run_files(manifest, run_id) for run_id in dict.fromkeys(run_ids)}
+    readers: dict[str, tuple[FileEntry, set[str]]] = {}
+    for run_id, files in wanted.items():
+        for entry in files:
+            readers.setdefault(entry.key, (entry, set()))[1].add(run_id)
+    rows: dict[str, dict[str, list[dict[str, Any]]]] = {
+        run_id: {t: [] for t in RUN_TABLES} for run_id in wanted
+    }
+    for entry, runs in readers.values():
+        for row in _read_file(entry, runs, open_file):
+            rows[row["run_id"]][entry.table].append(row)
+    out: dict[str, RunData | EvidenceError] = {}
+    for run_id, files in wanted.items():
+        try:
+            out[run_id] = _assemble(manifest, run_id, files, rows.pop(run_id))
+        except EvidenceError as exc:
+            out[run_id] = exc
+    return out
+
+
+def _assemble(
+    manifest: Manifest,
+    run_id: str,
+    files: tuple[FileEntry, ...],
+    rows: dict[str, list[dict[str, Any]]],
+) -> RunData:
     if len(rows["runs"]) != 1:
         raise EvidenceError(
             f"run {run_id}: manifest {manifest.seq} has {len(rows['runs'])} runs rows for it"
@@ -294,38 +335,52 @@ def read_run_data(
 
 
 def _read_file(
-    entry: FileEntry, run_id: str, open_file: Callable[[str], IO[bytes]]
+    entry: FileEntry, run_ids: set[str], open_file: Callable[[str], IO[bytes]]
 ) -> Iterator[dict[str, Any]]:
-    """The rows of `run_id` in one listed file, after checking its bytes against `entry`."""
+    """The rows of `run_ids` in one listed file, after checking its bytes against `entry`."""
     with tempfile.TemporaryFile(prefix="spine-evidence-") as spool:
-        digest = hashlib.sha256()
-        size = 0
         with open_file(entry.key) as src:
-            while size <= entry.bytes:
-                chunk = src.read(min(_CHUNK, entry.bytes + 1 - size))
-                if not chunk:
-                    break
-                digest.update(chunk)
-                spool.write(chunk)
-                size += len(chunk)
-        if size != entry.bytes:
-            more = "more than" if size > entry.bytes else f"{size}, not"
-            raise EvidenceError(f"{entry.key}: {more} the {entry.bytes} bytes the manifest lists")
-        if digest.hexdigest() != entry.sha256:
-            raise EvidenceError(
-                f"{entry.key}: sha256 {digest.hexdigest()} is not the manifest's {entry.sha256}"
-            )
+            copy_checked(src, spool, key=entry.key, size=entry.bytes, sha256=entry.sha256)
         spool.seek(0)
         try:
             parquet = pq.ParquetFile(spool)
             names = set(parquet.schema_arrow.names)
             wanted = sorted({"run_id", *_COLUMNS[entry.table]} & names)
+            ids = pa.array(sorted(run_ids), type=parquet.schema_arrow.field("run_id").type)
             for batch in parquet.iter_batches(batch_size=_BATCH_ROWS, columns=wanted):
-                mine = batch.filter(pc.equal(batch.column("run_id"), pa.scalar(run_id)))
+                mine = batch.filter(pc.is_in(batch.column("run_id"), value_set=ids))
                 if mine.num_rows:
                     yield from mine.to_pylist()
         except (pa.ArrowException, KeyError) as exc:
             raise EvidenceError(f"{entry.key}: not a readable {entry.table} file ({exc})") from None
+
+
+def copy_checked(
+    src: IO[bytes], dest: IO[bytes], *, key: str, size: int, sha256: str, what: str = "manifest"
+) -> None:
+    """Copy `src` to `dest` while hashing it; `EvidenceError` unless exactly `size` bytes with
+    this `sha256` came.
+
+    Reading stops one byte past `size`, so a grown or endless object costs no more than the
+    file it should be. The one rule for taking a listed object's bytes: the loader (into a
+    spool the Parquet reader parses) and the bundle writer (into the bundle) both use it, so
+    what is parsed or bundled is exactly what was checked. `dest` may hold a partial copy
+    when this raises: the caller discards it.
+    """
+    digest = hashlib.sha256()
+    got = 0
+    while got <= size:
+        chunk = src.read(min(_CHUNK, size + 1 - got))
+        if not chunk:
+            break
+        digest.update(chunk)
+        dest.write(chunk)
+        got += len(chunk)
+    if got != size:
+        more = "more than" if got > size else f"{got}, not"
+        raise EvidenceError(f"{key}: {more} the {size} bytes the {what} lists")
+    if digest.hexdigest() != sha256:
+        raise EvidenceError(f"{key}: sha256 {digest.hexdigest()} is not the {what}'s {sha256}")
 
 
 def _pick(row: dict[str, Any], table: str) -> dict[str, Any]:

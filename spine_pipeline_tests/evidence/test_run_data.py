@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -15,6 +16,7 @@ from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.read import read_committed
 from spine_pipeline.evidence import EvidenceError, RunNotArchived, load_run_data, read_run_data
 from spine_pipeline.evidence.page import render_page_bytes
+from spine_pipeline.evidence.run_data import read_runs_data
 
 
 def test_loads_exactly_the_runs_committed_rows(kit) -> None:
@@ -121,3 +123,31 @@ def test_files_no_manifest_lists_are_never_read(local_kit) -> None:
     after = load_run_data(kit.store, run_id)
     assert after == before
     assert not any("FORGED" in (b.content or "") for b in after.blocks)
+
+
+def test_a_batch_loads_in_one_pass_with_per_run_problems(kit) -> None:
+    """`read_runs_data` (Dagster's pages): each file read once, the same data as one by one,
+    and a run whose rows are missing is that run's problem only."""
+    ids = kit.submit(*(f"[scenario:completed] batch run {n}" for n in range(4)))
+    assert kit.archiver().archive(ids).ok
+    log = ManifestLog(kit.store)
+    log.refresh()
+    manifest = log.manifests[0]
+    ghost = replace(manifest.runs[0], run_id="ghost-run")  # named, but no rows anywhere
+    manifest = replace(manifest, runs=(*manifest.runs, ghost))
+    opened: list[str] = []
+
+    def counting(key: str):
+        opened.append(key)
+        return kit.store.open_read(key)
+
+    loaded = read_runs_data(manifest, [*ids, "ghost-run", ids[0]], counting)
+    assert sorted(opened) == sorted({f.key for f in manifest.files})  # each file once
+    assert list(loaded) == [*ids, "ghost-run"]
+    for run_id in ids:
+        assert loaded[run_id] == read_run_data(manifest, run_id, kit.store.open_read)
+    problem = loaded["ghost-run"]
+    assert isinstance(problem, EvidenceError)
+    assert str(problem) == "run ghost-run: manifest 1 has 0 runs rows for it"
+    with pytest.raises(RunNotArchived, match="run nope is not in manifest 1"):
+        read_runs_data(manifest, ["nope"], counting)
