@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import signal
 import socket
-import threading
-import time
 from types import TracebackType
 
 import uvicorn
+
+from spine_pipeline.uvicorn_thread import UvicornThread, bind
 
 from .app import build_app
 from .config import SimulatorConfig, redact_url
@@ -22,12 +22,7 @@ HOST = "127.0.0.1"
 
 
 def _bind(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, port))
-    sock.listen(4096)
-    sock.setblocking(False)
-    return sock
+    return bind(HOST, port, backlog=4096)
 
 
 def _uvicorn_config(app: object) -> uvicorn.Config:
@@ -55,8 +50,7 @@ class SimulatorServer:
         self.app = build_app(self.world)
         self._requested_port = port
         self.port: int | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._runner: UvicornThread | None = None
         self._sock: socket.socket | None = None
         self.webhooks: WebhookSender | None = None
         """The webhook sender when ``webhook_url`` is configured (its records outlive stop)."""
@@ -79,7 +73,7 @@ class SimulatorServer:
 
     def start(self) -> SimulatorServer:
         """Bind, start serving in a background thread and wait until requests are accepted."""
-        if self._thread is not None:
+        if self._runner is not None:
             return self
         self._sock = _bind(self._requested_port)
         self.port = self._sock.getsockname()[1]
@@ -89,44 +83,22 @@ class SimulatorServer:
         except BaseException:
             self._cleanup()
             raise
-        server = uvicorn.Server(_uvicorn_config(self.app))
-        self._server = server
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                server.run(sockets=[self._sock] if self._sock else None)
-            except BaseException as exc:  # surfaced to start() below
-                errors.append(exc)
-
-        self._thread = threading.Thread(
-            target=run, name=f"spine-simulator-{self.port}", daemon=True
+        assert self._sock is not None
+        self._runner = UvicornThread(
+            _uvicorn_config(self.app), self._sock, name=f"spine-simulator-{self.port}"
         )
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not server.started:
-            if errors or not self._thread.is_alive():
-                self._cleanup()
-                raise RuntimeError(
-                    f"simulator failed to start: {errors[0] if errors else 'thread exited'}"
-                )
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("simulator did not start within 15 s")
-            time.sleep(0.005)
+        try:
+            self._runner.start("simulator")
+        except BaseException:
+            self._cleanup()
+            raise
         log.info("Spine simulator listening on %s (seed %s)", self.base_url, self.config.seed)
         return self
 
     def stop(self) -> None:
         """Stop serving and wait for the thread to end."""
-        server, thread = self._server, self._thread
-        if server is not None:
-            server.should_exit = True
-        if thread is not None:
-            thread.join(timeout=10)
-            if thread.is_alive() and server is not None:
-                server.force_exit = True
-                thread.join(timeout=5)
+        if self._runner is not None:
+            self._runner.stop()
         self._cleanup()
 
     def _stop_webhooks(self) -> None:
@@ -138,8 +110,7 @@ class SimulatorServer:
         if self._sock is not None:
             self._sock.close()
         self._sock = None
-        self._server = None
-        self._thread = None
+        self._runner = None
 
     def __enter__(self) -> SimulatorServer:
         return self.start()

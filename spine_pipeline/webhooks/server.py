@@ -10,8 +10,6 @@ Access logs stay off: the app logs each delivery's outcome itself, without heade
 from __future__ import annotations
 
 import socket
-import threading
-import time
 from collections.abc import Callable, Sequence
 from types import TracebackType
 
@@ -19,6 +17,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from spine_pipeline.archive.stores import ObjectStore
+from spine_pipeline.uvicorn_thread import UvicornThread, bind
 from spine_pipeline.webhooks.app import WEBHOOK_PATH, create_app
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "WebhookServer", "serve"]
@@ -30,13 +29,7 @@ MAX_HEAD_BYTES = 16 * 1024
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
+    return bind(host, port, backlog=1024)
 
 
 def _config(app: ASGIApp, host: str) -> uvicorn.Config:
@@ -89,8 +82,7 @@ class WebhookServer:
         self.host = host
         self._requested_port = port
         self.port: int | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._runner: UvicornThread | None = None
         self._sock: socket.socket | None = None
 
     @property
@@ -105,52 +97,31 @@ class WebhookServer:
         return f"{self.base_url}{WEBHOOK_PATH}"
 
     def start(self) -> WebhookServer:
-        if self._thread is not None:
+        if self._runner is not None:
             return self
         self._sock = _bind(self.host, self._requested_port)
         self.port = self._sock.getsockname()[1]
-        server = uvicorn.Server(_config(self.app, self.host))
-        self._server = server
-        errors: list[BaseException] = []
-        sock = self._sock
-
-        def run() -> None:
-            try:
-                server.run(sockets=[sock])
-            except BaseException as exc:  # surfaced to start() below
-                errors.append(exc)
-
-        self._thread = threading.Thread(target=run, name=f"spine-webhooks-{self.port}", daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 15
-        while not server.started:
-            if errors or not self._thread.is_alive():
-                self._cleanup()
-                raise RuntimeError(f"webhook receiver failed to start: {errors[:1] or 'exited'}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("webhook receiver did not start within 15 s")
-            time.sleep(0.005)
+        self._runner = UvicornThread(
+            _config(self.app, self.host), self._sock, name=f"spine-webhooks-{self.port}"
+        )
+        try:
+            self._runner.start("webhook receiver")
+        except BaseException:
+            self._cleanup()
+            raise
         return self
 
     def stop(self) -> None:
         """Stop serving (deliveries in flight finish first) and wait for the thread."""
-        server, thread = self._server, self._thread
-        if server is not None:
-            server.should_exit = True
-        if thread is not None:
-            thread.join(timeout=10)
-            if thread.is_alive() and server is not None:
-                server.force_exit = True
-                thread.join(timeout=5)
+        if self._runner is not None:
+            self._runner.stop()
         self._cleanup()
 
     def _cleanup(self) -> None:
         if self._sock is not None:
             self._sock.close()
         self._sock = None
-        self._server = None
-        self._thread = None
+        self._runner = None
 
     def __enter__(self) -> WebhookServer:
         return self.start()
