@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
-import secrets
 from collections.abc import Iterator
 from datetime import date, datetime
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import click
 
 from spine_pipeline.cli_errors import expected_errors, fail
+from spine_pipeline.private_file import atomic_output
 
 if TYPE_CHECKING:
     from spine_pipeline.audit.sql import SqlStream, Written
@@ -45,30 +44,12 @@ _db_option = click.option(
 
 @contextlib.contextmanager
 def private_output(path: Path) -> Iterator[BinaryIO]:
-    """A binary file for `path`: created 0600 next to it, renamed over it when complete.
-
-    Query results and reports are copies of the archive's content, so they get the owner
-    only whatever the umask. A symlink at `path` is refused rather than followed (a planted
-    link must not redirect the write); the rename replaces a link, never writes through it.
-    A failed or interrupted write leaves neither a partial file nor the temporary one.
-    """
+    """A binary file for `path`, written by `private_file.atomic_output` (0600, atomic); a
+    symlink at `path` is one error line, exit 1."""
     if path.is_symlink():
         fail(f"refusing to write {path}: it is a symlink")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            fd = -1
-            yield f
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_output(path) as f:
+        yield f
 
 
 class _Echo(io.TextIOBase):

@@ -14,15 +14,14 @@ whole or not at all), never through a symlink at the path. The default directory
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import secrets
 from pathlib import Path
 
 from spine_pipeline.archive.stores import ObjectStore, open_store
 from spine_pipeline.archive.stores.local import LocalStore
 from spine_pipeline.evidence.page import render_page_bytes
 from spine_pipeline.evidence.run_data import RunData, load_run_data
+from spine_pipeline.private_file import atomic_output
 
 __all__ = [
     "DEFAULT_DIR",
@@ -101,29 +100,6 @@ def _ensure_dir(path: Path) -> None:
 
 
 def write_page_file(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
-    """Write `data` to `path` atomically: a temp file beside it (O_EXCL|O_NOFOLLOW), `mode`
-    set with fchmod (no umask widens or narrows it), fsynced, then renamed over `path`.
-
-    A symlink at `path` is refused, never followed (the rename would replace it, but a
-    planted link says someone expects the write to go elsewhere). On any failure neither a
-    partial page nor the temp file is left.
-    """
-    if path.is_symlink():
-        raise ValueError(f"refusing to write {path}: it is a symlink")
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(tmp, flags, mode)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            fd = -1
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Write `data` to `path` atomically and owner-only (`private_file.atomic_output`)."""
+    with atomic_output(path, mode=mode) as f:
+        f.write(data)
