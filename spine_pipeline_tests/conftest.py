@@ -1,7 +1,11 @@
-"""Shared fixtures: a real simulator on loopback, a real S3 server (SeaweedFS), a umask."""
+"""Shared fixtures: a real simulator on loopback, a real S3 server (SeaweedFS), a umask,
+headless Chromium."""
 
 import os
-from collections.abc import Iterator
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -19,3 +23,38 @@ def umask_022() -> Iterator[None]:
         yield
     finally:
         os.umask(old)
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """`chromium(page_path, "--dump-dom")` -> CompletedProcess; fails (never skips) if absent."""
+    assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), (
+        "chromium is missing: `make test` installs Debian's chromium package"
+    )
+
+    def run(page: Path, *args: str, window: str = "1000,1400") -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                CHROMIUM,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}",
+                f"--window-size={window}",
+                *args,
+                page.absolute().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    return run

@@ -403,14 +403,7 @@ class WebhookSender:
         record.delay_seconds = delay
         item = _Item(record)
         self._fault(item, rule)
-        with self._lock:
-            self._records.append(record)
-            if not self._accepting:
-                record.outcome = CANCELLED
-            elif self._unsettled >= self.max_pending:
-                record.outcome = OVERFLOW
-            else:
-                self._unsettled += 1
+        self._admit(record)
         if record.outcome != PENDING:
             if record.outcome == OVERFLOW:
                 log.warning("webhook queue full; %s %s not sent", event_type, record.event_id)
@@ -429,6 +422,18 @@ class WebhookSender:
             after.then.append(item)
             return
         self._send(item)
+
+    def _admit(self, record: WebhookDelivery) -> None:
+        """Record a delivery and take a queue slot for it; when stopping or full, its outcome
+        says so (cancelled / overflow) and it is never sent."""
+        with self._lock:
+            self._records.append(record)
+            if not self._accepting:
+                record.outcome = CANCELLED
+            elif self._unsettled >= self.max_pending:
+                record.outcome = OVERFLOW
+            else:
+                self._unsettled += 1
 
     def _fault(self, item: _Item, rule: FaultRule | None) -> None:
         if rule is None:
@@ -548,14 +553,7 @@ class WebhookSender:
                 error=None,
                 queued_at=time.time(),
             )
-        with self._lock:
-            self._records.append(copy)
-            if not self._accepting:
-                copy.outcome = CANCELLED
-            elif self._unsettled >= self.max_pending:
-                copy.outcome = OVERFLOW
-            else:
-                self._unsettled += 1
+        self._admit(copy)
         if copy.outcome != PENDING:
             return followers
         self._send(_Item(copy, then=followers))

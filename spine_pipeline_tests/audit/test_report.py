@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,8 +16,6 @@ from spine_pipeline.audit import Budgets, headline_markdown, render_credit_repor
 from spine_pipeline.audit.reports import load_report_data
 from spine_pipeline.cli import main
 from spine_pipeline_tests.audit.conftest import World
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 def test_report_credits_cli_each_grouping(world: World) -> None:
@@ -71,32 +69,9 @@ def test_headline_markdown(world: World) -> None:
     assert "anomalous days" in md
 
 
-def _chromium(*args: str, tmp: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp / 'chromium-profile'}",
-            "--window-size=1200,1600",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def test_html_report_renders_in_headless_chromium(world: World, tmp_path: Path) -> None:
-    assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), (
-        "chromium is missing: `make test` installs Debian's chromium package"
-    )
+def test_html_report_renders_in_headless_chromium(
+    world: World, tmp_path: Path, chromium: Callable[..., subprocess.CompletedProcess[str]]
+) -> None:
     out = tmp_path / "report.html"
     env = {"SPINE_AUDIT_DB": str(world.db), "SPINE_CREDIT_BUDGET_DAILY": "1500"}
     result = CliRunner().invoke(main, ["report", "credits", "--html", str(out)], env=env)
@@ -107,11 +82,11 @@ def test_html_report_renders_in_headless_chromium(world: World, tmp_path: Path) 
     assert "<script" not in page and "@import" not in page and "url(" not in page
 
     shot = tmp_path / "report.png"
-    shot_run = _chromium(f"--screenshot={shot}", out.as_uri(), tmp=tmp_path)
+    shot_run = chromium(out, f"--screenshot={shot}", window="1200,1600")
     assert shot.exists() and shot.stat().st_size > 10_000, shot_run.stderr[-2000:]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    dom_run = _chromium("--dump-dom", out.as_uri(), tmp=tmp_path)
+    dom_run = chromium(out, "--dump-dom", window="1200,1600")
     dom = dom_run.stdout
     assert dom_run.returncode == 0, dom_run.stderr[-2000:]
     assert '<svg id="daily-chart"' in dom

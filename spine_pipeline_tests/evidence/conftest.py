@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import re
-import shutil
 import struct
-import subprocess
 import zlib
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -28,7 +26,6 @@ from spine_pipeline.evidence.run_data import (
 from spine_pipeline.simulator import SimulatorServer
 from spine_pipeline_tests.archive.conftest import ArchiveKit
 
-CHROMIUM = "/usr/bin/chromium"
 T0 = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
 
@@ -172,38 +169,6 @@ def local_kit(simulator: SimulatorServer, tmp_path: Path) -> ArchiveKit:
 
 
 # ----------------------------------------------------------------------------- chromium
-
-
-@pytest.fixture
-def chromium(tmp_path: Path):
-    """`chromium(page_path, "--dump-dom")` -> CompletedProcess; fails (never skips) if absent."""
-    assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), (
-        "chromium is missing: `make test` installs Debian's chromium package"
-    )
-
-    def run(page: Path, *args: str, window: str = "1000,1400") -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                CHROMIUM,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                f"--window-size={window}",
-                *args,
-                page.absolute().as_uri(),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    return run
 
 
 def dom_text(fragment: str) -> str:
