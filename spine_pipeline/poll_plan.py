@@ -291,7 +291,13 @@ class InboxRead:
     error: str | None = None
 
 
-def _within(lock: threading.Lock, fn: Callable[[], T], seconds: float, what: str) -> T:
+def _within(
+    lock: threading.Lock,
+    fn: Callable[[], T],
+    seconds: float,
+    what: str,
+    then: str = "this tick is skipped and its cursor kept",
+) -> T:
     """`fn()` in a worker thread holding `lock`, given up after `seconds` (`StorageTimeout`).
 
     A store that hangs or retries must not hold a tick past its budget. The call goes on in
@@ -316,10 +322,7 @@ def _within(lock: threading.Lock, fn: Callable[[], T], seconds: float, what: str
     worker.start()
     worker.join(max(0.0, seconds))
     if worker.is_alive():
-        raise StorageTimeout(
-            f"archive store did not answer within {seconds:.0f}s ({what}); "
-            "this tick is skipped and its cursor kept"
-        )
+        raise StorageTimeout(f"archive store did not answer within {seconds:.0f}s ({what}); {then}")
     if "error" in done:
         raise done["error"]  # type: ignore[misc]
     return done["value"]  # type: ignore[return-value]
@@ -392,7 +395,9 @@ class InFlightSource:
             return InboxRead(events, after, tracked)
 
         try:
-            return _within(self._inbox_lock, read, seconds, "webhook inbox reads")
+            return _within(
+                self._inbox_lock, read, seconds, "webhook inbox reads", "read again next tick"
+            )
         except (StorageTimeout, StoreError, OSError) as exc:
             return InboxRead([], cursor, error=str(exc))
 
