@@ -494,7 +494,8 @@ def verify_evidence(bundle: Path, verify_key: str | None) -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=3000, show_default=True)
 @expected_errors
 def dev(port: int) -> None:
-    """Start the simulator (unless SPINE_API_KEY is set) and `dagster dev -w workspace.yaml`."""
+    """Start the simulator (unless SPINE_API_KEY is set), the webhook receiver (when
+    SPINE_WEBHOOK_SECRET is set) and `dagster dev -w workspace.yaml`."""
     from spine_pipeline.dev import run_dev
 
     sys.exit(run_dev(port, say=click.echo))

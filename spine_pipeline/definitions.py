@@ -26,6 +26,7 @@ from spine_pipeline.defs.audit import (
 from spine_pipeline.defs.poll_sensor import spine_poll_sensor
 from spine_pipeline.defs.resources import build_resources
 from spine_pipeline.defs.submit import submit_definitions
+from spine_pipeline.defs.webhook_sensor import spine_webhook_sensor
 from spine_pipeline.settings import Settings
 
 
@@ -35,7 +36,7 @@ def build_definitions() -> dg.Definitions:
         assets=[spine_run, archive_batch, audit_database, credit_report],
         asset_checks=[spine_run_check, archive_log_consistent_with_witness, no_overdue_runs],
         jobs=[archive_job, audit_job, recheck_job, archive_log_job],
-        sensors=[spine_poll_sensor],
+        sensors=[spine_poll_sensor, spine_webhook_sensor],
         schedules=[credit_report_schedule],
         resources=build_resources(settings),
     )

@@ -1,7 +1,8 @@
 """The in-process Dagster driver: what the daemon and a run worker do, one call at a time.
 
-`dagster dev` evaluates `spine_poll_sensor` on its interval, records the dynamic partitions
-it asks for, and launches the runs it requests. The demo, the tests, the soak and the
+`dagster dev` evaluates `spine_poll_sensor` and `spine_webhook_sensor` on their intervals,
+records the dynamic partitions they ask for, and launches the runs they request (skipping a
+request whose run key a run of the same sensor already has). The demo, the tests, the soak and the
 benchmarks need exactly that path without a daemon, so it lives here once: every caller
 evaluates the sensor the way the daemon does and launches what it asked for the same way,
 and a change to the sensor's contract (names, tags, run config) is made in one place.
@@ -23,6 +24,7 @@ from spine_pipeline.defs.names import (
     ARCHIVE_JOB,
     POLL_SENSOR,
     SUBMIT_ALL_JOB,
+    WEBHOOK_SENSOR,
     archive_run_ids,
 )
 from spine_pipeline.settings import Settings
@@ -30,8 +32,10 @@ from spine_pipeline.settings import Settings
 DEFAULT_DAGSTER_HOME = Path("data/dagster_home")
 #: One audit-database writer at a time: the only pool is spine_audit_db.
 _INSTANCE_YAML = "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    default_limit: 1\n"
-#: The tag the daemon puts on every run a sensor launched.
+#: The tags the daemon puts on every run a sensor launched: the sensor, and the request's
+#: run key when it has one.
 SENSOR_NAME_TAG = "dagster/sensor_name"
+RUN_KEY_TAG = "dagster/run_key"
 
 
 def quiet(log_level: str = "WARNING") -> dict[str, Any]:
@@ -86,7 +90,21 @@ def evaluate_poll_sensor(
     defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
 ) -> SensorTick:
     """One evaluation of the poll sensor, exactly as the daemon performs it."""
-    sensor = defs.resolve_sensor_def(POLL_SENSOR)
+    return evaluate_sensor(defs, instance, cursor, POLL_SENSOR)
+
+
+def evaluate_webhook_sensor(
+    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None
+) -> SensorTick:
+    """One evaluation of the fast webhook (inbox) sensor, exactly as the daemon performs it."""
+    return evaluate_sensor(defs, instance, cursor, WEBHOOK_SENSOR)
+
+
+def evaluate_sensor(
+    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None, name: str
+) -> SensorTick:
+    """One evaluation of the sensor `name` (from `defs/names.py`), as the daemon performs it."""
+    sensor = defs.resolve_sensor_def(name)
     with dg.build_sensor_context(
         instance=instance,
         cursor=cursor,
@@ -115,9 +133,20 @@ def requested_job(request: dg.RunRequest) -> str:
     return request.job_name or ARCHIVE_JOB
 
 
-def sensor_tags(tags: Mapping[str, str]) -> dict[str, str]:
-    """A requested run's tags plus the one the daemon adds to every sensor-launched run."""
-    return {**tags, SENSOR_NAME_TAG: POLL_SENSOR}
+def sensor_tags(
+    tags: Mapping[str, str], sensor: str = POLL_SENSOR, run_key: str | None = None
+) -> dict[str, str]:
+    """A requested run's tags plus those the daemon adds to every sensor-launched run."""
+    added = {SENSOR_NAME_TAG: sensor, **({RUN_KEY_TAG: run_key} if run_key else {})}
+    return {**tags, **added}
+
+
+def already_launched(instance: dg.DagsterInstance, request: dg.RunRequest, sensor: str) -> bool:
+    """Whether the daemon would skip this request: a run of `sensor` has its run key."""
+    if not request.run_key:
+        return False
+    runs = instance.get_runs(dg.RunsFilter(tags={RUN_KEY_TAG: request.run_key}))
+    return any(run.tags.get(SENSOR_NAME_TAG) == sensor for run in runs)
 
 
 def tick(
@@ -125,10 +154,11 @@ def tick(
     instance: dg.DagsterInstance,
     cursor: str | None,
     launch: Callable[[dg.RunRequest], None],
+    sensor: str = POLL_SENSOR,
 ) -> SensorTick:
     """One daemon tick: evaluate the sensor, then `launch_requested` what it asked for."""
-    result = evaluate_poll_sensor(defs, instance, cursor)
-    launch_requested(instance, result, launch)
+    result = evaluate_sensor(defs, instance, cursor, sensor)
+    launch_requested(instance, result, launch, sensor)
     return result
 
 
@@ -136,15 +166,18 @@ def launch_requested(
     instance: dg.DagsterInstance,
     result: SensorTick,
     launch: Callable[[dg.RunRequest], None],
+    sensor: str = POLL_SENSOR,
 ) -> None:
-    """Apply a tick's partition requests, then hand each run request to `launch` in order.
+    """Apply a tick's partition requests, then hand each run request to `launch` in order,
+    skipping those whose run key a run of `sensor` already has, as the daemon does.
 
     `launch` executes the run in process (the demo, the tests) or queues it for a run worker
     (the soak, the benchmarks), as the daemon hands runs to its run coordinator.
     """
     apply_partition_requests(instance, result.dynamic_partitions_requests)
     for request in result.run_requests or []:
-        launch(request)
+        if not already_launched(instance, request, sensor):
+            launch(request)
 
 
 # -- runs ---------------------------------------------------------------------------------
@@ -181,14 +214,16 @@ def execute_request(
     *,
     run_id: str | None = None,
     log_level: str = "WARNING",
+    sensor: str = POLL_SENSOR,
 ) -> dg.ExecuteInProcessResult:
-    """Execute a run the poll sensor requested, tagged as the daemon tags it."""
+    """Execute a run a sensor (the poll sensor by default) requested, tagged as the daemon
+    tags it."""
     return execute_run(
         defs,
         instance,
         requested_job(request),
         request.run_config,
-        sensor_tags(request.tags),
+        sensor_tags(request.tags, sensor, request.run_key),
         run_id=run_id,
         log_level=log_level,
     )
@@ -254,8 +289,10 @@ def tick_and_launch(
     instance: dg.DagsterInstance,
     cursor: str | None,
     say: Callable[[str], None] = print,
+    sensor: str = POLL_SENSOR,
 ) -> Tick:
-    """Evaluate the poll sensor as the daemon would, then execute each run it requests."""
+    """Evaluate a sensor (the poll sensor by default) as the daemon would, then execute each
+    run it requests."""
     out = Tick(requested=[], cursor=None, skip_reason=None)
 
     def launch(request: dg.RunRequest) -> None:
@@ -267,8 +304,8 @@ def tick_and_launch(
         else:
             out.refreshes += 1
             say(f"  refreshing the audit database ({name})")
-        out.failed += not execute_request(defs, instance, request).success
+        out.failed += not execute_request(defs, instance, request, sensor=sensor).success
 
-    result = tick(defs, instance, cursor, launch)
+    result = tick(defs, instance, cursor, launch, sensor)
     out.cursor, out.skip_reason = result.cursor, result.skip_message
     return out

@@ -153,3 +153,160 @@ def test_a_replaced_archive_root_is_read_afresh(tmp_path):
     fresh = open_store(str(root))
     Ledger(fresh).track("run-a")  # the same run, tracked again in the new, empty archive
     assert set(source.load(datetime.now(UTC))) == {"run-a"}
+
+
+# -- webhook events -------------------------------------------------------------------------
+
+
+def _event(event_type, run_id="r1", *, duplicate=False):
+    from datetime import UTC, datetime
+
+    from spine_pipeline.webhooks.inbox import InboxEvent
+
+    return InboxEvent(
+        key="k",
+        event_id="evt_1",
+        type=event_type,
+        run_id=run_id,
+        created=None,
+        livemode=None,
+        api_version=None,
+        duplicate=duplicate,
+        duplicate_of="evt_0" if duplicate else None,
+        received_at=datetime.now(UTC),
+        signature_t=None,
+        body=b"{}",
+    )
+
+
+def test_only_first_terminal_events_name_runs_to_hurry():
+    from spine_pipeline.poll_plan import started_event_runs, terminal_event_runs
+
+    events = [
+        _event("run.started", "a"),
+        _event("run.completed", "a"),
+        _event("run.completed", "a"),  # the same run twice: once
+        _event("run.failed", "b", duplicate=True),  # a resend of a pair already stored
+        _event("run.failed", "c"),
+        _event("webhook.ping", None),
+        _event("run.cancelled", "d"),  # unknown types are recorded, never acted on
+        _event("run.completed", None),
+    ]
+    assert terminal_event_runs(events) == ["a", "c"]
+    assert started_event_runs(events) == ["a"]
+    assert started_event_runs([_event("run.started", "e", duplicate=True)]) == []
+
+
+def test_a_woken_run_is_due_first_and_keeps_its_backoff():
+    plan = PollPlan()
+    plan.sync({"a", "b", "c"})
+    for run_id in ("a", "b"):
+        for now in (0.0, 15.0, 45.0):
+            plan.record(answer(run_id, "running"), now)
+    plan.record(answer("c", "completed"), 0.0)
+    assert plan.due(50.0) == []
+    assert plan.wake(["b", "c", "unknown"]) == ["b"]  # not terminal, not untracked runs
+    assert plan.due(50.0) == ["b"]
+    plan.record(answer("b", "running"), 50.0)  # a late or forged event: still running
+    assert plan.runs["b"].next_poll == 50.0 + MAX_INTERVAL
+
+
+def test_a_run_handed_elsewhere_is_not_handed_again_until_the_grace_passes():
+    plan = PollPlan()
+    plan.sync({"a", "b"})
+    plan.record(answer("a", "completed"), 0.0)
+    plan.record(answer("b", "completed"), 0.0)
+    asked = []
+
+    def elsewhere(since):
+        asked.append(since)
+        return {"a": 90.0}
+
+    assert plan.to_archive(100.0, elsewhere) == ["b"]
+    assert asked == [100.0 - REREQUEST_AFTER]
+    assert plan.to_archive(101.0, elsewhere) == []  # b handed here, a elsewhere
+    assert len(asked) == 1  # nothing was ready: the instance is not asked
+    assert plan.to_archive(91.0 + REREQUEST_AFTER, elsewhere) == ["a"]
+
+
+def test_the_inbox_cursor_rides_in_the_poll_cursor():
+    plan = PollPlan()
+    plan.sync({"a"})
+    plan.inbox = '{"v": 1, "mark": "x", "seen": []}'
+    again = PollPlan.loads(plan.dumps())
+    assert again.inbox == plan.inbox and again.runs == plan.runs
+    assert PollPlan.loads('{"v": 1, "runs": {}, "inbox": 7}').inbox is None
+    assert PollPlan.loads('{"v": 1, "runs": {}}').inbox is None  # an older cursor
+
+
+def test_the_inbox_sensor_cursor_round_trips_and_recovers():
+    from spine_pipeline.poll_plan import InboxPlan
+
+    plan = InboxPlan(inbox="c", handed={"a": 1.5})
+    assert InboxPlan.loads(plan.dumps()) == plan
+    for garbage in [
+        "{",
+        "[]",
+        '{"v": 2}',
+        '{"v": 1, "inbox": 3}',
+        '{"v": 1, "handed": {"a": "x"}}',
+    ]:
+        recovered = InboxPlan.loads(garbage)
+        assert recovered.recovered and recovered.inbox is None and recovered.handed == {}
+
+
+class _FailingInboxStore:
+    """A real local store whose webhook inbox cannot be listed (failing or hanging)."""
+
+    def __init__(self, store, failure):
+        self._store = store
+        self._failure = failure
+        self.uri = store.uri
+
+    def list(self, prefix=""):
+        from spine_pipeline.archive.layout import WEBHOOKS_PREFIX
+
+        if prefix.startswith(WEBHOOKS_PREFIX):
+            self._failure()
+        return self._store.list(prefix)
+
+    def __getattr__(self, name):
+        return getattr(self._store, name)
+
+
+def _broken():
+    from spine_pipeline.archive.stores import StoreError
+
+    raise StoreError("inbox listing refused")
+
+
+def test_an_unreadable_inbox_costs_the_tick_its_events_not_the_tick(tmp_path, simulator):
+    import threading
+
+    from spine_pipeline.archive.ledger import Ledger
+    from spine_pipeline.archive.manifest import ManifestLog
+    from spine_pipeline.archive.stores import open_store
+    from spine_pipeline.poll_plan import InFlightSource, run_tick
+    from spine_pipeline.spine import AsyncSpineClient, SpineClient
+
+    store = open_store(str(tmp_path / "archive"))
+    with SpineClient(api_key=simulator.api_key, base_url=simulator.base_url) as client:
+        run_id = client.create_run("[scenario:completed] polled without its events").run_id
+    Ledger(store).track(run_id)
+
+    def factory():
+        return AsyncSpineClient(api_key=simulator.api_key, base_url=simulator.base_url)
+
+    gate = threading.Event()
+    release = threading.Timer(60.0, gate.set)  # if the bound breaks: fail, do not hang
+    release.start()
+    for failure in (_broken, gate.wait):  # a store that refuses, then one that hangs
+        failing = _FailingInboxStore(store, failure)
+        source = InFlightSource(Ledger(failing), ManifestLog(failing))
+        before = PollPlan(inbox='{"v": 1, "mark": "20260101T000000000000Z", "seen": []}')
+        report = run_tick(source, factory, before.dumps(), budget_seconds=8.0)
+        assert report.inbox_error and report.seconds < 30.0  # the hang is cut at 2 s
+        assert report.polled == 1 and set(report.tracked) == {run_id}
+        assert PollPlan.loads(report.cursor).inbox == before.inbox  # read again next time
+    gate.set()
+    release.cancel()

@@ -206,12 +206,28 @@ class Ledger:
         now: datetime | None = None,
     ) -> bool:
         """Register a run for polling and archiving; False if it was already tracked."""
+        record = self.track_record(
+            run_id, request_name=request_name, submitted_at=submitted_at, source=source, now=now
+        )
+        return record is not None
+
+    def track_record(
+        self,
+        run_id: str,
+        *,
+        request_name: str | None = None,
+        submitted_at: datetime | None = None,
+        source: str = "cli",
+        now: datetime | None = None,
+    ) -> TrackedRun | None:
+        """`track`, returning the record it wrote (None if the run was already tracked), so
+        that a caller holding the in-flight runs (the poll sensor) can add it at once."""
         _safe_run_id(run_id)
         now = now or datetime.now(UTC)
         # Idempotent within the two days the sensor lists; a re-track later than that only
         # adds a harmless second record (the manifest log still archives the run once).
         if self._recent_tracked(run_id, now) is not None:
-            return False
+            return None
         record = TrackedRun(
             run_id=run_id,
             tracked_at=_iso(now),
@@ -223,8 +239,8 @@ class Ledger:
         try:
             self.store.put_bytes(key, _dump(asdict(record)), content_type="application/json")
         except AlreadyExists:
-            return False
-        return True
+            return None
+        return record
 
     def _recent_tracked(self, run_id: str, around: datetime) -> TrackedRun | None:
         for day in (around.date(), (around - timedelta(days=1)).date()):

@@ -26,6 +26,7 @@ its metadata says why; it never fails the batch.
 import time
 import warnings
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -39,7 +40,13 @@ from spine_pipeline.archive.manifest import Manifest
 from spine_pipeline.archive.signing import SigningError
 from spine_pipeline.archive.stores import ObjectStore
 from spine_pipeline.archive.tlog import SignedCheckpoint, Witness
-from spine_pipeline.defs.names import ARCHIVE_BATCH_OP, ARCHIVE_LOG_CHECK, ARCHIVE_LOG_JOB
+from spine_pipeline.defs.names import (
+    ARCHIVE_BATCH_OP,
+    ARCHIVE_JOB,
+    ARCHIVE_LOG_CHECK,
+    ARCHIVE_LOG_JOB,
+    archive_run_ids,
+)
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
 from spine_pipeline.evidence.run_data import RunData, read_runs_data
 from spine_pipeline.evidence.show import pages_dir, write_run_page
@@ -120,6 +127,31 @@ class ArchiveBatchConfig(dg.Config):
         """The given records the ledger's decoding rule accepts."""
         docs = ({k: v for k, v in vars(r).items() if v is not None} for r in self.tracked or ())
         return [t for t in map(tracked_from_doc, docs) if t is not None]
+
+
+#: Archive runs `handed_since` reads at most (newest first): far more than two sensors
+#: request within the re-request grace.
+_HANDED_RUNS_READ = 2000
+
+
+def handed_since(instance: dg.DagsterInstance, since: float) -> dict[str, float]:
+    """Spine run id -> when the newest archive run naming it was created, for the archive
+    runs created since `since` (Unix time), whatever their status and whoever asked.
+
+    The two sensors keep separate cursors; this is what they share, so that a run one of
+    them handed (its archive run queued, running or just done) is not handed again by the
+    other before the re-request grace (`poll_plan.may_hand`).
+    """
+    records = instance.get_run_records(
+        dg.RunsFilter(job_name=ARCHIVE_JOB, created_after=datetime.fromtimestamp(since, UTC)),
+        limit=_HANDED_RUNS_READ,
+    )
+    handed: dict[str, float] = {}
+    for record in records:
+        created = record.create_timestamp.timestamp()
+        for run_id in archive_run_ids(dict(record.dagster_run.run_config)):
+            handed[run_id] = max(handed.get(run_id, 0.0), created)
+    return handed
 
 
 def _verdict(result: tuple[bool, str] | None) -> str:

@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from spine_pipeline.archive.ledger import TrackedRun
 
 POLL_SENSOR = "spine_poll_sensor"
+#: The fast sensor that reads only the webhook inbox and hands runs whose end an event
+#: announced (and Spine confirmed) to archiving.
+WEBHOOK_SENSOR = "spine_webhook_sensor"
 ARCHIVE_JOB = "archive_spine_runs"
 AUDIT_JOB = "refresh_audit_db"
 SUBMIT_ALL_JOB = "submit_catalog"

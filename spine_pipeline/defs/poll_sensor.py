@@ -1,16 +1,19 @@
 """The poll sensor: a thin shell around `spine_pipeline.poll_plan.run_tick`.
 
-Each tick polls due in-flight runs (bounded concurrency, 40 s budget), hands terminal runs
-to `archive_spine_runs` in batches, asks for one `refresh_audit_db` run when committed
-manifests wait for the audit database, and stores the poll schedule as its cursor. It never
-fails a tick because of Spine: errors are logged and the runs are polled again later.
+Each tick reads the new webhook events (a terminal event makes its run due now; with
+`SPINE_TRACK_FROM_WEBHOOKS=1` a `run.started` tracks an unknown run), polls due in-flight
+runs (bounded concurrency, 40 s budget), hands terminal runs to `archive_spine_runs` in
+batches (not those the webhook sensor handed already: `handed_since`), asks for one
+`refresh_audit_db` run when committed manifests wait for the audit database, and stores
+the poll schedule and its place in the inbox as its cursor. It never fails a tick because
+of Spine: errors are logged and the runs are polled again later.
 """
 
 import time
 
 import dagster as dg
 
-from spine_pipeline.defs.archive import spine_runs
+from spine_pipeline.defs.archive import handed_since, spine_runs
 from spine_pipeline.defs.audit import archive_job, audit_job, audit_lag, audit_refresh_request
 from spine_pipeline.defs.names import POLL_SENSOR, archive_run_config
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
@@ -18,7 +21,7 @@ from spine_pipeline.poll_plan import run_tick
 from spine_pipeline.settings import Settings
 
 
-def _batches(items: list[str], size: int) -> list[list[str]]:
+def batches(items: list[str], size: int) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
@@ -32,14 +35,21 @@ def _batches(items: list[str], size: int) -> list[list[str]]:
 def spine_poll_sensor(
     context: dg.SensorEvaluationContext, spine: SpineResource, archive: ArchiveResource
 ) -> dg.SensorResult:
+    settings = Settings.from_env()
     report = run_tick(
         archive.in_flight_source(),
         spine.polling_client,
         context.cursor,
-        budget_seconds=Settings.from_env().poll_budget_seconds,
+        budget_seconds=settings.poll_budget_seconds,
+        handed_elsewhere=lambda since: handed_since(context.instance, since),
+        track_from_webhooks=settings.track_from_webhooks,
     )
     if report.cursor_recovered:
         context.log.warning("poll cursor was unreadable; rebuilt it from the ledger")
+    if report.inbox_error:
+        context.log.warning("webhook inbox not read this tick: %s", report.inbox_error)
+    for run_id in report.tracked_from_events:
+        context.log.info("tracking run %s (a run.started webhook named it)", run_id)
     if report.stopped_early:
         context.log.warning("polling stopped early this tick: %s", report.stopped_early)
     for run_id in report.overdue:
@@ -57,7 +67,7 @@ def spine_poll_sensor(
             ),
             tags={"spine/run_count": str(len(batch))},
         )
-        for i, batch in enumerate(_batches(report.to_archive, archive.batch_size))
+        for i, batch in enumerate(batches(report.to_archive, archive.batch_size))
     ]
     archive_requests = len(requests)
     lag = audit_lag(context.instance, report.committed_seq, time.time())
@@ -66,8 +76,11 @@ def spine_poll_sensor(
     if lag.request:
         requests.append(audit_refresh_request(lag, report.committed_seq))
     context.log.info(
-        "tick: %d in flight, %d polled, %d to archive in %d batch(es), audit: %s, %.2fs",
+        "tick: %d in flight, %d webhook event(s) (%d run(s) due early), %d polled, "
+        "%d to archive in %d batch(es), audit: %s, %.2fs",
         report.in_flight,
+        report.events,
+        len(report.woken),
         report.polled,
         len(report.to_archive),
         archive_requests,

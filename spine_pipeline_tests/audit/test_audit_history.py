@@ -29,6 +29,7 @@ from spine_pipeline.audit import (
     refresh_audit_db,
     run_sql,
 )
+from spine_pipeline.audit.ddl import AUDIT_SCHEMA_VERSION
 from spine_pipeline_tests.archive.conftest import ArchiveKit
 from spine_pipeline_tests.audit.conftest import rows
 
@@ -469,4 +470,6 @@ def test_a_database_of_the_older_layout_is_migrated(
         (2, None, 3),
         (3, keys.signing.key_id, 3),
     ]
-    assert query(db, "SELECT value FROM audit_state WHERE key = 'schema_version'") == [("3",)]
+    assert query(db, "SELECT value FROM audit_state WHERE key = 'schema_version'") == [
+        (str(AUDIT_SCHEMA_VERSION),)
+    ]

@@ -1,4 +1,5 @@
-"""A real Dagster instance, definitions built from the environment, a simulator, an archive."""
+"""A real Dagster instance, definitions built from the environment, a simulator, an archive
+(and, for the webhook tests, a real receiver on loopback the simulator delivers to)."""
 
 import time
 
@@ -8,7 +9,7 @@ import pytest
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.definitions import build_definitions
-from spine_pipeline.driver import evaluate_poll_sensor
+from spine_pipeline.driver import evaluate_poll_sensor, evaluate_webhook_sensor
 from spine_pipeline.spine import RetryPolicy, SpineClient
 from spine_pipeline.submission import SubmitSpec, submit_and_record
 
@@ -50,6 +51,9 @@ class Pipeline:
     def tick(self, cursor=None):
         return evaluate_poll_sensor(self.defs, self.instance, cursor)
 
+    def tick_webhooks(self, cursor=None):
+        return evaluate_webhook_sensor(self.defs, self.instance, cursor)
+
 
 def _pipeline(simulator, archive, tmp_path, monkeypatch):
     audit_db = str(tmp_path / "audit.duckdb")
@@ -73,3 +77,31 @@ def pipeline(simulator, tmp_path, monkeypatch):
 def any_pipeline(simulator, archive_uri, tmp_path, monkeypatch):
     """`pipeline` on each archive backend (local disk, S3)."""
     yield from _pipeline(simulator, archive_uri, tmp_path, monkeypatch)
+
+
+WEBHOOK_SECRET = "whsec_defs_tests"
+
+
+@pytest.fixture
+def hooked(make_simulator, archive_uri, tmp_path, monkeypatch):
+    """`pipeline` on each backend, with a real webhook receiver storing in the archive and a
+    simulator delivering signed webhooks to it. Runs last an hour unless a test ends them
+    (`sim.world.finish`), so what turns a run terminal is always the test's decision."""
+    from spine_pipeline.webhooks.app import create_app
+    from spine_pipeline.webhooks.server import WebhookServer
+
+    with WebhookServer(create_app(open_store(archive_uri), [WEBHOOK_SECRET])) as receiver:
+        sim = make_simulator(
+            run_seconds=(3600.0, 3600.0),
+            webhook_url=receiver.url,
+            webhook_secret=WEBHOOK_SECRET,
+            webhook_backoff_seconds=0.05,
+        )
+        pipeline_gen = _pipeline(sim, archive_uri, tmp_path, monkeypatch)
+        pipeline = next(pipeline_gen)
+        pipeline.receiver = receiver
+        try:
+            yield pipeline
+        finally:
+            pipeline.sim.stop()  # no delivery to a receiver that is going away
+            pipeline_gen.close()

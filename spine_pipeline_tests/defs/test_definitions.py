@@ -23,6 +23,10 @@ def test_definitions_load_with_everything_wired(pipeline):
     assert audit_nodes == {"audit_database", "audit_database_no_overdue_runs"}
     sensor = defs.resolve_sensor_def("spine_poll_sensor")
     assert {j.name for j in sensor.jobs} == {"archive_spine_runs", "refresh_audit_db"}
+    hooks = defs.resolve_sensor_def("spine_webhook_sensor")
+    assert hooks.minimum_interval_seconds == 5
+    assert hooks.default_status == dg.DefaultSensorStatus.RUNNING
+    assert {j.name for j in hooks.jobs} == {"archive_spine_runs", "refresh_audit_db"}
     checks = {k.to_user_string() for k in defs.resolve_asset_graph().asset_check_keys}
     for check in ("counts_match_api", "artifacts_downloaded"):
         assert {f"archive_batch:{check}", f"spine_run:{check}"} <= checks  # batch / on demand
