@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from spine_pipeline.archive.layout import manifest_key
 from spine_pipeline.archive.ledger import ABANDON_AFTER, Ledger, TrackedRun, plausible_run_id
@@ -47,6 +47,17 @@ log = logging.getLogger(__name__)
 
 OVERDUE_AFTER = timedelta(hours=3)
 PLAN_VERSION = 1
+
+
+def _cursor_doc(cursor: str) -> dict[str, Any]:
+    """A sensor cursor's JSON object, of this `PLAN_VERSION`; `ValueError` otherwise (the
+    one rule both sensors' cursors are read by: an unknown cursor is started over)."""
+    doc = json.loads(cursor)
+    if not isinstance(doc, dict) or doc.get("v") != PLAN_VERSION:
+        raise ValueError("unknown cursor version")
+    return doc
+
+
 #: Webhook events that say a run ended (`partial` has none): the run is polled at once.
 TERMINAL_EVENT_TYPES = ("run.completed", "run.failed")
 #: The webhook event that may start tracking a run (`SPINE_TRACK_FROM_WEBHOOKS=1`).
@@ -157,9 +168,7 @@ class PollPlan:
         if not cursor:
             return cls()
         try:
-            doc = json.loads(cursor)
-            if not isinstance(doc, dict) or doc.get("v") != PLAN_VERSION:
-                raise ValueError("unknown cursor version")
+            doc = _cursor_doc(cursor)
             runs = {str(k): RunSchedule.unpack(v) for k, v in doc["runs"].items()}
         except (ValueError, TypeError, KeyError, AttributeError):
             return cls(recovered=True)
@@ -500,9 +509,7 @@ class InboxPlan:
         if not cursor:
             return cls()
         try:
-            doc = json.loads(cursor)
-            if not isinstance(doc, dict) or doc.get("v") != PLAN_VERSION:
-                raise ValueError("unknown cursor version")
+            doc = _cursor_doc(cursor)
             inbox = doc.get("inbox")
             if inbox is not None and not isinstance(inbox, str):
                 raise ValueError("bad inbox cursor")
