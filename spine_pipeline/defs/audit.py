@@ -111,12 +111,14 @@ archive_job = dg.define_asset_job(
     ARCHIVE_JOB,
     selection=dg.AssetSelection.assets(archive_batch),
     description="Archive a batch of terminal Spine runs (requested by the poll sensor).",
+    executor_def=dg.in_process_executor,  # one op: no step process besides the run worker
 )
 audit_job = dg.define_asset_job(
     AUDIT_JOB,
     selection=dg.AssetSelection.assets(audit_database),
     description="Ingest newly committed manifests into the DuckDB audit database (requested "
     "by the poll sensor when the archive is ahead; one at a time).",
+    executor_def=dg.in_process_executor,
 )
 
 AUDIT_STALE_SECONDS = 3600.0  # a refresh "running" this long has probably lost its worker
