@@ -28,7 +28,7 @@ test: $(VENV_STAMP) test-deps  ## the whole test suite (pytest exit 5, no tests,
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; fi; \
 	exit $$rc
 
-dev: $(VENV_STAMP)  ## simulator + dagster dev -w workspace.yaml
+dev: $(VENV_STAMP)  ## simulator + dg dev
 	$(UV) run --frozen spine-pipeline dev
 
 soak: $(VENV_STAMP)  ## fault-injection soak: 1,000 runs on local disk, then on S3 (SeaweedFS)

@@ -495,7 +495,7 @@ def verify_evidence(bundle: Path, verify_key: str | None) -> None:
 @expected_errors
 def dev(port: int) -> None:
     """Start the simulator (unless SPINE_API_KEY is set), the webhook receiver (when
-    SPINE_WEBHOOK_SECRET is set) and `dagster dev -w workspace.yaml`."""
+    SPINE_WEBHOOK_SECRET is set) and `dg dev`."""
     from spine_pipeline.dev import run_dev
 
     sys.exit(run_dev(port, say=click.echo))

@@ -4,18 +4,28 @@ With `SPINE_WEBHOOK_SECRET` set it also runs the webhook receiver on 127.0.0.1 (
 this process, storing into `SPINE_ARCHIVE_URI`, like `spine-pipeline webhooks serve`), and
 the simulator it starts delivers signed webhooks there with the same secret, so the
 `spine_webhook_sensor` path works locally end to end. Everything started here stops when
-`dagster dev` ends (Ctrl+C): the simulator first (no delivery to a receiver that is gone),
+`dg dev` ends (Ctrl+C): the simulator first (no delivery to a receiver that is gone),
 then the receiver, which finishes the deliveries in flight.
+
+`dg dev` (which supersedes `dagster dev`) loads the project `[tool.dg]` in pyproject.toml
+names: the same `spine_pipeline.definitions` module as workspace.yaml. It runs in its own
+process group, and SIGTERM or SIGINT sent to this process is forwarded to that whole group
+(the webserver, the daemon and the code servers `dagster dev` starts), then SIGKILL after a
+grace period: a `dev` stopped by a supervisor or a closed terminal leaves no Dagster process
+behind holding ports and the instance.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 from spine_pipeline.driver import prepare_dagster_home
 from spine_pipeline.settings import Settings
@@ -23,6 +33,8 @@ from spine_pipeline.settings import Settings
 SIMULATOR_PORT = 8765
 #: The receiver's port, `webhooks serve`'s default.
 WEBHOOK_PORT = 8787
+#: How long `dg dev` and its children get to stop after a forwarded signal before SIGKILL.
+STOP_GRACE_SECONDS = 20.0
 
 
 @contextlib.contextmanager
@@ -69,28 +81,63 @@ def _spine_endpoint(
         yield {"SPINE_API_KEY": sim.api_key, "SPINE_BASE_URL": sim.base_url}
 
 
+def dg_command(port: int) -> list[str]:
+    """`dg dev` on 127.0.0.1: the `dg` beside this Python (the project's venv), else PATH."""
+    beside = Path(sys.executable).parent / "dg"
+    dg = str(beside) if beside.exists() else shutil.which("dg") or "dg"
+    return [dg, "dev", "--host", "127.0.0.1", "--port", str(port)]
+
+
+def _kill_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def run_child(command: list[str], env: dict[str, str]) -> int:
+    """Run `command` in its own process group until it exits; returns its exit code.
+
+    SIGTERM and SIGINT received meanwhile go to the child's whole group; if the child is not
+    gone `STOP_GRACE_SECONDS` later, the group is killed. Whatever happens, nothing of the
+    group outlives this call.
+    """
+    child = subprocess.Popen(command, env=env, start_new_session=True)
+    stopping: list[int] = []
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        stopping.append(signum)
+        _kill_group(child.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                code = child.wait(timeout=STOP_GRACE_SECONDS if stopping else None)
+                break
+            except subprocess.TimeoutExpired:
+                _kill_group(child.pid, signal.SIGKILL)
+        return 0 if stopping else code
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _kill_group(child.pid, signal.SIGKILL)  # stragglers of a child that exited first
+        if child.poll() is None:
+            child.wait()
+
+
 def run_dev(port: int, say: Callable[[str], None] = print) -> int:
-    """Run `dagster dev -w workspace.yaml` until interrupted; returns its exit code."""
+    """Run `dg dev` until interrupted; returns its exit code."""
     home = prepare_dagster_home()
-    workspace = Path("workspace.yaml")
-    if not workspace.is_file():
-        raise FileNotFoundError("workspace.yaml not found: run from the project root")
+    if not Path("pyproject.toml").is_file() or not Path("workspace.yaml").is_file():
+        raise FileNotFoundError(
+            "pyproject.toml/workspace.yaml not found: run from the project root"
+        )
     with _webhook_receiver(say) as webhook_url, _spine_endpoint(say, webhook_url) as extra_env:
-        env = {**os.environ, **extra_env, "DAGSTER_HOME": str(home)}
-        command = [
-            sys.executable,
-            "-m",
-            "dagster",
-            "dev",
-            "-w",
-            str(workspace),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ]
-        say(f"dagster dev on http://127.0.0.1:{port} (DAGSTER_HOME={home})")
-        try:
-            return subprocess.call(command, env=env)
-        except KeyboardInterrupt:
-            return 0
+        # VIRTUAL_ENV: dg warns when the active environment is not the project's.
+        env = {
+            **os.environ,
+            **extra_env,
+            "DAGSTER_HOME": str(home),
+            "VIRTUAL_ENV": sys.prefix,
+        }
+        say(f"dg dev on http://127.0.0.1:{port} (DAGSTER_HOME={home})")
+        return run_child(dg_command(port), env)

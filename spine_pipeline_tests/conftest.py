@@ -12,6 +12,7 @@ import pytest
 pytest_plugins = [
     "spine_pipeline_tests.fixtures.simulator",
     "spine_pipeline_tests.fixtures.s3",
+    "spine_pipeline_tests.fixtures.postgres",
 ]
 
 

@@ -47,7 +47,7 @@ def test_dev_runs_the_receiver_and_its_simulator_delivers_to_it(dev_env, monkeyp
         seen["ok"] = True
         return 0
 
-    monkeypatch.setattr(dev.subprocess, "call", dagster_dev)
+    monkeypatch.setattr(dev, "run_child", dagster_dev)
     assert dev.run_dev(3000, say=lines.append) == 0
     assert seen == {"ok": True}
     (url,) = [m.group(1) for line in lines if (m := re.search(r"receiver: (\S+)", line))]
@@ -61,7 +61,7 @@ def test_dev_runs_the_receiver_and_its_simulator_delivers_to_it(dev_env, monkeyp
 def test_dev_without_a_secret_runs_no_receiver(dev_env, monkeypatch):
     monkeypatch.delenv("SPINE_WEBHOOK_SECRET", raising=False)
     lines = []
-    monkeypatch.setattr(dev.subprocess, "call", lambda command, env: 0)
+    monkeypatch.setattr(dev, "run_child", lambda command, env: 0)
     assert dev.run_dev(3000, say=lines.append) == 0
     assert not [line for line in lines if "webhook" in line]
     assert any(line.startswith("simulator: ") for line in lines)

@@ -59,8 +59,10 @@ class Proc:
         self.env = env
         self.log_path = logdir / f"{name}.log"
         self.popen: subprocess.Popen[bytes] | None = None
+        self.starts = 0
 
     def start(self) -> None:
+        self.starts += 1
         with self.log_path.open("ab") as log:
             log.write(f"\n=== start {' '.join(self.argv)}\n".encode())
             log.flush()
@@ -117,7 +119,7 @@ class Stack:
         self.pg = pg
         self.db = pg.create_database()
         self.home = tmp / "dagster_home"
-        self.home.mkdir(mode=0o700)
+        self.home.mkdir(mode=0o700, parents=True)
         shutil.copyfile(DEPLOY / "dagster.yaml", self.home / "dagster.yaml")
         self.archive_uri = str(tmp / "archive")
         self.audit_db = str(tmp / "audit.duckdb")
@@ -126,9 +128,7 @@ class Stack:
         self.base_url = f"http://127.0.0.1:{self.sim_port}"
         catalog = tmp / "requests.yaml"
         catalog.write_text("requests:\n  - name: deploy_probe\n    prompt: probe\n")
-        env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("SPINE_", "DAGSTER_"))
-        }
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SPINE_", "DAGSTER_"))}
         env.update(pg.env(self.db))
         env.update(
             {
@@ -141,6 +141,9 @@ class Stack:
                 "SPINE_AUDIT_DB": self.audit_db,
                 "SPINE_CATALOG": str(catalog),
                 "PYTHONUNBUFFERED": "1",
+                # Launching a run waits until its worker has loaded the code: on a swamped
+                # CI machine that can pass Dagster's 60 s default.
+                "DAGSTER_GRPC_TIMEOUT_SECONDS": "240",
                 **(settings or {}),
             }
         )
@@ -201,12 +204,12 @@ class Stack:
             if value:
                 return value
             for p in self.procs:
-                if p.popen is not None and not p.alive and p.popen.returncode not in (0, None):
-                    if p.popen.returncode > 0:
-                        raise AssertionError(
-                            f"{p.name} exited with {p.popen.returncode} while waiting for "
-                            f"{what}\n{self.logs()}"
-                        )
+                code = p.popen.returncode if p.popen is not None and not p.alive else None
+                if code is not None and code > 0:
+                    raise AssertionError(
+                        f"{p.name} exited with {p.popen.returncode} while waiting for "
+                        f"{what}\n{self.logs()}"
+                    )
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out after {timeout:.0f}s: {what}\n{self.logs()}")
             time.sleep(every)
@@ -225,26 +228,20 @@ class Stack:
     def start_code_server(self) -> None:
         self.code_server.start()
 
-    def wait_code_server(self, timeout: float = 60) -> None:
-        def healthy() -> bool:
-            done = subprocess.run(
-                [
-                    str(BIN / "dagster"),
-                    "api",
-                    "grpc-health-check",
-                    "-p",
-                    str(self.code_port),
-                    "-h",
-                    "127.0.0.1",
-                ],
-                env=self.env,
-                capture_output=True,
-                timeout=30,
-            )
-            return done.returncode == 0
+    def wait_code_server(self, timeout: float = 120) -> None:
+        """Until the code server has logged it serves (once more per restart) and its port
+        accepts connections."""
+        starts = self.code_server.starts
 
-        self.wait("the code server to serve", self._port_open(self.code_port), timeout)
-        self.wait("the code server's health check", healthy, timeout, every=1.0)
+        def served() -> bool:
+            try:
+                text = self.code_server.log_path.read_text(errors="replace")
+            except OSError:
+                return False
+            return text.count("Started Dagster code server") >= starts
+
+        self.wait("the code server to serve", served, timeout)
+        self.wait("the code server's port", self._port_open(self.code_port), timeout)
 
     @staticmethod
     def _port_open(port: int) -> Callable[[], bool]:
@@ -281,9 +278,7 @@ class Stack:
     # -- Spine (the simulator) ----------------------------------------------------------------
 
     def _admin(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.base_url, headers={"x-api-key": API_KEY}, timeout=10
-        )
+        return httpx.Client(base_url=self.base_url, headers={"x-api-key": API_KEY}, timeout=10)
 
     def sim_state(self) -> dict[str, Any]:
         with self._admin() as c:
@@ -316,7 +311,9 @@ class Stack:
                 truth[run_id] = (run.status, run.credits_consumed, output)
         return truth
 
-    def wait_terminal(self, timeout: float = 30) -> dict[str, tuple[str | None, int | None, str | None]]:
+    def wait_terminal(
+        self, timeout: float = 30
+    ) -> dict[str, tuple[str | None, int | None, str | None]]:
         def all_terminal() -> dict[str, Any] | None:
             truth = self.ground_truth()
             return truth if all(t[0] in TERMINAL for t in truth.values()) else None
@@ -380,7 +377,8 @@ class Stack:
     def events(self, event_type: str, run_id: str | None = None) -> list[dict[str, Any]]:
         rows = self.query(
             "SELECT run_id, step_key, timestamp, partition, event FROM event_logs "
-            "WHERE dagster_event_type = %s" + (" AND run_id = %s" if run_id else "")
+            "WHERE dagster_event_type = %s"
+            + (" AND run_id = %s" if run_id else "")
             + " ORDER BY id",
             event_type,
             *([run_id] if run_id else []),

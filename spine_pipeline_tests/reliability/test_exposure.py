@@ -81,10 +81,10 @@ def test_dagster_dev_binds_the_ui_to_loopback(monkeypatch, tmp_path):
     monkeypatch.chdir(REPO)  # workspace.yaml
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dh"))
     monkeypatch.setenv("SPINE_API_KEY", "sk_spine_dev_probe")  # no simulator for this check
-    monkeypatch.setattr(dev.subprocess, "call", fake_call)
+    monkeypatch.setattr(dev, "run_child", fake_call)
     assert dev.run_dev(3000, say=lambda _: None) == 0
     command = seen["command"]
-    assert command[command.index("-h") + 1] == "127.0.0.1"
+    assert command[1] == "dev" and command[command.index("--host") + 1] == "127.0.0.1"
 
 
 # -- local archive permissions -------------------------------------------------------------

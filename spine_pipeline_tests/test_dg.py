@@ -1,0 +1,130 @@
+"""The `dg` CLI on this project (`[tool.dg]` in pyproject.toml), and `spine-pipeline dev`
+(which runs `dg dev`) stopping every process it started when it is sent SIGTERM."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SPINE_", "DAGSTER_"))}
+    env.update(
+        {
+            "VIRTUAL_ENV": sys.prefix,
+            "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+            "SPINE_ARCHIVE_URI": str(tmp_path / "archive"),
+            "SPINE_AUDIT_DB": str(tmp_path / "audit.duckdb"),
+            # Real-Spine mode, so `dev` starts no simulator on its fixed port; nothing is polled.
+            "SPINE_API_KEY": "sk_spine_dev_probe",
+            "SPINE_BASE_URL": "http://127.0.0.1:9",
+        }
+    )
+    (tmp_path / "dagster_home").mkdir()
+    return env
+
+
+def _dg(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "dg"), *args],
+        cwd=REPO,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def test_dg_check_defs(tmp_path):
+    done = _dg(tmp_path, "check", "defs")
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "All definitions loaded successfully" in out
+    assert "virtual environment does not match" not in out
+
+
+def test_dg_list_defs(tmp_path):
+    done = _dg(tmp_path, "list", "defs", "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    listed = done.stdout
+    for name in ("archive_batch", "audit_database", "spine_poll_sensor", "archive_spine_runs"):
+        assert name in listed, f"{name} missing from dg list defs"
+
+
+def _processes_with(marker: str) -> dict[int, str]:
+    """pid -> command line of every process whose environment holds `marker`."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if marker.encode() not in (entry / "environ").read_bytes():
+                continue
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z":
+            found[int(entry.name)] = cmd.strip()
+    return found
+
+
+@pytest.mark.timeout(300)
+def test_dev_sigterm_leaves_no_process_behind(tmp_path):
+    env = _env(tmp_path)
+    marker = f"DAGSTER_HOME={env['DAGSTER_HOME']}"
+    with socket_port() as port:
+        pass
+    log = (tmp_path / "dev.log").open("wb")
+    proc = subprocess.Popen(
+        [str(BIN / "spine-pipeline"), "dev", "--port", str(port)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            children = {pid: cmd for pid, cmd in _processes_with(marker).items() if pid != proc.pid}
+            # dg dev -> dagster dev -> webserver and daemon: the whole tree is up.
+            if any("webserver" in c for c in children.values()) and any(
+                "daemon" in c for c in children.values()
+            ):
+                break
+            assert proc.poll() is None, (tmp_path / "dev.log").read_text(errors="replace")
+            assert time.monotonic() < deadline, f"dg dev's children never all started: {children}"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        deadline = time.monotonic() + 5  # reaped by their parents a moment after
+        while (left := _processes_with(marker)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, f"outlived spine-pipeline dev: {left}"
+    finally:
+        for pid in _processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+
+
+class socket_port:
+    """A free loopback port (closed again before use)."""
+
+    def __enter__(self) -> int:
+        import socket
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        return int(self.sock.getsockname()[1])
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
