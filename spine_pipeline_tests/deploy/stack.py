@@ -272,6 +272,11 @@ class Stack:
                     os.environ[k] = v
 
     def stop(self) -> None:
+        """SIGTERM every process group at once, then stop each (SIGKILL after a grace)."""
+        for p in self.procs:
+            if p.alive and p.popen is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.popen.pid, signal.SIGTERM)
         for p in reversed(self.procs):
             p.stop(grace=5)
 

@@ -182,7 +182,7 @@ def test_parallel_archive_runs_and_one_audit_writer(make_stack):
     assert [r["status"] for r in archive_runs] == ["SUCCESS"] * 3, archive_runs
     assert archive_runs_by_spine_run(stack) == Counter(stack.submitted)
     spans = [(r["start"], r["end"]) for r in archive_runs]
-    assert max_overlap(spans) <= 2, f"more than two archive runs at once: {spans}"
+    assert max_overlap(spans) == 2, f"not two archive runs at once (tag limit 2): {spans}"
 
     audits = stack.dagster_runs(AUDIT_JOB)
     assert len(audits) >= 3 and all(r["status"] == "SUCCESS" for r in audits), audits
@@ -235,7 +235,9 @@ def test_killed_run_worker_is_recovered(make_stack):
 def test_daemon_and_code_server_restart_mid_stream(make_stack):
     """The daemon SIGKILLed and the code server restarted (SIGTERM, then a new one on the same
     port) while archive runs are in flight; more runs come in after; all archived once."""
-    stack = make_stack()
+    # A batch interrupted with its code server is re-requested after this grace if Dagster
+    # does not retry it first.
+    stack = make_stack(SPINE_POLL_REREQUEST_SECONDS="30")
     boot(stack, 4)
     stack.wait(
         "the first archive run",
