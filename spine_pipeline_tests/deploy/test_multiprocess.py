@@ -202,8 +202,9 @@ def test_killed_run_worker_is_recovered(make_stack):
     """A run worker SIGKILLed mid-batch: the code server marks its run failed, the daemon
     retries it (run_retries); every run is archived exactly once and `verify` is clean."""
     stack = make_stack()
-    truth = boot(stack, 4, before_daemon=lambda: stack.set_faults("dag:latency=4000"))
-    assert len(truth) == 4
+    # Two runs, one batch: its DAG fetches are slowed so that the batch has a middle.
+    truth = boot(stack, 2, before_daemon=lambda: stack.set_faults("dag:latency=4000"))
+    assert len(truth) == 2
 
     def archiving_worker() -> tuple[str, int] | None:
         for event in stack.events("STEP_START"):
@@ -233,11 +234,12 @@ def test_killed_run_worker_is_recovered(make_stack):
 
 
 def test_daemon_and_code_server_restart_mid_stream(make_stack):
-    """The daemon SIGKILLed and the code server restarted (SIGTERM, then a new one on the same
-    port) while archive runs are in flight; more runs come in after; all archived once."""
+    """The daemon SIGKILLed (mid sensor tick: the daemon resumes the tick) and the code server
+    restarted (SIGTERM, then a new one on the same port) as the first archive runs are being
+    queued; another run comes in meanwhile; all are archived exactly once."""
     # A batch interrupted with its code server is re-requested after this grace if Dagster
     # does not retry it first.
-    stack = make_stack(SPINE_POLL_REREQUEST_SECONDS="30")
+    stack = make_stack(SPINE_POLL_REREQUEST_SECONDS="45")
     boot(stack, 4)
     stack.wait(
         "the first archive run",
@@ -246,7 +248,7 @@ def test_daemon_and_code_server_restart_mid_stream(make_stack):
     )
     stack.daemon.stop(signal.SIGKILL)
     stack.code_server.stop(signal.SIGTERM, grace=60)
-    stack.submit(2)
+    stack.submit(1)
     stack.start_code_server()
     stack.wait_code_server()
     stack.start_daemon()
