@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -109,12 +110,17 @@ def run_child(command: list[str], env: dict[str, str]) -> int:
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
+        # Short waits, so that the grace period runs from the signal, not from the last wait.
+        deadline: float | None = None
         while True:
             try:
-                code = child.wait(timeout=STOP_GRACE_SECONDS if stopping else None)
+                code = child.wait(timeout=0.5)
                 break
             except subprocess.TimeoutExpired:
-                _kill_group(child.pid, signal.SIGKILL)
+                if stopping and deadline is None:
+                    deadline = time.monotonic() + STOP_GRACE_SECONDS
+                elif deadline is not None and time.monotonic() > deadline:
+                    _kill_group(child.pid, signal.SIGKILL)
         return 0 if stopping else code
     finally:
         for sig, handler in previous.items():

@@ -128,3 +128,36 @@ class socket_port:
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+def test_run_child_kills_a_group_that_ignores_sigterm(tmp_path):
+    """The grace period ends in SIGKILL for a child (and its children) deaf to SIGTERM."""
+    marker = f"SPINE_DEV_PROBE={tmp_path}"
+    script = (
+        "import os, sys, spine_pipeline.dev as d\n"
+        "d.STOP_GRACE_SECONDS = 1.0\n"
+        "print('ready', flush=True)\n"
+        "sys.exit(d.run_child(['sh', '-c', 'trap \"\" TERM; sleep 300 & sleep 300; wait'],"
+        " dict(os.environ)))\n"
+    )
+    env = {**os.environ, "SPINE_DEV_PROBE": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, cwd=REPO
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        deadline = time.monotonic() + 30
+        while len([c for c in _processes_with(marker).values() if "sleep" in c]) < 2:
+            assert time.monotonic() < deadline, "the child's sleeps never started"
+            time.sleep(0.1)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - started < 15
+        assert not [c for c in _processes_with(marker).values() if "sleep" in c]
+    finally:
+        for pid in _processes_with(marker):
+            if pid != os.getpid():
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()

@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -255,21 +255,32 @@ class Stack:
     def start_daemon(self) -> None:
         self.daemon.start()
 
-    def init_instance(self) -> None:
-        """Create Dagster's tables once, before three processes race to."""
+    @contextlib.contextmanager
+    def instance(self) -> Iterator[Any]:
+        """The Dagster instance of DAGSTER_HOME/dagster.yaml, as the processes see it."""
         from dagster import DagsterInstance
 
         saved = {k: os.environ.get(k) for k in self.env if k.startswith("DAGSTER_PG_")}
         os.environ.update({k: self.env[k] for k in saved})
         try:
-            with DagsterInstance.from_config(str(self.home)):
-                pass
+            with DagsterInstance.from_config(str(self.home)) as instance:
+                yield instance
         finally:
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
                 else:
                     os.environ[k] = v
+
+    def init_instance(self) -> None:
+        """Create Dagster's tables once, before three processes race to."""
+        with self.instance():
+            pass
+
+    def pool_slots(self, pool: str) -> int:
+        """How many slots the instance gives `pool` (dagster.yaml's `pools.default_limit`)."""
+        with self.instance() as instance:
+            return int(instance.event_log_storage.get_concurrency_info(pool).slot_count)
 
     def stop(self) -> None:
         """SIGTERM every process group at once, then stop each (SIGKILL after a grace)."""
