@@ -31,7 +31,6 @@ from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.read import read_committed
 from spine_pipeline.archive.stores import open_store
-from spine_pipeline.defs.names import ARCHIVE_JOB, AUDIT_JOB
 from spine_pipeline.spine import SpineClient
 from spine_pipeline.submission import SubmitSpec, submit_and_record
 from spine_pipeline_tests.fixtures.postgres import PostgresServer
@@ -415,5 +414,3 @@ class Stack:
             return -1
         return int(rows[0][0])
 
-
-JOBS = (ARCHIVE_JOB, AUDIT_JOB)
