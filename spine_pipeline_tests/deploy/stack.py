@@ -413,4 +413,3 @@ class Stack:
         except Exception:
             return -1
         return int(rows[0][0])
-
