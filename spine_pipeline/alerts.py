@@ -94,12 +94,19 @@ def post_alert(
     url: str,
     message: dict[str, Any],
     *,
-    timeout: float = TIMEOUT_SECONDS,
-    attempts: int = ATTEMPTS,
-    backoff: float = BACKOFF_SECONDS,
+    timeout: float | None = None,
+    attempts: int | None = None,
+    backoff: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> None:
-    """POST `message` as JSON to `url`; `AlertSendError` if no attempt got a 2xx."""
+    """POST `message` as JSON to `url`; `AlertSendError` if no attempt got a 2xx.
+
+    Unset arguments take the module's values when called (not when defined), so one place
+    tunes them for the sensor.
+    """
+    timeout = TIMEOUT_SECONDS if timeout is None else timeout
+    attempts = ATTEMPTS if attempts is None else attempts
+    backoff = BACKOFF_SECONDS if backoff is None else backoff
     where = origin(url)
     problem = "not attempted"
     with httpx.Client(timeout=timeout, follow_redirects=False) as client:

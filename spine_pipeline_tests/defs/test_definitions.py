@@ -3,9 +3,8 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
-
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 
@@ -122,3 +121,17 @@ def test_schedules_default_status_comes_from_the_catalog(tmp_path, monkeypatch):
     job = defs.resolve_job_def(on.job_name)
     assert {n.name for n in job.nodes} == {"submit_daily_on"}
     assert dg.validate_run_config(job, request.run_config)
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path):
+    env = {**os.environ, "SPINE_API_KEY": "sk_spine_validate_only", "DAGSTER_HOME": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "All code locations passed validation" in result.stderr + result.stdout
