@@ -12,7 +12,6 @@ says `enabled: true`.
 from pathlib import Path
 
 import dagster as dg
-from pydantic import Field
 
 from spine_pipeline.catalog import CatalogRequest, load_catalog
 from spine_pipeline.defs.names import (
@@ -29,12 +28,10 @@ GROUP = "spine_requests"
 
 
 class SubmitConfig(dg.Config):
-    """The deliberate choice to spend credits: no default, so a run must say it."""
+    """The deliberate choice to spend credits: `confirm: true` submits this request to
+    Spine. No default, so that a run must say it ("Materialize all" cannot)."""
 
-    confirm: bool = Field(
-        description="true submits this request to Spine (it costs credits); required so that "
-        "'Materialize all' cannot submit every request by accident."
-    )
+    confirm: bool
 
 
 def owner(request: CatalogRequest) -> str:
