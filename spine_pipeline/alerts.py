@@ -61,15 +61,27 @@ def origin(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{port}" if port else "")
 
 
+def _escape(text: str) -> str:
+    """Slack's escaping: `&`, `<`, `>` are control characters there (`<!channel>` pings a
+    channel, `<url|label>` disguises a link), so text from a check or a run name is shown,
+    never interpreted."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def slack_message(alerts: Sequence[Alert], source: str = "spine-pipeline") -> dict[str, Any]:
     """One Slack-compatible message for `alerts` (at least one), errors first."""
-    ordered = sorted(alerts, key=lambda a: (a.severity != "ERROR", a.key))
+    ordered = [
+        Alert(a.key, a.severity, _escape(a.title), _escape(a.detail))
+        for a in sorted(alerts, key=lambda a: (a.severity != "ERROR", a.key))
+    ]
     errors = sum(a.severity == "ERROR" for a in ordered)
-    title = f"{source}: {len(ordered)} alert(s)" + (f", {errors} error(s)" if errors else "")
+    title = f"{_escape(source)}: {len(ordered)} alert(s)" + (
+        f", {errors} error(s)" if errors else ""
+    )
     lines = [f"*[{a.severity}] {a.title}*\n{a.detail}" for a in ordered[:LISTED]]
     if len(ordered) > LISTED:
         lines.append(f"... and {len(ordered) - LISTED} more")

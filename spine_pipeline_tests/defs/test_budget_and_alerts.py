@@ -294,3 +294,28 @@ def test_post_alert_is_bounded_and_never_names_the_path():
         with pytest.raises(alerts.AlertSendError, match="HTTP 404"):
             alerts.post_alert(receiver.url(SECRET_PATH), {"text": "x"}, backoff=0.0)
         assert receiver.statuses == [200]  # not retried
+
+
+def test_slack_message_escapes_lists_errors_first_and_stays_within_limits():
+    many = [alerts.Alert(f"check:{i}", "WARN", f"check {i} failed", "x" * 5000) for i in range(25)]
+    hostile = alerts.Alert("overdue:r1", "ERROR", "run <!channel> overdue", "a <b|c> & d")
+    message = alerts.slack_message([*many, hostile])
+    header, first, *rest = message["blocks"]
+    assert header["text"]["text"] == "spine-pipeline: 26 alert(s), 1 error(s)"
+    assert first["text"]["text"].startswith("*[ERROR] run &lt;!channel&gt; overdue*")
+    assert "a &lt;b|c&gt; &amp; d" in first["text"]["text"]
+    assert "<!channel>" not in json.dumps(message)
+    assert len(rest) == alerts.LISTED  # 19 more alerts and the "... and N more" line
+    assert rest[-1]["text"]["text"] == "... and 6 more"
+    assert all(len(b["text"]["text"]) <= 3000 for b in message["blocks"])
+    assert len(message["text"]) <= 4000
+
+
+def test_an_unreadable_alert_cursor_starts_afresh():
+    from spine_pipeline.defs.alert_sensor import AlertCursor
+
+    for raw in (None, "", "not json", "[1, 2]", '{"checks": ["x"]}'):
+        assert AlertCursor.parse(raw) == AlertCursor()
+    kept = AlertCursor(checks=list(range(3000)), overdue=["b", "a"])
+    again = AlertCursor.parse(kept.dump())
+    assert again.checks == list(range(1000, 3000)) and again.overdue == ["a", "b"]
