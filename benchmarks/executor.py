@@ -50,7 +50,9 @@ def _timed_run(
     instance: dg.DagsterInstance, name: str, executor: str, config: dict[str, object]
 ) -> float:
     recon = dg.build_reconstructable_job(
-        "benchmarks.executor", "job", reconstructable_args=(name, executor)
+        "benchmarks.executor",
+        "job",
+        reconstructable_args=(name, executor),  # type: ignore[arg-type]  # annotated tuple[object]; any length works
     )
     start = time.perf_counter()
     with dg.execute_job(recon, instance, run_config={**config, **quiet()}) as result:
