@@ -30,10 +30,14 @@ _ALLOWED_KEYS = {
     "schedule",
     "description",
     "tags",
+    "team",
+    "enabled",
 }
 _CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
 _CRON_ALIASES = {"@hourly", "@daily", "@weekly", "@monthly", "@yearly", "@annually", "@midnight"}
 _CRON_ITEM = re.compile(r"^(\*|\d+(-\d+)?)(/\d+)?$")
+#: A team name: what follows `team:` in the Dagster owner the submit asset gets.
+_TEAM = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
 
 class CatalogError(ValueError):
@@ -53,6 +57,12 @@ class CatalogRequest:
     schedule: str | None = None
     description: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    #: The team that owns the request (its submit asset's owner `team:<team>`); None: the
+    #: project's default owner.
+    team: str | None = None
+    #: Whether the request's cron schedule starts running when the code location loads
+    #: (False: it is created stopped and someone starts it in the UI or with the CLI).
+    enabled: bool = False
 
     def uploads(self) -> list[UploadFile]:
         """The attached files as bytes (read at submit time, so edits are picked up)."""
@@ -131,6 +141,16 @@ def _parse_entry(raw: Any, index: int, base_dir: Path, where: str) -> CatalogReq
         isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
     ):
         raise CatalogError(f"{at}: tags must map strings to strings")
+    team = raw.get("team")
+    if team is not None and (not isinstance(team, str) or not _TEAM.match(team)):
+        raise CatalogError(
+            f"{at}: team must be a lower-case name (letters, digits, _ . -; max 63), got {team!r}"
+        )
+    enabled = raw.get("enabled", False)
+    if not isinstance(enabled, bool):
+        raise CatalogError(f"{at}: enabled must be true or false, got {enabled!r}")
+    if enabled and schedule is None:
+        raise CatalogError(f"{at}: enabled: true needs a schedule (it starts the schedule)")
     return CatalogRequest(
         name=name,
         prompt=prompt,
@@ -141,6 +161,8 @@ def _parse_entry(raw: Any, index: int, base_dir: Path, where: str) -> CatalogReq
         schedule=schedule,
         description=description,
         tags=dict(tags),
+        team=team,
+        enabled=enabled,
     )
 
 

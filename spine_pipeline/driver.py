@@ -26,6 +26,8 @@ from spine_pipeline.defs.names import (
     SUBMIT_ALL_JOB,
     WEBHOOK_SENSOR,
     archive_run_ids,
+    submit_asset_name,
+    submit_run_config,
 )
 from spine_pipeline.settings import Settings
 
@@ -36,6 +38,7 @@ _INSTANCE_YAML = "telemetry:\n  enabled: false\nconcurrency:\n  pools:\n    defa
 #: run key when it has one.
 SENSOR_NAME_TAG = "dagster/sensor_name"
 RUN_KEY_TAG = "dagster/run_key"
+SUBMIT_PREFIX = submit_asset_name("")
 
 
 def quiet(log_level: str = "WARNING") -> dict[str, Any]:
@@ -232,9 +235,14 @@ def execute_request(
 def execute_submit_catalog(
     defs: dg.Definitions, instance: dg.DagsterInstance, *, log_level: str = "WARNING"
 ) -> dg.ExecuteInProcessResult:
-    """Materialise every submit asset of the catalog in one run (`submit_catalog`)."""
-    return defs.resolve_job_def(SUBMIT_ALL_JOB).execute_in_process(
-        instance=instance, run_config=quiet(log_level), raise_on_error=False
+    """Materialise every submit asset of the catalog in one run (`submit_catalog`), each
+    confirmed (the caller chose to spend the credits)."""
+    job = defs.resolve_job_def(SUBMIT_ALL_JOB)
+    names = [node.name.removeprefix(SUBMIT_PREFIX) for node in job.nodes]
+    return job.execute_in_process(
+        instance=instance,
+        run_config={**submit_run_config(names), **quiet(log_level)},
+        raise_on_error=False,
     )
 
 

@@ -29,11 +29,18 @@ import threading
 import time
 from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from spine_pipeline.archive.layout import manifest_key
-from spine_pipeline.archive.ledger import ABANDON_AFTER, Ledger, TrackedRun, plausible_run_id
+from spine_pipeline.archive.ledger import (
+    ABANDON_AFTER,
+    Ledger,
+    TrackedRun,
+    in_flight_for,
+    is_overdue,
+    plausible_run_id,
+)
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.stores import StoreError
 from spine_pipeline.settings import (
@@ -45,7 +52,6 @@ from spine_pipeline.webhooks.inbox import Inbox, InboxEvent
 
 log = logging.getLogger(__name__)
 
-OVERDUE_AFTER = timedelta(hours=3)
 PLAN_VERSION = 1
 
 
@@ -448,12 +454,11 @@ def run_tick(
 
     overdue, abandoned = [], []
     for run_id, t in tracked.items():
-        age = now_dt - (t.submitted_time or t.tracked_time)
-        if age > ABANDON_AFTER and not _is_terminal(plan.runs[run_id].status):
+        if in_flight_for(t, now_dt) > ABANDON_AFTER and not _is_terminal(plan.runs[run_id].status):
             if source.ledger.abandon(run_id, f"not terminal {ABANDON_AFTER} after submission"):
                 abandoned.append(run_id)
             plan.runs.pop(run_id, None)
-        elif age > OVERDUE_AFTER and not _is_terminal(plan.runs[run_id].status):
+        elif is_overdue(t, now_dt) and not _is_terminal(plan.runs[run_id].status):
             overdue.append(run_id)
 
     woken = plan.wake(terminal_event_runs(read.events))

@@ -76,6 +76,7 @@ VARIABLES = (
     "SPINE_WITNESS_URI",
     "SPINE_WEBHOOK_SECRET",
     "SPINE_TRACK_FROM_WEBHOOKS",
+    "SPINE_ALERT_WEBHOOK_URL",
     "AWS_ENDPOINT_URL_S3",
     "AWS_ENDPOINT_URL",
     "AWS_REGION",
@@ -350,6 +351,18 @@ def parse_webhook_secrets(name: str, raw: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(parts))
 
 
+def parse_alert_url(name: str, raw: str) -> str:
+    """A Slack-compatible incoming-webhook URL: http(s) with a host. Its path (or query)
+    usually is the credential (`hooks.slack.com/services/T.../B.../secret`), so the message
+    never shows the value."""
+    try:
+        return parse_http_url(name, raw)
+    except ConfigurationError:
+        raise ConfigurationError(
+            f"{name} must be an http(s) URL with a host; value not shown (it may hold a token)"
+        ) from None
+
+
 def parse_flag(name: str, raw: str) -> bool:
     """A switch: `1` on, `0` off (nothing else, so a typo is not silently "off")."""
     if raw not in ("0", "1"):
@@ -394,6 +407,8 @@ class Settings:
     `signing_key` and `verify_key` are the raw values (PEM text or paths; the signing key kept
     out of `repr`), loaded by `archive/signing.py` where they are used. `webhook_secrets`
     (kept out of `repr`) are the receiver's HMAC keys, in the order given.
+    `alert_webhook_url` (kept out of `repr`: its path is usually the credential) is where
+    `spine_alert_sensor` posts.
     `s3_endpoint_url` is `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`; `aws_region` is
     `AWS_REGION`, else `AWS_DEFAULT_REGION` (None: boto3's chain decides).
     """
@@ -423,6 +438,7 @@ class Settings:
     witness_uris: tuple[str, ...] = ()
     webhook_secrets: tuple[str, ...] = field(default=(), repr=False)
     track_from_webhooks: bool = False
+    alert_webhook_url: str | None = field(default=None, repr=False)
     s3_endpoint_url: str | None = None
     aws_region: str | None = None
     dagster_home: str | None = None
@@ -479,6 +495,7 @@ class Settings:
             witness_uris=_get(e, "SPINE_WITNESS_URI", parse_archive_uris, ()),
             webhook_secrets=_get(e, "SPINE_WEBHOOK_SECRET", parse_webhook_secrets, ()),
             track_from_webhooks=_get(e, "SPINE_TRACK_FROM_WEBHOOKS", parse_flag, False),
+            alert_webhook_url=_optional(e, "SPINE_ALERT_WEBHOOK_URL", parse_alert_url),
             s3_endpoint_url=_first(e, ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"), parse_http_url),
             aws_region=_first(e, ("AWS_REGION", "AWS_DEFAULT_REGION"), parse_region),
             dagster_home=_optional(e, "DAGSTER_HOME", parse_path),

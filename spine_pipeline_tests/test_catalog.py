@@ -22,6 +22,20 @@ def test_shipped_catalog_is_valid_and_covers_the_templates():
     upload = with_file[0].uploads()[0]
     assert upload.content == with_file[0].files[0].read_bytes()
     assert upload.content_type == "text/csv"
+    assert any(e.team for e in entries) and any(e.team is None for e in entries)
+    # Nothing billable starts on its own: every shipped schedule is created stopped.
+    assert not any(e.enabled for e in entries)
+
+
+def test_team_and_enabled_are_read(tmp_path):
+    path = _write(
+        tmp_path,
+        "requests:\n  - {name: a, prompt: x, team: data-science, schedule: '@daily', "
+        "enabled: true}\n  - {name: b, prompt: y}\n",
+    )
+    a, b = load_catalog(path)
+    assert (a.team, a.enabled) == ("data-science", True)
+    assert (b.team, b.enabled) == (None, False)
 
 
 def _write(tmp_path: Path, body: str) -> Path:
@@ -57,6 +71,13 @@ def _write(tmp_path: Path, body: str) -> Path:
         ("requests: [\n", "invalid YAML at line"),
         ("- just a list\n", "expected a top-level 'requests:' list"),
         ("requests:\n  - 42\n", "entry #1 must be a mapping"),
+        ("requests:\n  - {name: a, prompt: x, team: 'Data Platform'}\n", "team must be"),
+        ("requests:\n  - {name: a, prompt: x, team: ''}\n", "team must be"),
+        (
+            "requests:\n  - {name: a, prompt: x, schedule: '@daily', enabled: 'yes'}\n",
+            "enabled must be true or false",
+        ),
+        ("requests:\n  - {name: a, prompt: x, enabled: true}\n", "enabled: true needs a schedule"),
     ],
 )
 def test_invalid_catalogs_fail_with_one_clear_line(tmp_path, body, message):

@@ -111,6 +111,14 @@ CASES = [
     ),
     Case("SPINE_TRACK_FROM_WEBHOOKS", "1", "track_from_webhooks", True, "yes"),
     Case(
+        "SPINE_ALERT_WEBHOOK_URL",
+        " https://hooks.slack.com/services/T0/B0/tok3n ",
+        "alert_webhook_url",
+        "https://hooks.slack.com/services/T0/B0/tok3n",
+        "hooks.slack.com/services/T0/B0/tok3n",
+        echoed=False,
+    ),
+    Case(
         "AWS_ENDPOINT_URL_S3",
         "http://127.0.0.1:9000",
         "s3_endpoint_url",

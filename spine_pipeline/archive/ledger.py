@@ -48,6 +48,9 @@ OUTCOMES = ("accepted", "rejected", "unknown")
 
 #: A tracked run not terminal this long after its submission (or tracking) is abandoned.
 ABANDON_AFTER = timedelta(hours=24)
+#: A tracked run not terminal this long after its submission (or tracking) is overdue: still
+#: polled and archived, but a person should look (the poll sensor's warning, the alert sink).
+OVERDUE_AFTER = timedelta(hours=3)
 #: How far back tracking records can still name an in-flight run. Anything tracked earlier
 #: has been abandoned or archived by a running sensor; the extra day keeps a whole day
 #: partition of margin, so a run tracked just before midnight is never cut off early. The
@@ -179,6 +182,16 @@ def in_flight(
     when two records name one run, the later one in listing order wins.
     """
     return {t.run_id: t for t in tracked if t.run_id not in archived and t.run_id not in abandoned}
+
+
+def in_flight_for(run: TrackedRun, now: datetime) -> timedelta:
+    """How long `run` has been in flight: since its submission, else since it was tracked."""
+    return now - (run.submitted_time or run.tracked_time)
+
+
+def is_overdue(run: TrackedRun, now: datetime) -> bool:
+    """Whether an in-flight run is past `OVERDUE_AFTER` (the caller knows it is not terminal)."""
+    return in_flight_for(run, now) > OVERDUE_AFTER
 
 
 class Ledger:

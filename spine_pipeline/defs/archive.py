@@ -25,13 +25,14 @@ its metadata says why; it never fails the batch.
 
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 
 from spine_pipeline.archive.archiver import Archiver, RunOutcome
+from spine_pipeline.archive.arrow_schemas import TABLES, schema_for
 from spine_pipeline.archive.checks import CHECKS, CheckResults, check_batch
 from spine_pipeline.archive.layout import checkpoint_key
 from spine_pipeline.archive.ledger import Ledger, TrackedRun, tracked_from_doc
@@ -45,6 +46,7 @@ from spine_pipeline.defs.names import (
     ARCHIVE_JOB,
     ARCHIVE_LOG_CHECK,
     ARCHIVE_LOG_JOB,
+    DEFAULT_OWNER,
     archive_run_ids,
 )
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
@@ -56,15 +58,57 @@ from spine_pipeline.spine.redact import redact
 
 spine_runs = dg.DynamicPartitionsDefinition(name="spine_runs")
 
+#: The archive table whose columns Dagster shows for the archive assets (one row per Spine
+#: run); the other tables' row counts are in each materialisation's `rows_by_table`.
+SCHEMA_TABLE = "runs"
+
+
+def table_schema(table: str) -> dg.TableSchema:
+    """An archive table's Arrow schema (`archive/arrow_schemas.py`) as Dagster's TableSchema,
+    so the UI shows the contract's columns, types, nullability and descriptions."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(
+                name=f.name,
+                type=str(f.type),
+                description=(f.metadata or {}).get(b"description", b"").decode() or None,
+                constraints=dg.TableColumnConstraints(nullable=f.nullable),
+            )
+            for f in schema_for(table)
+        ]
+    )
+
+
+def schema_metadata() -> dict[str, dg.TableSchemaMetadataValue]:
+    """`dagster/column_schema` of the archive assets (definition and materialisations)."""
+    return {"dagster/column_schema": dg.MetadataValue.table_schema(table_schema(SCHEMA_TABLE))}
+
+
 SPINE_RUN = dg.AssetKey("spine_run")
 spine_run = dg.AssetSpec(
     SPINE_RUN,
     partitions_def=spine_runs,
     group_name="spine_archive",
     kinds={"parquet"},
+    owners=[DEFAULT_OWNER],
+    metadata=schema_metadata(),
     description="One archived Spine run (partition = run id): rows in every archive table, "
     "artifact bytes, committed by a manifest. Materialised by `archive_batch`.",
 )
+
+
+def spine_run_with_requests(submit_keys: Iterable[dg.AssetKey]) -> dg.AssetSpec:
+    """`spine_run` downstream of the catalog's submit assets, so the graph reads requests ->
+    runs -> audit -> report.
+
+    Lineage only: `spine_run` is materialised by `archive_batch` (logged events), never by
+    a step of its own, so nothing launches or waits for the submit assets when a run is
+    archived, and a run submitted elsewhere (`track`, the CLI) is archived the same way.
+    The upstream assets are unpartitioned, so no partition mapping is involved.
+    """
+    return spine_run.replace_attributes(deps=list(submit_keys))
+
+
 # Partitioned check specs are a Dagster preview feature (1.13): one result per Spine run is
 # exactly what auditors need, so we accept the preview and silence its warning here only.
 warnings.filterwarnings("ignore", category=dg.PreviewWarning, module=__name__)
@@ -209,6 +253,8 @@ def _batch_check(name: str, evaluations: CheckResults) -> dg.AssetCheckResult:
 @dg.asset(
     group_name="spine_archive",
     kinds={"parquet", "spine"},
+    owners=[DEFAULT_OWNER],
+    metadata=schema_metadata(),
     description="Archives a batch of terminal Spine runs: fetch, download artifacts, write "
     "Parquet, commit a manifest. Idempotent, so retries are safe.",
     retry_policy=dg.RetryPolicy(max_retries=2, delay=30),
@@ -232,10 +278,14 @@ def archive_batch(
         context.instance.add_dynamic_partitions(spine_runs.name, missing)
     evaluations = check_batch(store, result.manifest, archived) if result.manifest else {}
     pages = _run_pages(context, store, result.manifest, [o.run_id for o in archived])
+    written = _rows_by_table(result.manifest)
     for o in archived:
         metadata = {
             **_run_metadata(o, evaluations.get(o.run_id, {})),
             "page": pages[o.run_id],
+            # The run's row in `runs`; the column schema is the asset's definition metadata
+            # (not repeated per run: the event log writes one event per run).
+            "dagster/row_count": 1,
             **checkpoint,
         }
         context.log_event(dg.AssetMaterialization(SPINE_RUN, partition=o.run_id, metadata=metadata))
@@ -256,10 +306,21 @@ def archive_batch(
             "failed": len(failed),
             "failures": {o.run_id: o.message[:300] for o in failed} or "none",
             **{k: float(v) for k, v in result.metrics.items()},
+            "dagster/row_count": written.get(SCHEMA_TABLE, 0),
+            "rows_by_table": dg.MetadataValue.json(written),
+            **schema_metadata(),
             **checkpoint,
         },
         check_results=[_batch_check(name, evaluations) for name in CHECKS],
     )
+
+
+def _rows_by_table(manifest: Manifest | None) -> dict[str, int]:
+    """Rows the batch's manifest committed, per archive table (every table, 0 included)."""
+    rows = {table: 0 for table in TABLES}
+    for entry in manifest.files if manifest else ():
+        rows[entry.table] = rows.get(entry.table, 0) + entry.rows
+    return rows
 
 
 #: Wall time a batch may spend writing run pages; the rest are left to `show` (a page of

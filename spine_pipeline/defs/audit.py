@@ -6,6 +6,15 @@ archive batches is ingested by one or two refreshes, not one per batch (each ref
 verifies, ingests, re-indexes and checkpoints, and only one may write at a time). Its op is
 in the `spine_audit_db` pool, limited to one (see docs/operations.md). Readers never block:
 the library publishes snapshots.
+
+The checks on `audit_database` run after every refresh: overdue runs, the credit budgets
+(`daily_credit_budget`, `monthly_credit_budget`: WARN from 80 % of the budget, ERROR from
+100 %, the levels of `audit.reports.budget_status`) and the newest day's credit anomaly
+(the `credit_usage_daily` view's rule). A failing one reaches `SPINE_ALERT_WEBHOOK_URL`
+through `spine_alert_sensor`.
+
+Both jobs here run on the in-process executor: each is one step (plus its checks), and a
+subprocess per step cost more than the step (docs/decisions.md).
 """
 
 import time
@@ -18,13 +27,16 @@ from dagster_duckdb import DuckDBResource
 from spine_pipeline.archive.layout import credit_report_key
 from spine_pipeline.archive.stores import AlreadyExists
 from spine_pipeline.audit import (
+    Budgets,
+    budget_status,
+    connect_readonly,
     headline_markdown,
     refresh_audit_db,
     render_credit_report_html,
     run_sql,
 )
-from spine_pipeline.defs.archive import archive_batch
-from spine_pipeline.defs.names import ARCHIVE_JOB, AUDIT_JOB
+from spine_pipeline.defs.archive import SCHEMA_TABLE, SPINE_RUN, archive_batch, schema_metadata
+from spine_pipeline.defs.names import ARCHIVE_JOB, AUDIT_JOB, DEFAULT_OWNER
 from spine_pipeline.defs.resources import ArchiveResource
 from spine_pipeline.settings import Settings
 
@@ -32,17 +44,24 @@ AUDIT_POOL = "spine_audit_db"
 
 
 @dg.asset(
-    deps=[archive_batch],
+    # spine_run: lineage (requests -> runs -> audit); unpartitioned downstream of the
+    # partitioned runs, so every partition maps to it and none is required to exist.
+    deps=[archive_batch, SPINE_RUN],
     group_name="spine_audit",
     kinds={"duckdb"},
+    owners=[DEFAULT_OWNER],
+    metadata=schema_metadata(),
     pool=AUDIT_POOL,
     description="The DuckDB audit database: committed manifests ingested incrementally "
     "(hash-checked), submissions, report views and the full-text index.",
 )
 def audit_database(archive: ArchiveResource, audit_db: DuckDBResource) -> dg.MaterializeResult:
     report = refresh_audit_db(archive.uri, audit_db.database, store=archive.store())
+    _, counted = run_sql(audit_db.database, f"SELECT count(*) FROM {SCHEMA_TABLE}")
     return dg.MaterializeResult(
         metadata={
+            "dagster/row_count": int(counted[0][0]),  # every archived run
+            **schema_metadata(),
             "new_manifests": len(report.manifests),
             "last_seq": report.last_seq,
             "rows": dict(report.rows) or "none",
@@ -81,10 +100,89 @@ def no_overdue_runs(audit_db: DuckDBResource) -> dg.AssetCheckResult:
     )
 
 
+BUDGETS = {"daily_credit_budget": "daily", "monthly_credit_budget": "monthly"}
+_BUDGET_VARIABLE = {"daily": "SPINE_CREDIT_BUDGET_DAILY", "monthly": "SPINE_CREDIT_BUDGET_MONTHLY"}
+_SEVERITY = {"warn": dg.AssetCheckSeverity.WARN, "alert": dg.AssetCheckSeverity.ERROR}
+
+
+def _budget_check(name: str, period: str) -> dg.AssetChecksDefinition:
+    variable = _BUDGET_VARIABLE[period]
+
+    @dg.asset_check(
+        asset=audit_database,
+        name=name,
+        description=f"Credits spent this {'day' if period == 'daily' else 'month'} (UTC) "
+        f"against {variable}: WARN from 80 %, ERROR from 100 %; passes when it is not set.",
+    )
+    def _check(audit_db: DuckDBResource) -> dg.AssetCheckResult:
+        env = Budgets.from_env()
+        budgets = Budgets(daily=env.daily) if period == "daily" else Budgets(monthly=env.monthly)
+        con = connect_readonly(audit_db.database, stemmer=False)
+        try:
+            statuses = budget_status(con, budgets)
+        finally:
+            con.close()
+        if not statuses:
+            return dg.AssetCheckResult(passed=True, description=f"no budget: {variable} not set")
+        (status,) = statuses
+        description = (
+            f"{status.period}: {status.spent:,} of {status.budget:,.0f} credits "
+            f"({status.fraction:.0%}) {status.level.upper()}"
+        )
+        return dg.AssetCheckResult(
+            passed=status.level == "ok",
+            severity=_SEVERITY.get(status.level, dg.AssetCheckSeverity.WARN),
+            description=description,
+            metadata={
+                "period": status.period,
+                "spent": status.spent,
+                "budget": status.budget,
+                "fraction": round(status.fraction, 4),
+                "level": status.level,
+            },
+        )
+
+    return _check
+
+
+budget_checks = [_budget_check(name, period) for name, period in BUDGETS.items()]
+
+
+@dg.asset_check(
+    asset=audit_database,
+    description="The newest day's credits are not anomalous (the credit_usage_daily rule: "
+    "above 3x the trailing 7-day median); WARN when they are.",
+)
+def no_credit_anomaly(audit_db: DuckDBResource) -> dg.AssetCheckResult:
+    _, rows = run_sql(
+        audit_db.database,
+        "SELECT day, credits, trailing_7d_median, anomaly FROM credit_usage_daily "
+        "ORDER BY day DESC LIMIT 1",
+    )
+    if not rows:
+        return dg.AssetCheckResult(passed=True, description="no runs yet")
+    day, credits, median, anomaly = rows[0]
+    described = (
+        f"{day}: {int(credits or 0):,} credits, trailing 7-day median "
+        f"{'none' if median is None else f'{median:,.0f}'}"
+    )
+    return dg.AssetCheckResult(
+        passed=not anomaly,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=("ANOMALY " if anomaly else "") + described,
+        metadata={
+            "day": str(day),
+            "credits": int(credits or 0),
+            "trailing_7d_median": float(median) if median is not None else "none",
+        },
+    )
+
+
 @dg.asset(
     deps=[audit_database],
     group_name="spine_audit",
     kinds={"html"},
+    owners=[DEFAULT_OWNER],
     description="Daily credit-usage report (inline SVG chart, top requests, budgets, "
     "anomalies), written into the archive root under reports/credits/.",
 )

@@ -26,6 +26,26 @@ ARCHIVE_LOG_JOB = "check_archive_log"
 ARCHIVE_LOG_CHECK = "archive_log_consistent_with_witness"
 #: The asset (and op) that archives one batch; its config holds the batch's Spine run ids.
 ARCHIVE_BATCH_OP = "archive_batch"
+#: The sensor that posts failed asset checks and overdue runs to SPINE_ALERT_WEBHOOK_URL.
+ALERT_SENSOR = "spine_alert_sensor"
+#: The owner of every asset that has no team of its own (a submit asset's catalog entry may
+#: name one): the team that runs the pipeline.
+DEFAULT_OWNER = "team:data-platform"
+
+
+def submit_asset_name(request_name: str) -> str:
+    """The submit asset (and op) of a catalog request: a contract, like the job names."""
+    return f"submit_{request_name}"
+
+
+def submit_run_config(request_names: Iterable[str]) -> dict[str, object]:
+    """Run config that confirms the submits of these requests (each costs credits).
+
+    Every submit asset requires `confirm: true` in its config, so that a run launched
+    without it (the UI's "Materialize all" among them) is refused before anything is billed;
+    the schedules, the `submit_catalog` launch of the demo and the soak pass this.
+    """
+    return {"ops": {submit_asset_name(n): {"config": {"confirm": True}} for n in request_names}}
 
 
 def archive_run_config(run_ids: list[str], tracked: Iterable[TrackedRun] = ()) -> dict[str, object]:

@@ -1,11 +1,25 @@
-"""Submit assets: one per catalog entry, and a cron schedule for entries that have one."""
+"""Submit assets: one per catalog entry, and a cron schedule for entries that have one.
+
+A submit costs credits, so none happens by accident: every submit asset requires
+`confirm: true` in its run config (a required field with no default). Dagster validates run
+config before it creates a run, so the UI's "Materialize all" (or a selection with a submit
+asset in it) opens the launchpad instead of launching, and a run given `confirm: false`
+fails before calling Spine. The schedules and `submit_catalog` launches from code carry the
+confirmation (`names.submit_run_config`). Schedules start stopped unless the catalog entry
+says `enabled: true`.
+"""
 
 from pathlib import Path
 
 import dagster as dg
 
 from spine_pipeline.catalog import CatalogRequest, load_catalog
-from spine_pipeline.defs.names import SUBMIT_ALL_JOB
+from spine_pipeline.defs.names import (
+    DEFAULT_OWNER,
+    SUBMIT_ALL_JOB,
+    submit_asset_name,
+    submit_run_config,
+)
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
 from spine_pipeline.spine import SpineError, SubmitOutcomeUnknownError, canvas_url
 from spine_pipeline.submission import SubmissionNotRecorded, SubmitSpec, submit_and_record
@@ -13,12 +27,25 @@ from spine_pipeline.submission import SubmissionNotRecorded, SubmitSpec, submit_
 GROUP = "spine_requests"
 
 
+class SubmitConfig(dg.Config):
+    """The deliberate choice to spend credits: `confirm: true` submits this request to
+    Spine. No default, so that a run must say it ("Materialize all" cannot)."""
+
+    confirm: bool
+
+
+def owner(request: CatalogRequest) -> str:
+    """The Dagster owner of a request's submit asset: its catalog team, else the default."""
+    return f"team:{request.team}" if request.team else DEFAULT_OWNER
+
+
 def submit_asset(request: CatalogRequest) -> dg.AssetsDefinition:
     """An asset whose materialisation submits one run of `request` and records it."""
 
     @dg.asset(
-        name=f"submit_{request.name}",
+        name=submit_asset_name(request.name),
         group_name=GROUP,
+        owners=[owner(request)],
         kinds={"spine"},
         description=request.description or f"Submit the '{request.name}' request to Spine.",
         tags={f"spine/{k}": v for k, v in request.tags.items()}
@@ -28,8 +55,17 @@ def submit_asset(request: CatalogRequest) -> dg.AssetsDefinition:
         op_tags={"dagster/max_retries": 0},
     )
     def _submit(
-        context: dg.AssetExecutionContext, spine: SpineResource, archive: ArchiveResource
+        context: dg.AssetExecutionContext,
+        config: SubmitConfig,
+        spine: SpineResource,
+        archive: ArchiveResource,
     ) -> dg.MaterializeResult:
+        if not config.confirm:
+            raise dg.Failure(
+                description="not submitted: the run config says confirm: false "
+                "(set confirm: true to submit; it costs credits)",
+                allow_retries=False,
+            )
         spec = SubmitSpec(
             prompt=request.prompt,
             template=request.template,
@@ -80,7 +116,12 @@ def submit_definitions(catalog_path: str | Path) -> dg.Definitions:
             target=assets[r.name],
             cron_schedule=r.schedule,
             execution_timezone="UTC",
-            description=f"Recurring submit of '{r.name}'.",
+            run_config=submit_run_config([r.name]),
+            default_status=dg.DefaultScheduleStatus.RUNNING
+            if r.enabled
+            else dg.DefaultScheduleStatus.STOPPED,
+            description=f"Recurring submit of '{r.name}' (catalog: enabled: "
+            f"{'true' if r.enabled else 'false'}).",
         )
         for r in catalog
         if r.schedule
@@ -88,6 +129,6 @@ def submit_definitions(catalog_path: str | Path) -> dg.Definitions:
     submit_all = dg.define_asset_job(
         SUBMIT_ALL_JOB,
         selection=dg.AssetSelection.groups(GROUP),
-        description="Submit every catalog request once.",
+        description="Submit every catalog request once (needs confirm: true per request).",
     )
     return dg.Definitions(assets=list(assets.values()), schedules=schedules, jobs=[submit_all])
