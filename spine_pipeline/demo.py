@@ -173,17 +173,18 @@ def demo_on_simulator(
     *,
     timeout: float,
     run_seconds: str,
+    seed: int | None = None,
     say: Callable[[str], None] = print,
 ) -> bool:
     """Start the simulator, point the definitions at it, run the demo; True if all archived."""
     from spine_pipeline.simulator import SimulatorConfig, SimulatorServer, parse_run_seconds
 
-    # A fresh seed per demo: new run ids, so a second demo adds runs instead of colliding.
+    # The config's random seed: new run ids, so a second demo adds runs instead of colliding.
     config = SimulatorConfig(
-        seed=time.time_ns() % 2**31, run_seconds=parse_run_seconds(run_seconds)
+        run_seconds=parse_run_seconds(run_seconds), **({} if seed is None else {"seed": seed})
     )
     with SimulatorServer(config, port=0) as sim:
-        say(f"simulator: {sim.base_url} (embedded Spine)")
+        say(f"simulator: {sim.base_url} (embedded Spine, seed {config.seed})")
         os.environ["SPINE_API_KEY"] = sim.api_key
         os.environ["SPINE_BASE_URL"] = sim.base_url
         home = prepare_dagster_home()
