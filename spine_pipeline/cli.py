@@ -71,10 +71,11 @@ def simulator(
         parse_run_seconds,
         serve_forever,
     )
+    from spine_pipeline.simulator.config import random_seed
 
     try:
         config = SimulatorConfig(
-            **({} if seed is None else {"seed": seed}),
+            seed=random_seed() if seed is None else seed,
             run_seconds=parse_run_seconds(run_seconds),
             api_key=api_key,
             faults=faults,

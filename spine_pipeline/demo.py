@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from spine_pipeline.archive.identity import SIMULATOR, check_store_spine
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.read import read_committed
 from spine_pipeline.archive.signing import VerifyKeys
@@ -178,10 +179,13 @@ def demo_on_simulator(
 ) -> bool:
     """Start the simulator, point the definitions at it, run the demo; True if all archived."""
     from spine_pipeline.simulator import SimulatorConfig, SimulatorServer, parse_run_seconds
+    from spine_pipeline.simulator.config import random_seed
 
+    # Before anything is submitted: the simulator's runs never go into a real Spine's archive.
+    check_store_spine(open_store(settings.archive_uri), SIMULATOR)
     # The config's random seed: new run ids, so a second demo adds runs instead of colliding.
     config = SimulatorConfig(
-        run_seconds=parse_run_seconds(run_seconds), **({} if seed is None else {"seed": seed})
+        seed=random_seed() if seed is None else seed, run_seconds=parse_run_seconds(run_seconds)
     )
     with SimulatorServer(config, port=0) as sim:
         say(f"simulator: {sim.base_url} (embedded Spine, seed {config.seed})")
