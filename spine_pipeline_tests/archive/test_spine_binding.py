@@ -98,9 +98,11 @@ def test_an_archive_of_the_simulator_refuses_a_real_spine(kit):
     )
     with pytest.raises(SpineMismatchError, match="serves the Spine simulator, not the Spine at"):
         real.archive(["11111111-2222-4333-8444-555555555555"])
-    with SpineClient(api_key="sk_real_key_x", base_url=REAL, retry=FAST) as client:
-        with pytest.raises(SpineMismatchError, match="fresh path"):
-            submit_and_record(client, Ledger(kit.store), SubmitSpec("x"), source="test")
+    with (
+        SpineClient(api_key="sk_real_key_x", base_url=REAL, retry=FAST) as client,
+        pytest.raises(SpineMismatchError, match="fresh path"),
+    ):
+        submit_and_record(client, Ledger(kit.store), SubmitSpec("x"), source="test")
     assert len(_manifests(kit)) == 1
 
 
@@ -148,11 +150,13 @@ def test_a_submit_that_gets_a_tracked_run_id_fails_loudly(tmp_path, make_simulat
         api_key="sk_spine_simulator", base_url=make_simulator(seed=5).base_url, retry=FAST
     ) as client:
         first = submit_and_record(client, Ledger(store), SubmitSpec("one"), source="test")
-    with SpineClient(
-        api_key="sk_spine_simulator", base_url=make_simulator(seed=5).base_url, retry=FAST
-    ) as client:
-        with pytest.raises(RunIdReused) as caught:
-            submit_and_record(client, Ledger(store), SubmitSpec("two"), source="test")
+    with (
+        SpineClient(
+            api_key="sk_spine_simulator", base_url=make_simulator(seed=5).base_url, retry=FAST
+        ) as client,
+        pytest.raises(RunIdReused) as caught,
+    ):
+        submit_and_record(client, Ledger(store), SubmitSpec("two"), source="test")
     message = str(caught.value)
     assert first.created.run_id in message and "\n" not in message
     assert "--seed" in message and "fresh path" in message
