@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo "python3 -m uv")
 VENV_STAMP := .venv/.synced
+# The demo needs only the runtime dependencies: its own stamp, no dev group. `--inexact`
+# keeps the dev tools a `make test` installed (and its stamp true).
+DEMO_STAMP := .venv/.synced-runtime
 PYTEST_ARGS ?=
 PY_DIRS := spine_pipeline spine_pipeline_tests benchmarks soak
 
@@ -17,8 +20,13 @@ $(VENV_STAMP): pyproject.toml uv.lock
 	$(UV) sync --frozen
 	@touch $@
 
-demo: $(VENV_STAMP)  ## the main job on the embedded simulator
-	$(UV) run --frozen spine-pipeline demo
+$(DEMO_STAMP): pyproject.toml uv.lock
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install --quiet uv
+	@$(UV) sync --quiet --frozen --no-dev --inexact
+	@touch $@
+
+demo: $(DEMO_STAMP)  ## the main job on the embedded simulator
+	@$(UV) run --quiet --frozen --no-sync spine-pipeline demo
 
 test-deps:
 	@test -x $(CHROMIUM) && exit 0; \

@@ -37,6 +37,9 @@ from spine_pipeline.driver import (
 )
 from spine_pipeline.settings import Settings
 
+#: The demo's poll intervals (first, longest; seconds), for the simulator's short runs.
+DEMO_POLL_INTERVALS = (1.0, 2.0)
+
 
 @dataclass
 class DemoReport:
@@ -191,13 +194,24 @@ def demo_on_simulator(
         say(f"simulator: {sim.base_url} (embedded Spine, seed {config.seed})")
         os.environ["SPINE_API_KEY"] = sim.api_key
         os.environ["SPINE_BASE_URL"] = sim.base_url
+        # Runs of a few seconds: poll each one every second or two, not on the real Spine's
+        # 15-60 s backoff, so the demo ends soon after its last run does.
+        os.environ["SPINE_POLL_MIN_INTERVAL_SECONDS"] = str(DEMO_POLL_INTERVALS[0])
+        os.environ["SPINE_POLL_MAX_INTERVAL_SECONDS"] = str(DEMO_POLL_INTERVALS[1])
         home = prepare_dagster_home()
         say(f"dagster home: {home}; archive: {settings.archive_uri}")
         from spine_pipeline.definitions import build_definitions
 
         defs = build_definitions()
         with dg.DagsterInstance.get() as instance:
-            report = run_demo(defs, instance, settings.archive_uri, timeout=timeout, say=say)
+            report = run_demo(
+                defs,
+                instance,
+                settings.archive_uri,
+                timeout=timeout,
+                tick_every=DEMO_POLL_INTERVALS[0],
+                say=say,
+            )
     for line in summary_lines(report, settings):
         say(line)
     return (
