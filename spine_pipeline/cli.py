@@ -393,7 +393,7 @@ def status(run_ids: tuple[str, ...]) -> None:
     help="give up waiting for runs after this many seconds",
 )
 @click.option(
-    "--run-seconds", default="4:12", show_default=True, help="simulated run duration MIN:MAX"
+    "--run-seconds", default="2:6", show_default=True, help="simulated run duration MIN:MAX"
 )
 @click.option(
     "--seed", type=int, default=None, help="simulator world seed (default: a random one, printed)"

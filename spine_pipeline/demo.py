@@ -10,6 +10,7 @@ ones.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import Counter
@@ -103,7 +104,10 @@ def archive_until_done(
         if done:
             report.archived.extend(sorted(done))
             pending -= done
-            say(f"tick {report.ticks}: archived {len(report.archived)}/{len(report.submitted)}")
+            say(
+                f"tick {report.ticks}: archived {len(report.archived)}/{len(report.submitted)} "
+                f"({time.monotonic() - started:.1f}s)"
+            )
         elif pending:
             say(f"tick {report.ticks}: {len(pending)} run(s) still in flight")
         if not pending:
@@ -200,6 +204,8 @@ def demo_on_simulator(
         os.environ["SPINE_POLL_MAX_INTERVAL_SECONDS"] = str(DEMO_POLL_INTERVALS[1])
         home = prepare_dagster_home()
         say(f"dagster home: {home}; archive: {settings.archive_uri}")
+        # The sensor logs each tick at INFO; the demo prints its own one-line progress.
+        logging.getLogger("dagster").setLevel(logging.WARNING)
         from spine_pipeline.definitions import build_definitions
 
         defs = build_definitions()
