@@ -158,11 +158,12 @@ def _refuse_reused_id(ledger: Ledger, run_id: str, submitted_at: datetime) -> No
 
     Then the archive holds (or will hold) the other run under that id, and the new run would
     be skipped as already archived without a word: fail loudly instead (`RunIdReused`).
-    The submission record stays. A record with our own submit time is ours (a retried write
-    that had landed), not a reuse.
+    The submission record stays. Only a record made before our POST is another run's: one
+    made since is ours (a retried write that had landed, or a `run.started` webhook that
+    tracked the run first).
     """
     record = ledger.find_tracked(run_id, around=submitted_at)
-    if record is None or record.submitted_time == submitted_at:
+    if record is None or record.tracked_time >= submitted_at:
         return
     raise RunIdReused(
         f"Spine created run {run_id}, but this archive already tracks a run of that id "

@@ -161,3 +161,22 @@ def test_a_submit_that_gets_a_tracked_run_id_fails_loudly(tmp_path, make_simulat
     assert first.created.run_id in message and "\n" not in message
     assert "--seed" in message and "fresh path" in message
     assert len(list(Ledger(store).submissions())) == 2  # the attempt is still recorded
+
+
+def test_a_run_tracked_after_its_submit_is_not_a_reuse(tmp_path, make_simulator):
+    """A `run.started` webhook may track the new run while the submit's ledger write waits
+    out a store outage: that record is newer than the POST, so it is the same run."""
+    from datetime import timedelta
+
+    store = open_store(str(tmp_path / "archive"))
+    with SpineClient(
+        api_key="sk_spine_simulator", base_url=make_simulator(seed=5).base_url, retry=FAST
+    ) as client:
+        known = client.create_run("learn the first id of seed 5").run_id
+    later = datetime.now(UTC) + timedelta(seconds=30)
+    Ledger(store).track(known, source="webhook", now=later)
+    with SpineClient(
+        api_key="sk_spine_simulator", base_url=make_simulator(seed=5).base_url, retry=FAST
+    ) as client:
+        result = submit_and_record(client, Ledger(store), SubmitSpec("same id"), source="test")
+    assert result.created.run_id == known and result.tracked is False
