@@ -10,7 +10,6 @@ ones.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections import Counter
@@ -204,8 +203,6 @@ def demo_on_simulator(
         os.environ["SPINE_POLL_MAX_INTERVAL_SECONDS"] = str(DEMO_POLL_INTERVALS[1])
         home = prepare_dagster_home()
         say(f"dagster home: {home}; archive: {settings.archive_uri}")
-        # The sensor logs each tick at INFO; the demo prints its own one-line progress.
-        logging.getLogger("dagster").setLevel(logging.WARNING)
         from spine_pipeline.definitions import build_definitions
 
         defs = build_definitions()
