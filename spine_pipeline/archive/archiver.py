@@ -202,11 +202,8 @@ class Archiver:
                 todo.append(req)
         fetched: list[FetchedRun] = []
         if todo:
-            async with self.client_factory() as client:
-                self.spine = _spine_of_client(client)
-                await asyncio.to_thread(self._check_log)
-                with tempfile.TemporaryDirectory(prefix="spine-archive-", dir=self.workdir) as tmp:
-                    fetched = await self._fetch_all(client, todo, Path(tmp), outcomes)
+            with tempfile.TemporaryDirectory(prefix="spine-archive-", dir=self.workdir) as tmp:
+                fetched = await self._fetch_all(todo, Path(tmp), outcomes)
         else:
             await asyncio.to_thread(self._check_log)
         fetch_done = time.perf_counter()
@@ -259,38 +256,38 @@ class Archiver:
         return None
 
     async def _fetch_all(
-        self,
-        client: AsyncSpineClient,
-        todo: list[ArchiveRequest],
-        workdir: Path,
-        outcomes: dict[str, RunOutcome],
+        self, todo: list[ArchiveRequest], workdir: Path, outcomes: dict[str, RunOutcome]
     ) -> list[FetchedRun]:
         gate = asyncio.Semaphore(self.concurrency)
+        async with self.client_factory() as client:
+            # Checked before the first request: the archive must serve this client's Spine.
+            self.spine = _spine_of_client(client)
+            await asyncio.to_thread(self._check_log)
 
-        async def one(req: ArchiveRequest) -> FetchedRun | None:
-            async with gate:
-                deadline = asyncio.timeout(self.fetch_deadline)
-                try:
-                    async with deadline:
-                        return await self._fetch_one(client, req, workdir)
-                except NotTerminalError as exc:
-                    outcomes[req.run_id] = RunOutcome(req.run_id, "not_terminal", str(exc))
-                except (TransientFetchError, SpineError) as exc:
-                    outcomes[req.run_id] = RunOutcome(req.run_id, "failed", str(exc))
-                except Exception as exc:  # one hostile run must not sink its batch
-                    if isinstance(exc, TimeoutError) and deadline.expired():
-                        message = (
-                            f"fetch deadline: not fetched within {self.fetch_deadline:g}s "
-                            "(SPINE_RUN_FETCH_DEADLINE_SECONDS); left for the next attempt"
-                        )
-                        log.warning("run %s not archived: %s", req.run_id, message)
-                    else:
-                        log.exception("archiving run %s failed", req.run_id)
-                        message = f"{type(exc).__name__}: {exc}"
-                    outcomes[req.run_id] = RunOutcome(req.run_id, "failed", message)
-                return None
+            async def one(req: ArchiveRequest) -> FetchedRun | None:
+                async with gate:
+                    deadline = asyncio.timeout(self.fetch_deadline)
+                    try:
+                        async with deadline:
+                            return await self._fetch_one(client, req, workdir)
+                    except NotTerminalError as exc:
+                        outcomes[req.run_id] = RunOutcome(req.run_id, "not_terminal", str(exc))
+                    except (TransientFetchError, SpineError) as exc:
+                        outcomes[req.run_id] = RunOutcome(req.run_id, "failed", str(exc))
+                    except Exception as exc:  # one hostile run must not sink its batch
+                        if isinstance(exc, TimeoutError) and deadline.expired():
+                            message = (
+                                f"fetch deadline: not fetched within {self.fetch_deadline:g}s "
+                                "(SPINE_RUN_FETCH_DEADLINE_SECONDS); left for the next attempt"
+                            )
+                            log.warning("run %s not archived: %s", req.run_id, message)
+                        else:
+                            log.exception("archiving run %s failed", req.run_id)
+                            message = f"{type(exc).__name__}: {exc}"
+                        outcomes[req.run_id] = RunOutcome(req.run_id, "failed", message)
+                    return None
 
-        results = await asyncio.gather(*(one(r) for r in todo))
+            results = await asyncio.gather(*(one(r) for r in todo))
         return [r for r in results if r is not None]
 
     async def _fetch_one(
