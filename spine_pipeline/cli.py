@@ -41,7 +41,7 @@ def main(debug: bool) -> None:
 
 @main.command()
 @click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="world seed")
+@click.option("--seed", type=int, default=None, help="world seed (default: a random one, printed)")
 @click.option("--run-seconds", default="3:8", show_default=True, help="MIN:MAX run duration")
 @click.option("--faults", default="", help="fault spec, e.g. 'get:429@0.05,download:expired@0.1'")
 @click.option("--api-key", default="sk_spine_simulator", show_default=True)
@@ -56,7 +56,7 @@ def main(debug: bool) -> None:
 @click.option("--webhook-secret", default="", help="whsec_... secret signing the deliveries")
 def simulator(
     port: int,
-    seed: int,
+    seed: int | None,
     run_seconds: str,
     faults: str,
     api_key: str,
@@ -71,10 +71,11 @@ def simulator(
         parse_run_seconds,
         serve_forever,
     )
+    from spine_pipeline.simulator.config import random_seed
 
     try:
         config = SimulatorConfig(
-            seed=seed,
+            seed=random_seed() if seed is None else seed,
             run_seconds=parse_run_seconds(run_seconds),
             api_key=api_key,
             faults=faults,
@@ -392,15 +393,18 @@ def status(run_ids: tuple[str, ...]) -> None:
     help="give up waiting for runs after this many seconds",
 )
 @click.option(
-    "--run-seconds", default="4:12", show_default=True, help="simulated run duration MIN:MAX"
+    "--run-seconds", default="2:6", show_default=True, help="simulated run duration MIN:MAX"
+)
+@click.option(
+    "--seed", type=int, default=None, help="simulator world seed (default: a random one, printed)"
 )
 @expected_errors
-def demo(timeout: float, run_seconds: str) -> None:
+def demo(timeout: float, run_seconds: str, seed: int | None) -> None:
     """The main job on the embedded simulator: submit, poll, archive, audit, report."""
     from spine_pipeline.demo import demo_on_simulator
 
     ok = demo_on_simulator(
-        Settings.from_env(), timeout=timeout, run_seconds=run_seconds, say=click.echo
+        Settings.from_env(), timeout=timeout, run_seconds=run_seconds, seed=seed, say=click.echo
     )
     if not ok:
         fail("demo did not archive every run cleanly")

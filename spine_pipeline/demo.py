@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from spine_pipeline.archive.identity import SIMULATOR, check_store_spine
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.read import read_committed
 from spine_pipeline.archive.signing import VerifyKeys
@@ -35,6 +36,9 @@ from spine_pipeline.driver import (
     tick_and_launch,
 )
 from spine_pipeline.settings import Settings
+
+#: The demo's poll intervals (first, longest; seconds), for the simulator's short runs.
+DEMO_POLL_INTERVALS = (1.0, 2.0)
 
 
 @dataclass
@@ -99,7 +103,10 @@ def archive_until_done(
         if done:
             report.archived.extend(sorted(done))
             pending -= done
-            say(f"tick {report.ticks}: archived {len(report.archived)}/{len(report.submitted)}")
+            say(
+                f"tick {report.ticks}: archived {len(report.archived)}/{len(report.submitted)} "
+                f"({time.monotonic() - started:.1f}s)"
+            )
         elif pending:
             say(f"tick {report.ticks}: {len(pending)} run(s) still in flight")
         if not pending:
@@ -173,26 +180,41 @@ def demo_on_simulator(
     *,
     timeout: float,
     run_seconds: str,
+    seed: int | None = None,
     say: Callable[[str], None] = print,
 ) -> bool:
     """Start the simulator, point the definitions at it, run the demo; True if all archived."""
     from spine_pipeline.simulator import SimulatorConfig, SimulatorServer, parse_run_seconds
+    from spine_pipeline.simulator.config import random_seed
 
-    # A fresh seed per demo: new run ids, so a second demo adds runs instead of colliding.
+    # Before anything is submitted: the simulator's runs never go into a real Spine's archive.
+    check_store_spine(open_store(settings.archive_uri), SIMULATOR)
+    # The config's random seed: new run ids, so a second demo adds runs instead of colliding.
     config = SimulatorConfig(
-        seed=time.time_ns() % 2**31, run_seconds=parse_run_seconds(run_seconds)
+        seed=random_seed() if seed is None else seed, run_seconds=parse_run_seconds(run_seconds)
     )
     with SimulatorServer(config, port=0) as sim:
-        say(f"simulator: {sim.base_url} (embedded Spine)")
+        say(f"simulator: {sim.base_url} (embedded Spine, seed {config.seed})")
         os.environ["SPINE_API_KEY"] = sim.api_key
         os.environ["SPINE_BASE_URL"] = sim.base_url
+        # Runs of a few seconds: poll each one every second or two, not on the real Spine's
+        # 15-60 s backoff, so the demo ends soon after its last run does.
+        os.environ["SPINE_POLL_MIN_INTERVAL_SECONDS"] = str(DEMO_POLL_INTERVALS[0])
+        os.environ["SPINE_POLL_MAX_INTERVAL_SECONDS"] = str(DEMO_POLL_INTERVALS[1])
         home = prepare_dagster_home()
         say(f"dagster home: {home}; archive: {settings.archive_uri}")
         from spine_pipeline.definitions import build_definitions
 
         defs = build_definitions()
         with dg.DagsterInstance.get() as instance:
-            report = run_demo(defs, instance, settings.archive_uri, timeout=timeout, say=say)
+            report = run_demo(
+                defs,
+                instance,
+                settings.archive_uri,
+                timeout=timeout,
+                tick_every=DEMO_POLL_INTERVALS[0],
+                say=say,
+            )
     for line in summary_lines(report, settings):
         say(line)
     return (

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TypeVar
 
+from spine_pipeline.archive.identity import check_store_spine, spine_of
 from spine_pipeline.archive.ledger import Ledger, Submission
 from spine_pipeline.archive.stores import StoreError
 from spine_pipeline.spine import (
@@ -36,6 +37,10 @@ RECORD_BACKOFF = 2.0  # seconds before the 2nd attempt, doubling (on top of boto
 
 class SubmissionNotRecorded(StoreError):
     """Spine answered but the ledger could not record it; the message says what to do."""
+
+
+class RunIdReused(ValueError):
+    """Spine created a run under an id this archive already tracks (one line, what to do)."""
 
 
 def _durably(write: Callable[[], T], failed: Callable[[StoreError], str]) -> T:
@@ -74,7 +79,12 @@ class SubmitResult:
 def submit_and_record(
     client: SpineClient, ledger: Ledger, spec: SubmitSpec, *, source: str
 ) -> SubmitResult:
-    """POST the run, record the attempt, track the run; re-raise failures after recording."""
+    """POST the run, record the attempt, track the run; re-raise failures after recording.
+
+    Nothing is sent to an archive that serves another Spine (`SpineMismatchError`): a run
+    billed there could never be archived.
+    """
+    check_store_spine(ledger.store, spine_of(client.base_url))
     submitted_at = datetime.now(UTC)
 
     def record(
@@ -138,4 +148,26 @@ def submit_and_record(
         ),
         not_recorded,
     )
+    if not tracked:
+        _refuse_reused_id(ledger, run_id, submitted_at)
     return SubmitResult(created=created, submission=submission, tracked=tracked)
+
+
+def _refuse_reused_id(ledger: Ledger, run_id: str, submitted_at: datetime) -> None:
+    """A run just created cannot already be tracked, unless Spine handed out its id before.
+
+    Then the archive holds (or will hold) the other run under that id, and the new run would
+    be skipped as already archived without a word: fail loudly instead (`RunIdReused`).
+    The submission record stays. Only a record made before our POST is another run's: one
+    made since is ours (a retried write that had landed, or a `run.started` webhook that
+    tracked the run first).
+    """
+    record = ledger.find_tracked(run_id, around=submitted_at)
+    if record is None or record.tracked_time >= submitted_at:
+        return
+    raise RunIdReused(
+        f"Spine created run {run_id}, but this archive already tracks a run of that id "
+        f"(tracked {record.tracked_at}): the Spine reuses run ids (a simulator restarted "
+        "with the same --seed?) and this run cannot be archived here: point "
+        "SPINE_ARCHIVE_URI at a fresh path"
+    )

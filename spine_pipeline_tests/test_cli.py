@@ -142,7 +142,7 @@ def test_simulator_command_serves_on_loopback():
     try:
         line = proc.stdout.readline()
         assert "Spine simulator listening on http://127.0.0.1:" in line
-        assert "sk_spine_simulator" in line
+        assert "sk_spine_simulator" in line and "seed 3" in line
     finally:
         proc.terminate()
         try:

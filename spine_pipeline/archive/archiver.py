@@ -44,7 +44,12 @@ from spine_pipeline.archive.fetch import (
 )
 from spine_pipeline.archive.flatten import flatten_batch_by_dt, partition_dt
 from spine_pipeline.archive.flatten.values import as_int
-from spine_pipeline.archive.identity import ensure_identity
+from spine_pipeline.archive.identity import (
+    check_spine,
+    check_store_spine,
+    ensure_identity,
+    spine_of,
+)
 from spine_pipeline.archive.layout import table_key
 from spine_pipeline.archive.manifest import (
     ArtifactEntry,
@@ -172,6 +177,9 @@ class Archiver:
         self.log = ManifestLog(store)
         #: The checkpoint published after the last commit (reported in `BatchResult`).
         self.checkpoint: SignedCheckpoint | None = None
+        #: The Spine this writer archives from (`identity.spine_of` of its client's base
+        #: URL), known once a batch opens its client; None: not checked.
+        self.spine: str | None = None
 
     def archive(self, requests: Sequence[ArchiveRequest | str]) -> BatchResult:
         """Blocking entry point (CLI, Dagster ops)."""
@@ -184,20 +192,20 @@ class Archiver:
         )
         await asyncio.to_thread(self.log.refresh)
         self.checkpoint = None
-        if self.publisher is not None:
-            await asyncio.to_thread(self._check_log)
         outcomes: dict[str, RunOutcome] = {}
         todo = []
         for req in reqs:
             seq = self.log.committed_runs.get(req.run_id)
             if seq is not None:
-                outcomes[req.run_id] = RunOutcome(req.run_id, "already_archived", seq=seq)
+                outcomes[req.run_id] = self._already_archived(req, seq)
             else:
                 todo.append(req)
         fetched: list[FetchedRun] = []
         if todo:
             with tempfile.TemporaryDirectory(prefix="spine-archive-", dir=self.workdir) as tmp:
                 fetched = await self._fetch_all(todo, Path(tmp), outcomes)
+        else:
+            await asyncio.to_thread(self._check_log)
         fetch_done = time.perf_counter()
         manifest = None
         if fetched:
@@ -215,11 +223,46 @@ class Archiver:
         )
         return result
 
+    def _already_archived(self, req: ArchiveRequest, seq: int) -> RunOutcome:
+        """A request for a run id a committed manifest names: skipped, unless it is not the
+        same run.
+
+        Spine's run has no creation time, but we know when we submitted it: a run submitted
+        after the archived run of that id was already terminal cannot be that run. It is a
+        Spine handing out an id twice (a simulator restarted with the same seed), and
+        skipping it would lose the new run without a word, while archiving it would put two
+        runs under one id. So it fails, loudly, and its batch-mates commit.
+        """
+        entry = self._run_entry(req.run_id, seq)
+        archived_end = _parse_utc(entry.terminal_at) if entry is not None else None
+        submitted = req.submitted_at
+        if submitted is not None and submitted.tzinfo is None:
+            submitted = submitted.replace(tzinfo=UTC)
+        if archived_end is None or submitted is None or submitted <= archived_end:
+            return RunOutcome(req.run_id, "already_archived", seq=seq)
+        message = (
+            f"run id {req.run_id} was reused: manifest {seq} holds another run of that id, "
+            f"terminal at {_iso_z(archived_end)}, before this one was submitted "
+            f"({_iso_z(submitted)}); not archived (a simulator restarted with the same "
+            "--seed? point SPINE_ARCHIVE_URI at a fresh path)"
+        )
+        log.error("%s", message)
+        return RunOutcome(req.run_id, "failed", message, seq=seq)
+
+    def _run_entry(self, run_id: str, seq: int) -> RunEntry | None:
+        for manifest in reversed(self.log.manifests):
+            if manifest.seq == seq:
+                return next((r for r in manifest.runs if r.run_id == run_id), None)
+        return None
+
     async def _fetch_all(
         self, todo: list[ArchiveRequest], workdir: Path, outcomes: dict[str, RunOutcome]
     ) -> list[FetchedRun]:
         gate = asyncio.Semaphore(self.concurrency)
         async with self.client_factory() as client:
+            # Checked before the first request: the archive must serve this client's Spine.
+            self.spine = _spine_of_client(client)
+            await asyncio.to_thread(self._check_log)
 
             async def one(req: ArchiveRequest) -> FetchedRun | None:
                 async with gate:
@@ -274,10 +317,15 @@ class Archiver:
         )
 
     def _check_log(self) -> None:
-        """Before adding to the log: make sure the identity record is the log's and every
-        witness still agrees with the log (`LogConsistencyError` otherwise), and checkpoint
-        an uncheckpointed tail."""
-        assert self.publisher is not None
+        """Before fetching anything: refuse an archive that serves another Spine than the
+        client's (`SpineMismatchError`). A signing writer also makes sure the identity record
+        is the log's and every witness still agrees with the log (`LogConsistencyError`
+        otherwise), and checkpoints an uncheckpointed tail."""
+        if self.spine is not None:
+            check_store_spine(self.store, self.spine)
+        if self.publisher is None:
+            return
+        self.publisher.spine = self.spine
         self.publisher.log_identity(self.log)
         if self.publisher.needs_checkpoint(self.log) or self.publisher.witnesses:
             self.publisher.publish(self.log)
@@ -288,7 +336,10 @@ class Archiver:
         runs = list(fetched)
         draft = self._write_files(runs, new_batch_id())
         publisher = self.publisher
-        identity = publisher.identity() if publisher else ensure_identity(self.store)
+        identity = (
+            publisher.identity() if publisher else ensure_identity(self.store, spine=self.spine)
+        )
+        check_spine(identity, self.spine)  # the record may have been made since _check_log
         for _ in range(COMMIT_ATTEMPTS):
             if self.before_commit is not None:
                 self.before_commit(list(draft.files))
@@ -386,6 +437,24 @@ def _archived(run: FetchedRun, manifest: Manifest) -> RunOutcome:
         canvas_id=value.get("canvas_id") if isinstance(value.get("canvas_id"), str) else None,
         message="; ".join(run.fetch_errors),
     )
+
+
+def _spine_of_client(client: object) -> str | None:
+    """The Spine a client talks to, for the identity record; None for one without a URL."""
+    base_url = getattr(client, "base_url", None)
+    return spine_of(base_url) if isinstance(base_url, str) else None
+
+
+def _parse_utc(text: str) -> datetime | None:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _iso_z(ts: datetime) -> str:
+    return ts.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _dedupe(reqs: list[ArchiveRequest]) -> list[ArchiveRequest]:

@@ -365,6 +365,9 @@ class LogPublisher:
     #: Other keys whose manifests this writer accepts into a checkpoint (a rotation with
     #: writers on both keys at once: `SPINE_VERIFY_KEY`); its own key is always accepted.
     accepted: VerifyKeys | None = None
+    #: The Spine the writer archives (`identity.spine_of`): named by a record it creates,
+    #: checked against an existing one. Set by the archiver once it knows its client.
+    spine: str | None = None
     _identity: ArchiveIdentity | None = None
 
     @classmethod
@@ -393,7 +396,7 @@ class LogPublisher:
 
     def identity(self) -> ArchiveIdentity:
         if self._identity is None:
-            self._identity = ensure_identity(self.store)
+            self._identity = ensure_identity(self.store, spine=self.spine)
         return self._identity
 
     @property

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from spine_pipeline.archive.identity import SpineMismatchError
 from spine_pipeline.catalog import CatalogRequest, load_catalog
 from spine_pipeline.defs.names import (
     DEFAULT_OWNER,
@@ -22,7 +23,12 @@ from spine_pipeline.defs.names import (
 )
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
 from spine_pipeline.spine import SpineError, SubmitOutcomeUnknownError, canvas_url
-from spine_pipeline.submission import SubmissionNotRecorded, SubmitSpec, submit_and_record
+from spine_pipeline.submission import (
+    RunIdReused,
+    SubmissionNotRecorded,
+    SubmitSpec,
+    submit_and_record,
+)
 
 GROUP = "spine_requests"
 
@@ -87,7 +93,7 @@ def submit_asset(request: CatalogRequest) -> dg.AssetsDefinition:
                     description=f"Spine rejected the submit (recorded): {exc}",
                     allow_retries=False,
                 ) from None
-            except SubmissionNotRecorded as exc:  # names the created run: never lose its id
+            except (SubmissionNotRecorded, RunIdReused, SpineMismatchError) as exc:
                 raise dg.Failure(description=str(exc), allow_retries=False) from None
         created = result.created
         context.log.info("submitted %s as run %s", request.name, created.run_id)

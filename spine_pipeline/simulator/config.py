@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 FAULT_ROUTES: tuple[str, ...] = (
@@ -184,11 +185,26 @@ def parse_run_seconds(text: str) -> tuple[float, float]:
     return (low, high)
 
 
+def random_seed() -> int:
+    """A fresh world seed: the default, so that every simulator session hands out new run ids.
+
+    Why not a fixed default: run ids are a function of the seed, and an archive remembers the
+    ids it holds. A simulator restarted with the same seed hands out the same ids for new runs,
+    which an archive that already holds them must refuse (`archiver`). Tests and benchmarks
+    that need the same world again pass a seed.
+    """
+    return secrets.randbelow(2**31)
+
+
 @dataclass
 class SimulatorConfig:
-    """Everything that shapes a simulated Spine world; same config + same requests = same world."""
+    """Everything that shapes a simulated Spine world; same config + same requests = same world.
 
-    seed: int = 0
+    Without a `seed`, a random one is drawn once, here, and kept in the config (servers print
+    it), so a session can be replayed with `--seed`.
+    """
+
+    seed: int = field(default_factory=random_seed)
     run_seconds: tuple[float, float] = (3.0, 8.0)
     api_key: str = "sk_spine_simulator"
     url_ttl_seconds: float = 600.0

@@ -162,7 +162,11 @@ def serve_forever(config: SimulatorConfig | None = None, port: int = 8765) -> No
     if config.webhook_url:
         sender = WebhookSender(world).start()
         world.webhooks = sender
-    print(f"Spine simulator listening on {world.base_url} (API key: {config.api_key})", flush=True)
+    print(
+        f"Spine simulator listening on {world.base_url} "
+        f"(API key: {config.api_key}, seed {config.seed})",
+        flush=True,
+    )
     if sender is not None:
         print(f"Sending signed webhooks to {redact_url(config.webhook_url)}", flush=True)
     try:

@@ -73,3 +73,22 @@ def test_config_validation_and_repr_hides_key():
         SimulatorConfig(outcome_weights=(0, 0, 0))
     with pytest.raises(ValueError):
         SimulatorConfig(canvas_id_on_create_rate=2)
+
+
+def test_two_sessions_without_a_seed_hand_out_different_run_ids():
+    """A simulator restarted without `--seed` must not hand out the ids an archive holds."""
+    from spine_pipeline.simulator import SimulatorServer
+    from spine_pipeline_tests.simulator.conftest import Api
+
+    first_ids = []
+    seeds = []
+    for _ in range(2):
+        with SimulatorServer(SimulatorConfig(run_seconds=(0.2, 0.4)), port=0) as sim:
+            seeds.append(sim.config.seed)
+            api = Api(sim)
+            first_ids.append(api.create("Same prompt, same position")["run_id"])
+            api.http.close()
+    assert seeds[0] != seeds[1]
+    assert first_ids[0] != first_ids[1]
+    # An explicit seed still replays the same world (what determinism tests rely on).
+    assert SimulatorConfig(seed=5).seed == 5 == SimulatorConfig(seed=5).seed
