@@ -18,6 +18,7 @@ from spine_pipeline.cli_errors import (
     fail,
     one_line,
 )
+from spine_pipeline.progress import progress_display
 from spine_pipeline.settings import Settings
 from spine_pipeline.spine import SpineClient, UploadFile
 from spine_pipeline.submission import SubmitSpec, submit_and_record
@@ -156,13 +157,14 @@ def archive(run_ids: tuple[str, ...], wait: bool, timeout: float) -> None:
     from spine_pipeline.archive.service import archive_now
 
     settings = Settings.from_env()
-    outcomes = archive_now(
-        settings.archive_uri,
-        list(dict.fromkeys(run_ids)),
-        wait=wait,
-        timeout=timeout,
-        progress=lambda line: click.echo(line, err=True),
-    )
+    with progress_display() as progress:
+        outcomes = archive_now(
+            settings.archive_uri,
+            list(dict.fromkeys(run_ids)),
+            wait=wait,
+            timeout=timeout,
+            progress=progress,
+        )
     failed = 0
     for o in outcomes:
         if o.outcome in ("archived", "already_archived"):
@@ -211,11 +213,13 @@ def verify(verify_keys: tuple[str, ...], witness_uris: tuple[str, ...]) -> None:
     settings = Settings.from_env()
     keys = _verify_keys(verify_keys)
     uris = tuple(parse_archive_uri("--witness", u) for u in witness_uris) or settings.witness_uris
-    report = verify_archive(
-        open_store(settings.archive_uri),
-        keys=keys,
-        witnesses=[Witness.open(uri, must_exist=True) for uri in uris],
-    )
+    with progress_display() as progress:
+        report = verify_archive(
+            open_store(settings.archive_uri),
+            keys=keys,
+            witnesses=[Witness.open(uri, must_exist=True) for uri in uris],
+            progress=progress,
+        )
     for problem in report.problems:
         click.echo(f"FAIL {problem}", err=True)
     for warning in report.warnings:
@@ -347,12 +351,14 @@ def gc(grace_hours: float, dry_run: bool, include_artifacts: bool) -> None:
 
     from spine_pipeline.archive.gc import collect_garbage
 
-    report = collect_garbage(
-        open_store(Settings.from_env().archive_uri),
-        grace=timedelta(hours=grace_hours),
-        dry_run=dry_run,
-        include_artifacts=include_artifacts,
-    )
+    with progress_display() as progress:
+        report = collect_garbage(
+            open_store(Settings.from_env().archive_uri),
+            grace=timedelta(hours=grace_hours),
+            dry_run=dry_run,
+            include_artifacts=include_artifacts,
+            progress=progress,
+        )
     verb = "would remove" if dry_run else "removed"
     for key in report.deleted:
         click.echo(f"{verb} {key}")

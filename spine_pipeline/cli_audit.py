@@ -20,6 +20,7 @@ import click
 
 from spine_pipeline.cli_errors import expected_errors, fail
 from spine_pipeline.private_file import atomic_output
+from spine_pipeline.progress import progress_display
 
 if TYPE_CHECKING:
     from spine_pipeline.audit.sql import SqlStream, Written
@@ -80,7 +81,9 @@ def audit_rebuild(archive: str | None, db: str | None) -> None:
     """Recreate the audit database from the archive's manifests alone."""
     from spine_pipeline.audit import rebuild_audit_db
 
-    _print_ingest(rebuild_audit_db(archive, _db(db)))
+    with progress_display() as progress:
+        report = rebuild_audit_db(archive, _db(db), progress=progress)
+    _print_ingest(report)
 
 
 @audit.command("refresh")
@@ -91,7 +94,9 @@ def audit_refresh(archive: str | None, db: str | None) -> None:
     """Ingest manifests committed since the last refresh."""
     from spine_pipeline.audit import refresh_audit_db
 
-    _print_ingest(refresh_audit_db(archive, _db(db)))
+    with progress_display() as progress:
+        report = refresh_audit_db(archive, _db(db), progress=progress)
+    _print_ingest(report)
 
 
 # ----------------------------------------------------------------------------- sql
