@@ -14,6 +14,7 @@ from spine_pipeline.archive.stores import open_store, printable
 from spine_pipeline.cli_errors import (
     BAD_USAGE,
     enable_debug_log,
+    enable_notices,
     expected_errors,
     fail,
     one_line,
@@ -38,6 +39,7 @@ def main(debug: bool) -> None:
     """Submit, poll, archive and audit Spine runs."""
     if debug:
         enable_debug_log()
+    enable_notices()
 
 
 @main.command()
