@@ -376,18 +376,27 @@ def gc(grace_hours: float, dry_run: bool, include_artifacts: bool) -> None:
 @click.argument("run_ids", nargs=-1)
 @expected_errors
 def status(run_ids: tuple[str, ...]) -> None:
-    """In-flight and archived runs with their state."""
+    """In-flight and archived runs with their state. Exit 1 if a RUN_ID given is unknown."""
     from spine_pipeline.archive.service import run_states
 
     rows = run_states(open_store(Settings.from_env().archive_uri), list(run_ids))
-    if not rows:
+    unknown = [r.run_id for r in rows if r.state == "unknown"]
+    rows = [r for r in rows if r.state != "unknown"]
+    if not rows and not unknown:
         click.echo("no tracked or archived runs")
         return
-    click.echo(f"{'run_id':36}  {'state':10}  {'status':10}  {'request':28}  since")
+    if rows:
+        click.echo(f"{'run_id':36}  {'state':10}  {'status':10}  {'request':28}  since")
     for r in rows:
         click.echo(
             f"{r.run_id:36}  {r.state:10}  {r.status or '-':10}  {(r.request_name or '-')[:28]:28}"
             f"  {r.since or '-'}"
+        )
+    if unknown:
+        shown = ", ".join(printable(run_id) for run_id in unknown)
+        fail(
+            f"unknown run id(s) {shown}: neither tracked nor archived in this archive "
+            "(`spine-pipeline track RUN_ID` registers a run submitted elsewhere)"
         )
 
 
