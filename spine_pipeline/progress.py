@@ -11,6 +11,7 @@ Both go to stderr, so a command's result on stdout (`--format json`) stays clean
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Any, TextIO
 #: Lines a plain display prints per stage with a known total, besides the first and last:
 #: one at each tenth, so a 100,000-file verify logs a dozen lines, not 100,000.
 PLAIN_BUCKETS = 10
+#: Between those, a stage still says where it stands this often (seconds).
+PLAIN_HEARTBEAT_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -47,21 +50,36 @@ def plain_line(step: Step) -> str:
 
 class PlainProgress:
     """One line per step, thinned per stage: the first step, each tenth of the total, the
-    last (`done == total`); steps without a total (a poll round, a phase) always print."""
+    last (`done == total`), and otherwise one every `heartbeat` seconds (a long wait still
+    shows its runs' states and time left); steps without a total (a phase) always print."""
 
-    def __init__(self, write: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        *,
+        heartbeat: float = PLAIN_HEARTBEAT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._write = write
+        self._heartbeat = heartbeat
+        self._clock = clock
         self._stage: str | None = None
         self._bucket = -1
+        self._said_at = 0.0
 
     def __call__(self, step: Step) -> None:
+        now = self._clock()
         if step.total is None or step.total <= 0:
-            self._stage, self._bucket = step.stage, -1
-            self._write(plain_line(step))
-            return
-        bucket = min(step.done, step.total) * PLAIN_BUCKETS // step.total
-        if step.stage != self._stage or bucket > self._bucket:
-            self._stage, self._bucket = step.stage, bucket
+            bucket, due = -1, True
+        else:
+            bucket = min(step.done, step.total) * PLAIN_BUCKETS // step.total
+            due = (
+                step.stage != self._stage
+                or bucket > self._bucket
+                or now - self._said_at >= self._heartbeat
+            )
+        if due:
+            self._stage, self._bucket, self._said_at = step.stage, bucket, now
             self._write(plain_line(step))
 
 
