@@ -126,9 +126,9 @@ def test_a_retry_names_the_host_and_so_does_the_failure(caplog):
     port = _closed_port()
     fast = RetryPolicy(max_retries=2, base_delay=0.01, max_delay=0.01, jitter=0.0)
     caplog.set_level(logging.WARNING, logger="spine_pipeline.spine.client")
-    with SpineClient(api_key="k", base_url=f"http://127.0.0.1:{port}", retry=fast) as client:
-        with pytest.raises(SpineConnectionError, match=f"cannot reach Spine at 127.0.0.1:{port}"):
-            client.get_run("some-run")
+    client = SpineClient(api_key="k", base_url=f"http://127.0.0.1:{port}", retry=fast)
+    with client, pytest.raises(SpineConnectionError, match=f"Spine at 127.0.0.1:{port} "):
+        client.get_run("some-run")
     notices = [r.getMessage() for r in caplog.records if r.name == "spine_pipeline.spine.client"]
     assert len(notices) == 2
     assert all(f"cannot reach Spine at 127.0.0.1:{port}" in n for n in notices)
