@@ -114,7 +114,15 @@ class RichProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._finish_phases()
         self._progress.stop()
+
+    def _finish_phases(self) -> None:
+        """A stage without a total (a phase) is over when the next stage starts: its
+        spinner becomes a full bar instead of pulsing on."""
+        for task in self._progress.tasks:
+            if task.total is None:
+                self._progress.update(task.id, total=1, completed=1)
 
     def __call__(self, step: Step) -> None:
         from rich.markup import escape
@@ -122,6 +130,7 @@ class RichProgress:
         description = escape(f"{step.stage} {step.detail}".strip())
         task = self._tasks.get(step.stage)
         if task is None:
+            self._finish_phases()
             task = self._progress.add_task(description, total=step.total)
             self._tasks[step.stage] = task
         self._progress.update(task, description=description, completed=step.done, total=step.total)

@@ -74,6 +74,9 @@ def test_display_is_plain_off_a_terminal_and_rich_on_one():
     tty = Terminal()
     with progress_display(tty) as show:
         assert isinstance(show, RichProgress)
+        show(Step("verify: listing the archive"))  # a phase: no total
         show(Step("verify: manifests", 1, 2, "[bold]not markup[/bold]"))
         show(Step("verify: manifests", 2, 2))
-    assert "verify: manifests" in tty.getvalue()
+        show(Step("verify: signatures and checkpoints"))
+    assert "verify: manifests" in tty.getvalue() and "[bold]not markup" in tty.getvalue()
+    assert all(task.finished for task in show._progress.tasks)  # no spinner left pulsing
