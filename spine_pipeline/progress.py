@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from spine_pipeline.archive.stores.base import printable
+
 #: Lines a plain display prints per stage with a known total, besides the first and last:
 #: one at each tenth, so a 100,000-file verify logs a dozen lines, not 100,000.
 PLAIN_BUCKETS = 10
@@ -42,10 +44,11 @@ def no_progress(step: Step) -> None:
 
 
 def plain_line(step: Step) -> str:
-    """`verify manifests: 3/10 manifests/000000000003.json`: one step as one line."""
+    """`verify manifests: 3/10 manifests/000000000003.json`: one step as one safe line (a
+    detail may quote what a server sent, e.g. a run's status, escape sequences and all)."""
     count = f"{step.done}/{step.total}" if step.total is not None else ""
     text = " ".join(part for part in (count, step.detail) if part)
-    return f"{step.stage}: {text}" if text else step.stage
+    return printable(f"{step.stage}: {text}" if text else step.stage)
 
 
 class PlainProgress:
@@ -127,7 +130,7 @@ class RichProgress:
     def __call__(self, step: Step) -> None:
         from rich.markup import escape
 
-        description = escape(f"{step.stage} {step.detail}".strip())
+        description = escape(printable(f"{step.stage} {step.detail}".strip()))
         task = self._tasks.get(step.stage)
         if task is None:
             self._finish_phases()

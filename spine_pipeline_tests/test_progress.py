@@ -18,6 +18,14 @@ def test_plain_line_shapes():
     assert plain_line(Step("archiving", detail="2 run(s)")) == "archiving: 2 run(s)"
 
 
+def test_a_hostile_detail_is_shown_escaped_never_raw():
+    lines: list[str] = []
+    PlainProgress(lines.append)(Step("waiting for runs", 0, 1, "r \x1b]0;pwned\x07\u202e\nfake"))
+    (line,) = lines
+    assert "\x1b" not in line and "\u202e" not in line and "\n" not in line
+    assert "\\x1b" in line  # shown, escaped
+
+
 def test_plain_progress_prints_a_bounded_number_of_lines_per_stage():
     lines: list[str] = []
     show = PlainProgress(lines.append, clock=lambda: 0.0)
