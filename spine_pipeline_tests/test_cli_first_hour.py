@@ -1,5 +1,6 @@
 """A user's first hour (issue 19): errors that say what to do next, progress on stderr."""
 
+import io
 import json
 import logging
 import os
@@ -13,7 +14,7 @@ from click.testing import CliRunner
 
 from spine_pipeline.cli import main
 from spine_pipeline.settings import ConfigurationError
-from spine_pipeline.spine import RetryPolicy, SpineClient, SpineConnectionError
+from spine_pipeline.spine import DownloadError, RetryPolicy, SpineClient, SpineConnectionError
 
 
 def _closed_port() -> int:
@@ -127,12 +128,22 @@ def test_a_retry_names_the_host_and_so_does_the_failure(caplog):
     fast = RetryPolicy(max_retries=2, base_delay=0.01, max_delay=0.01, jitter=0.0)
     caplog.set_level(logging.WARNING, logger="spine_pipeline.spine.client")
     client = SpineClient(api_key="k", base_url=f"http://127.0.0.1:{port}", retry=fast)
-    with client, pytest.raises(SpineConnectionError, match=f"Spine at 127.0.0.1:{port} "):
+    with pytest.raises(SpineConnectionError, match=f"Spine at 127.0.0.1:{port} "):
         client.get_run("some-run")
     notices = [r.getMessage() for r in caplog.records if r.name == "spine_pipeline.spine.client"]
     assert len(notices) == 2
     assert all(f"cannot reach Spine at 127.0.0.1:{port}" in n for n in notices)
     assert notices[0].startswith("GET /v1/run/some-run:") and "retry 1 of 2" in notices[0]
+
+    # an artifact download names the host only: a pre-signed URL's query is a credential
+    caplog.clear()
+    signed = f"http://127.0.0.1:{port}/artifact?X-Amz-Signature=s3cr3t-signature"
+    with client, pytest.raises(DownloadError):  # closes the client
+        client.download(signed, io.BytesIO())
+    notices = [r.getMessage() for r in caplog.records if r.name == "spine_pipeline.spine.client"]
+    assert len(notices) == 2
+    assert notices[0].startswith(f"artifact download from 127.0.0.1:{port}: ")
+    assert not any("s3cr3t" in n or "/artifact" in n for n in notices)
 
 
 def test_an_unreachable_base_url_is_said_before_the_retries_not_after(tmp_path):

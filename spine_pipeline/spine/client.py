@@ -185,6 +185,25 @@ def _retry_notice(
     )
 
 
+def _download_retry_notice(url: str, exc: Exception, attempt: int, policy: RetryPolicy) -> float:
+    """Say that an artifact download is retried (naming only the host: a pre-signed URL's
+    query is a credential), and return how long to wait first."""
+    delay = policy.delay(attempt)
+    try:
+        host = host_of(httpx.URL(url))
+    except httpx.InvalidURL:
+        host = "?"
+    log.warning(
+        "artifact download from %s: %s; retry %d of %d in %.1f s",
+        host,
+        _describe(exc),
+        attempt + 1,
+        policy.max_retries,
+        delay,
+    )
+    return delay
+
+
 def _transport_failure(kind: RequestKind, request: httpx.Request, exc: Exception) -> SpineError:
     what = f"{request.method} {request.url.path}"
     host = host_of(request.url)
@@ -682,7 +701,7 @@ class SpineClient(_Base):
             except (httpx.HTTPError, DownloadError) as exc:
                 if not _download_retryable(exc) or attempt >= self.retry.max_retries:
                     raise _download_failure(exc) from None
-                time.sleep(self.retry.delay(attempt))
+                time.sleep(_download_retry_notice(url, exc, attempt, self.retry))
                 attempt += 1
                 sink.reset()
 
@@ -845,7 +864,7 @@ class AsyncSpineClient(_Base):
             except (httpx.HTTPError, DownloadError) as exc:
                 if not _download_retryable(exc) or attempt >= self.retry.max_retries:
                     raise _download_failure(exc) from None
-                await asyncio.sleep(self.retry.delay(attempt))
+                await asyncio.sleep(_download_retry_notice(url, exc, attempt, self.retry))
                 attempt += 1
                 sink.reset()
 
