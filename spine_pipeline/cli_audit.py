@@ -298,15 +298,19 @@ def _check_search_type(db_path: str, block_type: str | None) -> None:
     """A `--type` that names nothing searchable is bad usage (exit 2, the valid types
     named), not a silent "no matches". A type Spine added after this release is valid once
     the archive holds a block of it."""
-    from spine_pipeline.audit.duck import reading
+    from spine_pipeline.audit.duck import AuditError, reading
     from spine_pipeline.spine.models import BLOCK_TYPES
 
     valid = (*BLOCK_TYPES, *SEARCH_DOCUMENT_KINDS)
     if block_type is None or block_type in valid:
         return
-    with reading(db_path) as con:
-        seen = con.execute("SELECT 1 FROM blocks WHERE type = ? LIMIT 1", [block_type]).fetchone()
-    if seen is None:
+    try:
+        with reading(db_path) as con:
+            seen = con.execute("SELECT 1 FROM blocks WHERE type = ? LIMIT 1", [block_type])
+            held = seen.fetchone() is not None
+    except AuditError:  # no database yet: the type is what is wrong first
+        held = False
+    if not held:
         raise click.BadParameter(
             f"{block_type!r:.80} is not a block type; use one of {', '.join(valid)}",
             param_hint="'--type'",

@@ -5,8 +5,6 @@ import json
 import logging
 import os
 import socket
-import subprocess
-import sys
 
 import duckdb
 import pytest
@@ -72,7 +70,7 @@ def audit_db(cli, tmp_path):
     return tmp_path / "audit.duckdb"
 
 
-def test_search_type_is_validated_naming_the_valid_types(cli, audit_db):
+def test_search_type_is_validated_naming_the_valid_types(cli, audit_db, tmp_path):
     # a block type Spine added later, archived faithfully, stays searchable (below)
     con = duckdb.connect(str(audit_db))
     con.execute("INSERT INTO blocks (run_id, block_id, type) VALUES ('r', 'b', 'future-block')")
@@ -84,6 +82,8 @@ def test_search_type_is_validated_naming_the_valid_types(cli, audit_db):
     for good in ("web-research-block", "final_output", "source_title"):
         assert cli("search", "anything", "--type", good).exit_code == 0, good
     assert cli("search", "anything", "--type", "future-block").exit_code == 0
+    no_db = cli("search", "x", "--type", "nope", "--db", str(tmp_path / "none.duckdb"))
+    assert no_db.exit_code == 2 and "web-research-block" in no_db.stderr  # the type first
 
 
 def test_sql_dot_commands_map_to_sql_or_say_what_to_type(cli, audit_db):
@@ -146,32 +146,24 @@ def test_a_retry_names_the_host_and_so_does_the_failure(caplog):
     assert not any("s3cr3t" in n or "/artifact" in n for n in notices)
 
 
-def test_an_unreachable_base_url_is_said_before_the_retries_not_after(tmp_path):
-    """The first line on stderr is the notice of the first retry, naming the host: the
-    user learns of the wrong SPINE_BASE_URL at once, not after the whole backoff."""
-    port = _closed_port()
-    env = {
-        **os.environ,
-        "SPINE_API_KEY": "sk_first_hour_key",
-        "SPINE_BASE_URL": f"http://127.0.0.1:{port}",
-        "SPINE_ARCHIVE_URI": str(tmp_path / "archive"),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "spine_pipeline.cli", "submit", "--prompt", "x"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        first = proc.stderr.readline()
-    finally:
-        proc.kill()
-        proc.wait(timeout=30)
-        proc.stderr.close()
-    assert first.startswith("note: POST /v1/run: cannot reach Spine at 127.0.0.1:"), first
-    assert f"127.0.0.1:{port}" in first and "retry 1 of 4" in first
-    assert "sk_first_hour_key" not in first
+def test_an_unreachable_base_url_is_said_before_the_retries_not_after(cli, monkeypatch):
+    """Each retry's notice (naming the host) is on stderr before its wait, so the user
+    learns of the wrong SPINE_BASE_URL at the first failure, not after the whole backoff.
+    The CLI's default policy, made fast: the order is what is tested, not the clock."""
+    from spine_pipeline.spine import client as client_module
+
+    fast = RetryPolicy(max_retries=4, base_delay=0.01, max_delay=0.01, jitter=0.0)
+    monkeypatch.setattr(client_module, "RetryPolicy", lambda: fast)
+    host = os.environ["SPINE_BASE_URL"].removeprefix("http://")
+    result = cli("submit", "--prompt", "x")
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 5, lines
+    for n, line in enumerate(lines[:4], 1):
+        assert line.startswith(f"note: POST /v1/run: cannot reach Spine at {host} (")
+        assert line.endswith(f"; retry {n} of 4 in 0.0 s")
+    assert lines[4].startswith(f"error: POST /v1/run failed: cannot reach Spine at {host} (")
+    assert "sk_first_hour_key" not in result.output
 
 
 # ----------------------------------------------------------------------------- progress
