@@ -24,7 +24,9 @@ def _manifests(kit, n):
         kit.archiver().archive([run_id])
 
 
-def test_verify_and_gc_report_each_manifest_and_phase(kit):
+def test_verify_and_gc_report_each_manifest_and_phase(simulator, tmp_path):
+    # what is counted is the loop, not the store: one backend (both run verify elsewhere)
+    kit = ArchiveKit(simulator, str(tmp_path / "archive"))
     _manifests(kit, 2)
     steps = []
     assert verify_archive(kit.store, progress=steps.append).ok
@@ -44,7 +46,7 @@ def test_verify_and_gc_report_each_manifest_and_phase(kit):
 
 
 def test_rebuild_reports_each_manifest_group_and_phase(simulator, tmp_path):
-    kit = ArchiveKit(simulator, str(tmp_path / "archive"))  # DuckDB's side: one backend
+    kit = ArchiveKit(simulator, str(tmp_path / "archive"))
     _manifests(kit, 1)
     steps = []
     report = rebuild_audit_db(kit.uri, tmp_path / "audit.duckdb", progress=steps.append)
