@@ -14,10 +14,12 @@ from spine_pipeline.archive.stores import open_store, printable
 from spine_pipeline.cli_errors import (
     BAD_USAGE,
     enable_debug_log,
+    enable_notices,
     expected_errors,
     fail,
     one_line,
 )
+from spine_pipeline.progress import progress_display
 from spine_pipeline.settings import Settings
 from spine_pipeline.spine import SpineClient, UploadFile
 from spine_pipeline.submission import SubmitSpec, submit_and_record
@@ -37,6 +39,7 @@ def main(debug: bool) -> None:
     """Submit, poll, archive and audit Spine runs."""
     if debug:
         enable_debug_log()
+    enable_notices()
 
 
 @main.command()
@@ -157,13 +160,14 @@ def archive(run_ids: tuple[str, ...], wait: bool, timeout: float) -> None:
     from spine_pipeline.archive.service import archive_now
 
     settings = Settings.from_env()
-    outcomes = archive_now(
-        settings.archive_uri,
-        list(dict.fromkeys(run_ids)),
-        wait=wait,
-        timeout=timeout,
-        progress=lambda line: click.echo(line, err=True),
-    )
+    with progress_display() as progress:
+        outcomes = archive_now(
+            settings.archive_uri,
+            list(dict.fromkeys(run_ids)),
+            wait=wait,
+            timeout=timeout,
+            progress=progress,
+        )
     failed = 0
     for o in outcomes:
         if o.outcome in ("archived", "already_archived"):
@@ -212,11 +216,13 @@ def verify(verify_keys: tuple[str, ...], witness_uris: tuple[str, ...]) -> None:
     settings = Settings.from_env()
     keys = _verify_keys(verify_keys)
     uris = tuple(parse_archive_uri("--witness", u) for u in witness_uris) or settings.witness_uris
-    report = verify_archive(
-        open_store(settings.archive_uri),
-        keys=keys,
-        witnesses=[Witness.open(uri, must_exist=True) for uri in uris],
-    )
+    with progress_display() as progress:
+        report = verify_archive(
+            open_store(settings.archive_uri),
+            keys=keys,
+            witnesses=[Witness.open(uri, must_exist=True) for uri in uris],
+            progress=progress,
+        )
     for problem in report.problems:
         click.echo(f"FAIL {problem}", err=True)
     for warning in report.warnings:
@@ -348,12 +354,14 @@ def gc(grace_hours: float, dry_run: bool, include_artifacts: bool) -> None:
 
     from spine_pipeline.archive.gc import collect_garbage
 
-    report = collect_garbage(
-        open_store(Settings.from_env().archive_uri),
-        grace=timedelta(hours=grace_hours),
-        dry_run=dry_run,
-        include_artifacts=include_artifacts,
-    )
+    with progress_display() as progress:
+        report = collect_garbage(
+            open_store(Settings.from_env().archive_uri),
+            grace=timedelta(hours=grace_hours),
+            dry_run=dry_run,
+            include_artifacts=include_artifacts,
+            progress=progress,
+        )
     verb = "would remove" if dry_run else "removed"
     for key in report.deleted:
         click.echo(f"{verb} {key}")
@@ -369,18 +377,27 @@ def gc(grace_hours: float, dry_run: bool, include_artifacts: bool) -> None:
 @click.argument("run_ids", nargs=-1)
 @expected_errors
 def status(run_ids: tuple[str, ...]) -> None:
-    """In-flight and archived runs with their state."""
+    """In-flight and archived runs with their state. Exit 1 if a RUN_ID given is unknown."""
     from spine_pipeline.archive.service import run_states
 
     rows = run_states(open_store(Settings.from_env().archive_uri), list(run_ids))
-    if not rows:
+    unknown = [r.run_id for r in rows if r.state == "unknown"]
+    rows = [r for r in rows if r.state != "unknown"]
+    if not rows and not unknown:
         click.echo("no tracked or archived runs")
         return
-    click.echo(f"{'run_id':36}  {'state':10}  {'status':10}  {'request':28}  since")
+    if rows:
+        click.echo(f"{'run_id':36}  {'state':10}  {'status':10}  {'request':28}  since")
     for r in rows:
         click.echo(
             f"{r.run_id:36}  {r.state:10}  {r.status or '-':10}  {(r.request_name or '-')[:28]:28}"
             f"  {r.since or '-'}"
+        )
+    if unknown:
+        shown = ", ".join(printable(run_id) for run_id in unknown)
+        fail(
+            f"unknown run id(s) {shown}: neither tracked nor archived in this archive "
+            "(`spine-pipeline track RUN_ID` registers a run submitted elsewhere)"
         )
 
 

@@ -20,6 +20,7 @@ import click
 
 from spine_pipeline.cli_errors import expected_errors, fail
 from spine_pipeline.private_file import atomic_output
+from spine_pipeline.progress import progress_display
 
 if TYPE_CHECKING:
     from spine_pipeline.audit.sql import SqlStream, Written
@@ -80,7 +81,9 @@ def audit_rebuild(archive: str | None, db: str | None) -> None:
     """Recreate the audit database from the archive's manifests alone."""
     from spine_pipeline.audit import rebuild_audit_db
 
-    _print_ingest(rebuild_audit_db(archive, _db(db)))
+    with progress_display() as progress:
+        report = rebuild_audit_db(archive, _db(db), progress=progress)
+    _print_ingest(report)
 
 
 @audit.command("refresh")
@@ -91,7 +94,9 @@ def audit_refresh(archive: str | None, db: str | None) -> None:
     """Ingest manifests committed since the last refresh."""
     from spine_pipeline.audit import refresh_audit_db
 
-    _print_ingest(refresh_audit_db(archive, _db(db)))
+    with progress_display() as progress:
+        report = refresh_audit_db(archive, _db(db), progress=progress)
+    _print_ingest(report)
 
 
 # ----------------------------------------------------------------------------- sql
@@ -144,6 +149,10 @@ def sql(
     """
     from spine_pipeline.audit import sql as sqlmod
 
+    mapped = _dot_command(query)
+    if mapped is None:
+        return
+    query = mapped
     if fmt == "parquet" and output is None:
         raise click.UsageError("--format parquet needs --output FILE")
     if max_rows is None and output is None:
@@ -164,6 +173,45 @@ def sql(
             f"note: showing the first {written.rows:,} rows (--max-rows); use {more} for all",
             err=True,
         )
+
+
+SQL_HELP = (
+    "sql takes one read-only SQL query: SHOW TABLES, DESCRIBE runs, SELECT ... FROM runs "
+    "(also .tables, .schema [TABLE]; docs/audit.md lists the tables)"
+)
+_ALL_COLUMNS = (
+    "SELECT table_name, column_name, data_type FROM duckdb_columns() WHERE NOT internal "
+    "ORDER BY table_name, column_index"
+)
+
+
+def _dot_command(query: str) -> str | None:
+    """The SQL a duckdb-shell dot command stands for (`.tables`, `.schema [T]`,
+    `.describe T`), said on stderr so the user learns it; `.help` prints what to type and
+    gives None (nothing to run); any other dot command is bad usage (exit 2). A first-time
+    user types them out of habit and would otherwise get a parser error at the dot."""
+    from spine_pipeline.audit.sql import visible
+
+    text = query.strip().rstrip(";").strip()
+    if not text.startswith("."):
+        return query
+    command, _, rest = text.partition(" ")
+    table = rest.strip()
+    if command == ".help":
+        click.echo(SQL_HELP)
+        return None
+    if command == ".describe" and not table:
+        raise click.UsageError(f".describe needs a table, e.g. .describe runs; {SQL_HELP}")
+    ident = '"' + table.replace('"', '""') + '"'
+    sql = {
+        ".tables": "SHOW TABLES",
+        ".schema": f"DESCRIBE {ident}" if table else _ALL_COLUMNS,
+        ".describe": f"DESCRIBE {ident}",
+    }.get(command)
+    if sql is None:
+        raise click.UsageError(f"{command[:40]!r} is not available here; {SQL_HELP}")
+    click.echo(visible(f"note: {command} is {sql}"), err=True)
+    return sql
 
 
 def _sql_to_stdout(stream: SqlStream, fmt: str, max_rows: int | None) -> Written:
@@ -222,6 +270,7 @@ def search(
     from spine_pipeline.audit import search as do_search
     from spine_pipeline.audit.sql import visible
 
+    _check_search_type(_db(db), block_type)
     hits = do_search(_db(db), text, block_type=block_type, since=_day(since), limit=limit)
     if not hits:
         click.echo("no matches")
@@ -239,6 +288,33 @@ def search(
         click.echo(visible(f"{h.run_id}  {where}  score={h.score:.2f}"))
         click.echo(visible(f"    {h.snippet}"))
         click.echo(visible(f"    {h.canvas_url or '(no canvas)'}"))
+
+
+#: What `search --type` takes besides a block type: the other documents searched.
+SEARCH_DOCUMENT_KINDS = ("final_output", "source_title")
+
+
+def _check_search_type(db_path: str, block_type: str | None) -> None:
+    """A `--type` that names nothing searchable is bad usage (exit 2, the valid types
+    named), not a silent "no matches". A type Spine added after this release is valid once
+    the archive holds a block of it."""
+    from spine_pipeline.audit.duck import AuditError, reading
+    from spine_pipeline.spine.models import BLOCK_TYPES
+
+    valid = (*BLOCK_TYPES, *SEARCH_DOCUMENT_KINDS)
+    if block_type is None or block_type in valid:
+        return
+    try:
+        with reading(db_path) as con:
+            seen = con.execute("SELECT 1 FROM blocks WHERE type = ? LIMIT 1", [block_type])
+            held = seen.fetchone() is not None
+    except AuditError:  # no database yet: the type is what is wrong first
+        held = False
+    if not held:
+        raise click.BadParameter(
+            f"{block_type!r:.80} is not a block type; use one of {', '.join(valid)}",
+            param_hint="'--type'",
+        )
 
 
 @click.command("cited")

@@ -27,7 +27,7 @@ from spine_pipeline.archive.stores import StoreError
 from spine_pipeline.audit import AuditError
 from spine_pipeline.audit.sql import duckdb_message
 from spine_pipeline.catalog import CatalogError
-from spine_pipeline.settings import ConfigurationError, Settings
+from spine_pipeline.settings import ConfigurationError, MissingSettingError, Settings
 from spine_pipeline.spine import SpineError
 from spine_pipeline.spine.redact import redact, register_secret
 
@@ -126,6 +126,24 @@ def enable_info_log(name: str) -> None:
         logger.addHandler(handler)
 
 
+#: Loggers whose warnings a user of the CLI must see as they happen (the client's retry
+#: notices: a wrong SPINE_BASE_URL says so at the first failure, not after the backoff).
+NOTICE_LOGGERS = ("spine_pipeline.spine.client",)
+
+
+def enable_notices() -> None:
+    """WARNING and up of `NOTICE_LOGGERS` on stderr as `note: ...` lines, redacted. With
+    `--debug` the product's handler already prints them (and would print them twice)."""
+    if any(isinstance(h, _StderrHandler) for h in logging.getLogger(PRODUCT_LOGGER).handlers):
+        return
+    for name in NOTICE_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+            handler = _StderrHandler(logging.WARNING)
+            handler.setFormatter(_RedactingFormatter("note: %(message)s"))
+            logger.addHandler(handler)
+
+
 def expected_errors(func: F) -> F:
     """Turn the libraries' expected exceptions into a one-line error and exit code 1 or 2.
 
@@ -146,7 +164,8 @@ def expected_errors(func: F) -> F:
             return func(*args, **kwargs)
         except ConfigurationError as exc:
             log.debug("bad setting", exc_info=True)
-            fail(one_line(exc), BAD_USAGE)
+            message = exc.cli_message if isinstance(exc, MissingSettingError) else one_line(exc)
+            fail(message, BAD_USAGE)
         except duckdb.Error as exc:
             log.debug("database error", exc_info=True)
             fail(duckdb_message(exc))

@@ -93,6 +93,29 @@ class ConfigurationError(ValueError):
     """
 
 
+class MissingSettingError(ConfigurationError):
+    """A required setting is unset. Its message is for library callers, who may pass the
+    value as an argument; `cli_message` is for CLI users, who can only set the variable:
+    both live here, so they cannot drift apart."""
+
+    def __init__(self, variable: str, argument: str, value: str, hint: str = "") -> None:
+        self.variable = variable
+        self.cli_message = f"{variable} is not set: export {variable}=<{value}>" + (
+            f" ({hint})" if hint else ""
+        )
+        super().__init__(f"{variable} is not set (pass {argument} or set the variable)")
+
+
+def missing_api_key() -> MissingSettingError:
+    """The error for a client built without a key, from the CLI or from Python."""
+    return MissingSettingError(
+        "SPINE_API_KEY",
+        "api_key",
+        "your Spine API key",
+        "or try the embedded simulator: spine-pipeline demo",
+    )
+
+
 # ----------------------------------------------------------------------------- messages
 
 _SHOWN_CHARS = 60

@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from spine_pipeline.archive.layout import ARTIFACT_AREA, TABLE_PREFIX
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.stores import ObjectInfo, ObjectStore, UntrustedObject
+from spine_pipeline.progress import ProgressFn, Step, no_progress
 
 DEFAULT_GRACE = timedelta(hours=6)
 
@@ -44,8 +45,14 @@ def collect_garbage(
     dry_run: bool = False,
     include_artifacts: bool = False,
     now: datetime | None = None,
+    progress: ProgressFn = no_progress,
 ) -> GcReport:
-    """Delete unlisted objects older than `grace`; the manifest chain must be intact."""
+    """Delete unlisted objects older than `grace`; the manifest chain must be intact.
+
+    `progress` hears of each phase: reading the log, then each area listed, with the
+    objects examined so far (a listing's length is not known ahead).
+    """
+    progress(Step("gc: reading the manifest log"))
     log = ManifestLog(store)
     log.refresh()  # raises ManifestError on a broken chain: never collect from a damaged log
     referenced = {f.key for m in log for f in m.files} | {a.key for m in log for a in m.artifacts}
@@ -53,7 +60,8 @@ def collect_garbage(
     report = GcReport()
     # The areas `verify` checks (layout.CHAINED_PREFIXES) except manifests, never collected.
     prefixes = (TABLE_PREFIX, ARTIFACT_AREA) if include_artifacts else (TABLE_PREFIX,)
-    for prefix in prefixes:
+    for area, prefix in enumerate(prefixes, 1):
+        progress(Step("gc: areas", area - 1, len(prefixes), f"scanning {prefix}"))
         report.refused.extend(f"{e.key}: {e.reason}" for e in store.refused(prefix))
         for info in _listed(store, prefix):
             if info.key in referenced:
@@ -65,6 +73,10 @@ def collect_garbage(
                 store.delete(info.key)
             report.deleted.append(info.key)
             report.bytes_freed += info.size
+    verb = "would remove" if dry_run else "removed"
+    progress(
+        Step("gc: areas", len(prefixes), len(prefixes), f"{verb} {len(report.deleted)} object(s)")
+    )
     return report
 
 

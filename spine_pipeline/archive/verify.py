@@ -71,6 +71,7 @@ from spine_pipeline.archive.tlog import (
     read_note,
     signature_finding,
 )
+from spine_pipeline.progress import ProgressFn, Step, no_progress
 
 #: Areas whose uncommitted objects are orphans (warnings); anything foreign elsewhere in the
 #: chain (the manifest area) is a problem.
@@ -217,22 +218,27 @@ def verify_archive(
     *,
     keys: VerifyKeys | None = None,
     witnesses: Sequence[Witness] = (),
+    progress: ProgressFn = no_progress,
 ) -> VerifyReport:
     """Verify everything under the archive root; `report.ok` is False on any problem.
 
     `keys` check the manifests' and checkpoints' signatures (without them checkpoints are
     read by format only, and a signed archive gets one WARN saying so); `witnesses` are the
-    outside copies of the checkpoints that a rollback or a fork contradicts.
+    outside copies of the checkpoints that a rollback or a fork contradicts. `progress`
+    hears of each manifest checked (its files and artifacts hashed) and each later phase.
     """
     report = VerifyReport(signatures_checked=keys is not None)
+    progress(Step("verify: listing the archive"))
     existing = _stored_keys(store, report)
-    log = _check_manifests(store, report, existing)
+    log = _check_manifests(store, report, existing, progress)
+    progress(Step("verify: signatures and checkpoints"))
     checkpoints = _listed_checkpoints(store, report)
     identity = _check_identity(store, report, log, checkpoints)
     _check_signatures(report, log, keys)
     origin = identity.origin if identity is not None else None
     _check_checkpoints(store, report, log, checkpoints, origin, keys)
-    for witness in witnesses:
+    for i, witness in enumerate(witnesses, 1):
+        progress(Step("verify: witnesses", i, len(witnesses)))
         _check_witness(witness, report, log, origin, keys)
     if not log.whole:
         report.notes.append(
@@ -242,7 +248,12 @@ def verify_archive(
     return report
 
 
-def _check_manifests(store: ObjectStore, report: VerifyReport, existing: set[str]) -> _Log:
+def _check_manifests(
+    store: ObjectStore,
+    report: VerifyReport,
+    existing: set[str],
+    progress: ProgressFn = no_progress,
+) -> _Log:
     """The chain, every listed file and artifact, and the tree over the manifests' bytes."""
     log = _Log()
     manifest_seqs = []
@@ -255,8 +266,9 @@ def _check_manifests(store: ObjectStore, report: VerifyReport, existing: set[str
     listed: set[str] = set()
     prev_sha: str | None = None
     expected_seq = 1
-    for seq in sorted(manifest_seqs):
+    for done, seq in enumerate(sorted(manifest_seqs)):
         key = manifest_key(seq)
+        progress(Step("verify: manifests", done, len(manifest_seqs), key))
         listed.add(key)
         if seq != expected_seq:
             log.whole = False
@@ -317,6 +329,7 @@ def _check_manifests(store: ObjectStore, report: VerifyReport, existing: set[str
                 continue
             listed.add(a[0])
             _check(store, report, a[0], a[1], a[2], existing, key)
+    progress(Step("verify: manifests", len(manifest_seqs), len(manifest_seqs)))
     for key in sorted(existing - listed):
         _orphan(store, report, key)
     return log

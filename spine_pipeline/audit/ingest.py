@@ -43,6 +43,7 @@ from spine_pipeline.archive.stores import ObjectStore
 from spine_pipeline.audit.ddl import DATA_TABLES, data_columns, run_facts_select
 from spine_pipeline.audit.duck import AuditError, configure_s3
 from spine_pipeline.audit.search_index import index_manifests
+from spine_pipeline.progress import ProgressFn, Step, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -361,6 +362,7 @@ def ingest_manifests(
     *,
     manifests: list[Manifest] | None = None,
     signatures_verified: bool = False,
+    progress: ProgressFn = no_progress,
 ) -> None:
     """Ingest every manifest committed after the last ingested one, in chain order.
 
@@ -374,8 +376,10 @@ def ingest_manifests(
             manifests = new_manifests(con, store)[1]
         size = BULK_GROUP if bulk else 1
         for i in range(0, len(manifests), size):
+            progress(Step("audit: ingesting manifests", i, len(manifests)))
             group = manifests[i : i + size]
             _ingest_group(con, fetcher, group, report, published_seq, bulk, signatures_verified)
+        progress(Step("audit: ingesting manifests", len(manifests), len(manifests)))
     finally:
         fetcher.close()
     report.last_seq = last_ingested(con)[0]

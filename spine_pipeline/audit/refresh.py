@@ -37,6 +37,7 @@ from spine_pipeline.audit.ledger_mirror import (
 )
 from spine_pipeline.audit.search_index import cluster_search_index
 from spine_pipeline.audit.snapshot import paths_for, prepare_spare, publish, writer_lock
+from spine_pipeline.progress import ProgressFn, Step, no_progress
 from spine_pipeline.settings import Settings
 
 
@@ -58,6 +59,7 @@ def ingest_into(
     *,
     memory: Memory | None = None,
     keys: VerifyKeys | None = None,
+    progress: ProgressFn = no_progress,
 ) -> None:
     """Bring an open read-write audit database up to date with the archive.
 
@@ -67,6 +69,7 @@ def ingest_into(
     (a new file, unseen until published) derives the search statistics and run facts once
     at the end instead of per manifest. `memory` is what the published database remembers
     of the log (`history.read_memory`); `keys` are SPINE_VERIFY_KEY's, when set.
+    `progress` hears of each phase and each manifest (group) ingested.
     """
     load_extension(con, "fts")
     ensure_schema(con)
@@ -78,6 +81,7 @@ def ingest_into(
             "run `spine-pipeline audit rebuild`"
         )
     set_state(con, "archive_uri", uri)
+    progress(Step("audit: reading the manifest log"))
     guard = LogGuard.observe(store, keys)  # before the manifests: see LogGuard
     anchor, manifests = new_manifests(con, store)
     guard.check(con, anchor, manifests, memory or Memory(), archive_uri=uri, fresh=bulk)
@@ -89,14 +93,17 @@ def ingest_into(
         bulk,
         manifests=manifests,
         signatures_verified=keys is not None,
+        progress=progress,
     )
     guard.record(con, report)
     if published is not None:
         adopt_ledger_records(con, published, uri)
+    progress(Step("audit: mirroring the ledger"))
     mirror_submissions(con, store, report, bulk)
     mirror_webhook_events(con, store, report)
     refresh_inflight(con, store, report)
     if bulk:
+        progress(Step("audit: search statistics and run facts"))
         refuse_repeated_runs_bulk(con)
         con.execute("BEGIN TRANSACTION")
         try:
@@ -132,6 +139,7 @@ def _build_snapshot(
     *,
     fresh: bool,
     store: ObjectStore | None,
+    progress: ProgressFn = no_progress,
 ) -> IngestReport:
     """Build the next snapshot of the audit database and publish it, under the writer lock.
 
@@ -167,9 +175,12 @@ def _build_snapshot(
                 bulk=how == "new",
                 memory=memory,
                 keys=keys,
+                progress=progress,
             )
             if how == "new":
+                progress(Step("audit: clustering the search index"))
                 cluster_search_index(con)
+            progress(Step("audit: writing the snapshot"))
             con.execute("CHECKPOINT")
         finally:
             con.close()
@@ -183,6 +194,7 @@ def refresh_audit_db(
     db_path: str | os.PathLike[str] | None = None,
     *,
     store: ObjectStore | None = None,
+    progress: ProgressFn = no_progress,
 ) -> IngestReport:
     """Ingest manifests committed since the last refresh and publish a new snapshot.
 
@@ -190,7 +202,7 @@ def refresh_audit_db(
     only refreshes the submissions and in-flight tables. Raises IngestError (the published
     snapshot untouched) on a broken chain, a tampered or missing file, or a duplicate run.
     """
-    return _build_snapshot(archive_uri, db_path, fresh=False, store=store)
+    return _build_snapshot(archive_uri, db_path, fresh=False, store=store, progress=progress)
 
 
 def rebuild_audit_db(
@@ -198,6 +210,7 @@ def rebuild_audit_db(
     db_path: str | os.PathLike[str] | None = None,
     *,
     store: ObjectStore | None = None,
+    progress: ProgressFn = no_progress,
 ) -> IngestReport:
     """Recreate the audit database from the archive alone (full chain check from seq 1)."""
-    return _build_snapshot(archive_uri, db_path, fresh=True, store=store)
+    return _build_snapshot(archive_uri, db_path, fresh=True, store=store, progress=progress)

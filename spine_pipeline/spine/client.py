@@ -13,6 +13,7 @@ import functools
 import hashlib
 import importlib.util
 import json
+import logging
 import mimetypes
 import socket
 import ssl
@@ -71,6 +72,8 @@ MAX_REPLY_BYTES = 256 * 1024 * 1024
 # sys.modules makes the same import fail at once, exactly as it would anyway.
 if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
     sys.modules["sniffio"] = None  # type: ignore[assignment]
+#: Retry notices (WARNING): the CLI prints them on stderr (`cli_errors.enable_notices`).
+log = logging.getLogger(__name__)
 # httpx logs each reply's status line and httpcore its headers, both chosen by the server.
 redact_http_logs()
 
@@ -151,8 +154,59 @@ def _describe(exc: Exception) -> str:
     return redact(f"{type(exc).__name__}: {exc}") if str(exc) else type(exc).__name__
 
 
+def host_of(url: httpx.URL) -> str:
+    """`host:port` of a request, what a retry notice or a failure names so a wrong
+    SPINE_BASE_URL shows at once; never the userinfo, path or query (they may hold secrets)."""
+    host = url.host
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return f"{host}:{url.port}" if url.port is not None else host
+
+
+def _retry_notice(
+    request: httpx.Request, reply: _Reply, attempt: int, policy: RetryPolicy, delay: float
+) -> None:
+    """Say that a call is being retried, and why, before sleeping: an unreachable or
+    refusing API must not look like a silent hang for the whole backoff."""
+    host = host_of(request.url)
+    if isinstance(reply, Exception):
+        reason = f"cannot reach Spine at {host} ({_describe(_dropped(reply) or reply)})"
+    else:
+        status = reply.status_code if reply is not None else "?"
+        reason = f"HTTP {status} from {host}"
+    log.warning(
+        "%s %s: %s; retry %d of %d in %.1f s",
+        request.method,
+        request.url.path,
+        reason,
+        attempt + 1,
+        policy.max_retries,
+        delay,
+    )
+
+
+def _download_retry_notice(url: str, exc: Exception, attempt: int, policy: RetryPolicy) -> float:
+    """Say that an artifact download is retried (naming only the host: a pre-signed URL's
+    query is a credential), and return how long to wait first."""
+    delay = policy.delay(attempt)
+    try:
+        host = host_of(httpx.URL(url))
+    except httpx.InvalidURL:
+        host = "?"
+    log.warning(
+        "artifact download from %s: %s; retry %d of %d in %.1f s",
+        host,
+        _describe(exc),
+        attempt + 1,
+        policy.max_retries,
+        delay,
+    )
+    return delay
+
+
 def _transport_failure(kind: RequestKind, request: httpx.Request, exc: Exception) -> SpineError:
     what = f"{request.method} {request.url.path}"
+    host = host_of(request.url)
     if kind is RequestKind.CREATE and not never_sent(exc):
         return SubmitOutcomeUnknownError(
             f"submit outcome unknown: {what} failed after the request may have reached Spine "
@@ -161,8 +215,10 @@ def _transport_failure(kind: RequestKind, request: httpx.Request, exc: Exception
         )
     dropped = _dropped(exc)
     if dropped is None and isinstance(exc, httpx.TimeoutException):
-        return SpineTimeoutError(f"{what} timed out ({_describe(exc)})")
-    return SpineConnectionError(f"{what} failed: cannot reach Spine ({_describe(dropped or exc)})")
+        return SpineTimeoutError(f"{what} to {host} timed out ({_describe(exc)})")
+    return SpineConnectionError(
+        f"{what} failed: cannot reach Spine at {host} ({_describe(dropped or exc)})"
+    )
 
 
 def _too_large(kind: RequestKind, request: httpx.Request, exc: BodyTooLarge) -> SpineError:
@@ -221,6 +277,7 @@ def api_flow(
             delay = policy.delay(attempt, retry_after)
             left = _remaining(deadline)
             if left is None or delay < left:
+                _retry_notice(request, reply, attempt, policy, delay)
                 attempt += 1
                 yield _Sleep(delay)
                 continue
@@ -644,7 +701,7 @@ class SpineClient(_Base):
             except (httpx.HTTPError, DownloadError) as exc:
                 if not _download_retryable(exc) or attempt >= self.retry.max_retries:
                     raise _download_failure(exc) from None
-                time.sleep(self.retry.delay(attempt))
+                time.sleep(_download_retry_notice(url, exc, attempt, self.retry))
                 attempt += 1
                 sink.reset()
 
@@ -807,7 +864,7 @@ class AsyncSpineClient(_Base):
             except (httpx.HTTPError, DownloadError) as exc:
                 if not _download_retryable(exc) or attempt >= self.retry.max_retries:
                     raise _download_failure(exc) from None
-                await asyncio.sleep(self.retry.delay(attempt))
+                await asyncio.sleep(_download_retry_notice(url, exc, attempt, self.retry))
                 attempt += 1
                 sink.reset()
 

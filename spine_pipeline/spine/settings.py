@@ -17,6 +17,7 @@ from spine_pipeline.settings import (
     DEFAULT_BASE_URL,
     ConfigurationError,
     Settings,
+    missing_api_key,
     parse_api_key,
     parse_http_url,
     split_host_port,
@@ -67,7 +68,7 @@ class SpineSettings:
         elif key is None and env is not None:
             key = env.api_key
         if key is None:
-            raise ConfigurationError("SPINE_API_KEY is not set (pass api_key or set the variable)")
+            raise missing_api_key()
         secret = key if isinstance(key, Secret) else Secret(key)
         url = base_url or (env.base_url if env is not None else DEFAULT_BASE_URL)
         if isinstance(timeout, int | float):
