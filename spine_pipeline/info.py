@@ -605,6 +605,8 @@ def render_info(info: Info) -> str:
         out.append(f"runs        ERROR {_problem(r.problem)}")
     elif a.state == "missing":
         out.append("runs        none tracked (no archive)")
+    elif a.state == "error":
+        out.append("runs        unknown (archive not read)")
     else:
         oldest = f", oldest {r.oldest_hours:.1f} h" if r.oldest_hours is not None else ""
         out.append(f"runs        {r.in_flight} in flight{oldest}, {len(r.overdue)} overdue")
