@@ -555,7 +555,7 @@ def render_info(info: Info) -> str:
         if a.spine is not None:
             out.append(f"  spine     {_spine_text(a.spine)}")
     elif a.state in ("ok", "empty"):
-        out.append("  identity  none yet (written by the first signing writer)")
+        out.append("  identity  none yet (the first archived batch writes it)")
     if a.state == "empty":
         out.append("  head      no manifest yet: nothing archived")
     elif a.head_seq:
