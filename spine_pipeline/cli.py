@@ -403,6 +403,31 @@ def status(run_ids: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="one screen of text, or one JSON object",
+)
+@expected_errors
+def info(fmt: str) -> None:
+    """Where this installation stands: archive, audit lag, runs in flight, budgets, webhooks.
+
+    Read-only (creates neither the archive nor the audit database). A missing, empty or
+    unreadable part is one line in its section; exit 0 whatever is found, 2 for a bad setting.
+    """
+    from spine_pipeline.info import gather_info, render_info
+
+    found = gather_info(Settings.from_env())
+    if fmt == "json":
+        click.echo(json.dumps(found.to_json(), indent=2, sort_keys=True))
+    else:
+        click.echo(render_info(found), nl=False)
+
+
+@main.command()
+@click.option(
     "--timeout",
     type=click.FloatRange(min=10),
     default=110.0,

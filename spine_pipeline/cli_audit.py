@@ -402,6 +402,13 @@ def report_credits(
         days = sorted({str(r[0]) for r in data.anomalies.rows})
         click.echo(f"anomalous days (credits > 3x trailing 7-day median): {', '.join(days)}")
     if html_path is not None:
+        from spine_pipeline.audit.html_report import page_links
+        from spine_pipeline.evidence.show import page_dirs
+        from spine_pipeline.settings import Settings
+
+        settings = Settings.from_env()
+        dirs = page_dirs(settings.archive_uri, settings.dagster_home)
+        pages = page_links(data.run_details, html_path, dirs)
         with private_output(html_path) as f:
-            f.write(render_report_data_html(data).encode("utf-8"))
+            f.write(render_report_data_html(data, pages).encode("utf-8"))
         click.echo(f"wrote {html_path}", err=True)

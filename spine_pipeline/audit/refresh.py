@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -48,6 +49,12 @@ def _normal_uri(uri: str) -> str:
     return str(Path(uri.removeprefix("file://")).absolute())
 
 
+def normal_archive_uri(uri: str) -> str:
+    """The archive URI as the audit database records it (`audit_state.archive_uri`), so a
+    reader (`spine-pipeline info`) can tell whether a database was built from this archive."""
+    return _normal_uri(uri)
+
+
 def ingest_into(
     con: duckdb.DuckDBPyConnection,
     store: ObjectStore,
@@ -82,6 +89,8 @@ def ingest_into(
         )
     set_state(con, "archive_uri", uri)
     progress(Step("audit: reading the manifest log"))
+
+    set_state(con, "refreshed_at", datetime.now(UTC).isoformat(timespec="seconds"))
     guard = LogGuard.observe(store, keys)  # before the manifests: see LogGuard
     anchor, manifests = new_manifests(con, store)
     guard.check(con, anchor, manifests, memory or Memory(), archive_uri=uri, fresh=bulk)

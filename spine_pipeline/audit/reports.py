@@ -114,6 +114,19 @@ def credit_report(
         return credit_report_table(con, by, since)
 
 
+@dataclass(frozen=True)
+class RunDetail:
+    """What the HTML report shows of a run besides its row: where its canvas is (the URL the
+    archive recorded, `runs.canvas_url`) and what it was asked (`runs.prompt`, cut to
+    `PROMPT_CHARS`)."""
+
+    canvas_url: str | None
+    prompt: str | None
+
+
+PROMPT_CHARS = 300
+
+
 @dataclass
 class ReportData:
     """Everything the HTML report and the headline show, read in one snapshot."""
@@ -134,6 +147,7 @@ class ReportData:
     overdue: Table
     budgets: Budgets
     budget_status: list[BudgetStatus] = field(default_factory=list)
+    run_details: dict[str, RunDetail] = field(default_factory=dict)
 
 
 def budget_status(
@@ -161,6 +175,18 @@ def budget_status(
     return out
 
 
+def run_details(con: duckdb.DuckDBPyConnection, run_ids: set[str]) -> dict[str, RunDetail]:
+    """Canvas URL and prompt of each archived run among `run_ids`."""
+    if not run_ids:
+        return {}
+    found = con.execute(
+        f"SELECT run_id, canvas_url, left(prompt, {PROMPT_CHARS}) FROM runs "
+        "WHERE run_id IN (SELECT unnest(?::VARCHAR[]))",
+        [sorted(run_ids)],
+    ).fetchall()
+    return {r: RunDetail(url, prompt) for r, url, prompt in found}
+
+
 def report_data(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -175,7 +201,7 @@ def report_data(
     runs, credits, first, last = con.execute(
         f"SELECT count(*), coalesce(sum(credits), 0), min(day), max(day) FROM run_facts {where}", p
     ).fetchone() or (0, 0, None, None)
-    return ReportData(
+    data = ReportData(
         generated_at=datetime.now(UTC),
         since=since or first,
         until=last,
@@ -218,6 +244,13 @@ def report_data(
         budgets=budgets,
         budget_status=budget_status(con, budgets, today),
     )
+    linked = {
+        str(row[t.columns.index("run_id")])
+        for t in (data.top_runs, data.anomalies, data.overdue)
+        for row in t.rows
+    }
+    data.run_details = run_details(con, linked)
+    return data
 
 
 def load_report_data(

@@ -26,6 +26,8 @@ from spine_pipeline.private_file import atomic_output
 __all__ = [
     "DEFAULT_DIR",
     "FILE_MODE",
+    "page_dirs",
+    "page_file",
     "pages_dir",
     "valid_run_id",
     "write_page_file",
@@ -58,7 +60,7 @@ def write_show_page(archive_uri: str, run_id: str, out: Path | None = None) -> P
     page = render_page_bytes(data, artifact_links=False)
     if out is None:
         _ensure_dir(DEFAULT_DIR)
-        out = DEFAULT_DIR / f"{run_id}.html"
+        out = page_file(DEFAULT_DIR, run_id)
     write_page_file(out, page)
     return out.absolute()
 
@@ -76,6 +78,25 @@ def pages_dir(store: ObjectStore, dagster_home: Path | None) -> Path | None:
     return (dagster_home if dagster_home is not None else store.root.parent) / DEFAULT_DIR.name
 
 
+def page_file(directory: Path, run_id: str) -> Path:
+    """The page of `run_id` in `directory`: `<run_id>.html`. The one naming rule, for the
+    writers (`show`, Dagster) and for readers that link to pages (the credit report)."""
+    return directory / f"{run_id}.html"
+
+
+def page_dirs(archive_uri: str, dagster_home: str | None) -> list[Path]:
+    """Every directory where pages of this archive's runs are written by default, without
+    opening the archive: `show`'s (`./spine-show/`) and Dagster's (`pages_dir`: under
+    `DAGSTER_HOME`, or beside a local archive root)."""
+    dirs = [DEFAULT_DIR.absolute()]
+    if dagster_home:
+        dirs.append(Path(dagster_home).absolute() / DEFAULT_DIR.name)
+    if not archive_uri.lower().startswith("s3://"):
+        root = Path(archive_uri.removeprefix("file://")).expanduser().resolve()
+        dirs.append(root.parent / DEFAULT_DIR.name)
+    return list(dict.fromkeys(dirs))
+
+
 def write_run_page(directory: Path, data: RunData) -> Path:
     """Write `<directory>/<run_id>.html` (the `show` page of `data`); return its path.
 
@@ -85,7 +106,7 @@ def write_run_page(directory: Path, data: RunData) -> Path:
     if not valid_run_id(data.run_id):
         raise ValueError(f"not a valid run id: {data.run_id!r:.140} (1-128 URL-safe characters)")
     _ensure_dir(directory)
-    path = directory / f"{data.run_id}.html"
+    path = page_file(directory, data.run_id)
     write_page_file(path, render_page_bytes(data, artifact_links=False))
     return path.absolute()
 
