@@ -1,0 +1,361 @@
+"""The DuckLake catalog (issue 18): the archive's manifests published, read by other processes.
+
+Real archives written by the real Archiver from the simulator, on disk and on S3 (`kit`);
+the catalog is a local DuckLake file (`ducklake:/.../meta.ducklake`). Readers are separate
+Python processes that only know DuckDB, the ducklake extension and the catalog's path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pyarrow as pa
+import pytest
+from click.testing import CliRunner
+
+from spine_pipeline.archive.arrow_schemas import TABLES
+from spine_pipeline.archive.layout import key_dt
+from spine_pipeline.archive.manifest import ManifestLog
+from spine_pipeline.archive.read import read_committed
+from spine_pipeline.audit.ducklake import (
+    Catalog,
+    CatalogError,
+    catalog_columns,
+    publish_catalog,
+)
+from spine_pipeline.cli import main
+from spine_pipeline.settings import ConfigurationError, Settings
+from spine_pipeline_tests.archive.conftest import ArchiveKit
+
+
+@pytest.fixture
+def kit(simulator: Any, archive_uri: str) -> ArchiveKit:
+    return ArchiveKit(simulator, archive_uri)
+
+
+@pytest.fixture(autouse=True)
+def _no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SPINE_SIGNING_KEY", "SPINE_VERIFY_KEY", "SPINE_WITNESS_URI"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def commit(kit: ArchiveKit, n: int, label: str) -> int:
+    ids = kit.submit(*[f"{label} run {i} about tidal power" for i in range(n)], template="auto")
+    result = kit.archiver().archive(ids)
+    assert result.ok and result.manifest is not None
+    return result.manifest.seq
+
+
+def catalog_of(tmp_path: Path) -> Catalog:
+    return Catalog(f"ducklake:{tmp_path / 'lake' / 'meta.ducklake'}")
+
+
+READER = textwrap.dedent(
+    """
+    import json, sys
+    import duckdb, duckdb_extensions
+    target, as_of, s3 = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    duckdb_extensions.import_extension("ducklake", con=con)
+    con.execute("LOAD ducklake")
+    if s3:
+        from spine_pipeline.audit.duck import configure_s3
+        configure_s3(con)
+    con.execute(f"ATTACH '{target}' AS lake (READ_ONLY)")
+    at = ""
+    if as_of:
+        (version,) = con.execute(
+            "SELECT max(snapshot_id) FROM lake.snapshots() WHERE commit_message = ?",
+            [f"manifest {as_of}"],
+        ).fetchone()
+        at = f" AT (VERSION => {version})"
+    out = {}
+    for table in sys.argv[4].split(","):
+        rows = con.execute(
+            f"SELECT * EXCLUDE (dt), dt::VARCHAR AS dt FROM lake.{table}{at} ORDER BY ALL"
+        ).fetchall()
+        out[table] = [[repr(v) for v in r] for r in rows]
+    out["manifests"] = [r[0] for r in con.execute(f"SELECT seq FROM lake.manifests{at} ORDER BY 1").fetchall()]
+    print(json.dumps(out))
+    """
+)
+
+
+def read_in_subprocess(
+    catalog: Catalog, tables: list[str], *, s3: bool, as_of: int | None = None
+) -> dict[str, Any]:
+    """What a separate DuckDB process reads from the catalog (READ_ONLY)."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            READER,
+            catalog.value,
+            str(as_of or ""),
+            "1" if s3 else "0",
+            ",".join(tables),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def expected_rows(kit: ArchiveKit, table: str, upto: int | None = None) -> list[list[str]]:
+    """The archive's committed rows (exactly the manifest-listed files), as the reader prints
+    them: the catalog's columns, dt from the Hive path."""
+    log = ManifestLog(kit.store)
+    log.refresh()
+    cols = [c for c, _ in catalog_columns(table) if c != "dt"]
+    parts = []
+    for manifest in log:
+        if upto is not None and manifest.seq > upto:
+            continue
+        for f in manifest.files:
+            if f.table != table:
+                continue
+            t = read_committed(kit.store, table, log=_only(log, manifest.seq)).select(cols)
+            dt = pa.array([key_dt(f.key)] * t.num_rows, pa.string())
+            parts.append(t.append_column("dt", dt))
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+    if not parts:
+        return []
+    con.register("t", pa.concat_tables(parts))
+    rows = con.execute("SELECT * FROM t ORDER BY ALL").fetchall()
+    return [[repr(v) for v in r] for r in rows]
+
+
+def _only(log: ManifestLog, seq: int) -> Any:
+    return [m for m in log if m.seq == seq]
+
+
+def files_registered(catalog: Catalog) -> int:
+    import duckdb
+    import duckdb_extensions
+
+    con = duckdb.connect()
+    duckdb_extensions.import_extension("ducklake", con=con)
+    con.execute("LOAD ducklake")
+    con.execute(f"ATTACH '{catalog.value}' AS lake (READ_ONLY)")
+    total = 0
+    for table in TABLES:
+        total += len(con.execute(f"FROM ducklake_list_files('lake', '{table}')").fetchall())
+    con.close()
+    return total
+
+
+# ----------------------------------------------------------------------------- tests
+
+
+def test_published_catalog_holds_exactly_the_archive_rows_and_travels_in_time(
+    kit: ArchiveKit, tmp_path: Path
+) -> None:
+    catalog = catalog_of(tmp_path)
+    first = commit(kit, 2, "First")
+    report = publish_catalog(catalog, kit.uri)
+    assert report.manifests == [first] and report.rows["runs"] == 2
+    second = commit(kit, 1, "Second")
+    report = publish_catalog(catalog, kit.uri)
+    assert report.manifests == [second]
+    again = publish_catalog(catalog, kit.uri)
+    assert again.manifests == [] and again.last_seq == second  # idempotent
+
+    s3 = kit.uri.startswith("s3://")
+    tables = ["runs", "blocks", "tasks"]
+    now = read_in_subprocess(catalog, tables, s3=s3)
+    assert now["manifests"] == [first, second]
+    for table in tables:
+        assert now[table] == expected_rows(kit, table), table
+    assert len(now["runs"]) == 3
+
+    then = read_in_subprocess(catalog, ["runs"], s3=s3, as_of=first)
+    assert then["manifests"] == [first]
+    assert then["runs"] == expected_rows(kit, "runs", upto=first)
+    assert len(then["runs"]) == 2
+
+
+def test_a_tampered_file_refuses_its_manifest_and_registers_nothing_of_it(
+    kit: ArchiveKit, tmp_path: Path
+) -> None:
+    catalog = catalog_of(tmp_path)
+    first = commit(kit, 1, "Kept")
+    publish_catalog(catalog, kit.uri)
+    before = files_registered(catalog)
+    second = commit(kit, 1, "Tampered")
+    log = ManifestLog(kit.store)
+    log.refresh()
+    (manifest,) = [m for m in log if m.seq == second]
+    victim = next(f for f in manifest.files if f.table == "blocks")
+    plant(kit, victim.key, kit.store.get_bytes(victim.key)[:-8] + b"tampered")
+
+    with pytest.raises(CatalogError) as caught:
+        publish_catalog(catalog, kit.uri)
+    message = str(caught.value)
+    assert "\n" not in message
+    assert victim.key in message and "sha256" in message and f"manifest {second}" in message
+    assert files_registered(catalog) == before
+    seen = read_in_subprocess(catalog, ["runs"], s3=kit.uri.startswith("s3://"))
+    assert seen["manifests"] == [first] and len(seen["runs"]) == 1
+
+
+def plant(kit: ArchiveKit, key: str, data: bytes) -> None:
+    """Overwrite behind the store's back (it refuses to overwrite)."""
+    if kit.uri.startswith("s3://"):
+        bucket, _, prefix = kit.uri[len("s3://") :].partition("/")
+        boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/{key}".lstrip("/"), Body=data)
+    else:
+        path = Path(kit.uri) / key
+        path.chmod(0o600)
+        path.write_bytes(data)
+
+
+PUBLISHER = textwrap.dedent(
+    """
+    import json, sys
+    from spine_pipeline.audit.ducklake import publish_catalog
+    r = publish_catalog(sys.argv[1], sys.argv[2])
+    print(json.dumps({"manifests": r.manifests, "raced": r.raced}))
+    """
+)
+
+
+def test_two_racing_publishers_commit_each_manifest_once(kit: ArchiveKit, tmp_path: Path) -> None:
+    catalog = catalog_of(tmp_path)
+    seqs = [commit(kit, 1, f"Race {i}") for i in range(3)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PUBLISHER, catalog.value, kit.uri],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    published = sorted(s for r in results for s in r["manifests"])
+    assert published == seqs  # each manifest committed by exactly one of them
+    seen = read_in_subprocess(catalog, ["runs"], s3=kit.uri.startswith("s3://"))
+    assert seen["manifests"] == seqs
+    assert seen["runs"] == expected_rows(kit, "runs") and len(seen["runs"]) == 3
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sys
+    import duckdb, duckdb_extensions
+    con = duckdb.connect()
+    duckdb_extensions.import_extension("ducklake", con=con)
+    con.execute("LOAD ducklake")
+    con.execute(f"ATTACH '{sys.argv[1]}' AS lake (READ_ONLY)")
+    print(con.execute("SELECT count(*) FROM lake.runs").fetchone()[0], flush=True)
+    sys.stdin.readline()  # the publish happens now
+    print(con.execute("SELECT count(*) FROM lake.runs").fetchone()[0], flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("archive_uri", ["local"], indirect=True)
+def test_readers_keep_reading_while_a_publish_commits(kit: ArchiveKit, tmp_path: Path) -> None:
+    catalog = catalog_of(tmp_path)
+    commit(kit, 1, "Before")
+    publish_catalog(catalog, kit.uri)
+    reader = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, catalog.value],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert reader.stdout is not None and reader.stdin is not None
+        assert reader.stdout.readline().strip() == "1"
+        second = commit(kit, 2, "During")
+        report = publish_catalog(catalog, kit.uri)  # the reader still holds the catalog open
+        assert report.manifests == [second]
+        reader.stdin.write("go\n")
+        reader.stdin.flush()
+        assert reader.stdout.readline().strip() == "1"  # its snapshot, undisturbed
+    finally:
+        _, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    assert len(read_in_subprocess(catalog, ["runs"], s3=False)["runs"]) == 3
+
+
+@pytest.mark.parametrize("archive_uri", ["local"], indirect=True)
+def test_audit_refresh_publishes_and_publish_rebuild_recreates(
+    kit: ArchiveKit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    catalog = catalog_of(tmp_path)
+    seq = commit(kit, 2, "Cli")
+    monkeypatch.setenv("SPINE_ARCHIVE_URI", kit.uri)
+    monkeypatch.setenv("SPINE_AUDIT_DB", str(tmp_path / "audit.duckdb"))
+    monkeypatch.setenv("SPINE_AUDIT_CATALOG", catalog.value)
+    result = CliRunner().invoke(main, ["audit", "refresh"])
+    assert result.exit_code == 0, result.output
+    assert f"published 1 manifest(s) (last seq {seq})" in result.output
+    result = CliRunner().invoke(main, ["audit", "publish", "--rebuild"])
+    assert result.exit_code == 0, result.output
+    assert f"published 1 manifest(s) (last seq {seq})" in result.output
+    views = read_credit_view(catalog)
+    assert views == [2]
+
+
+def read_credit_view(catalog: Catalog) -> list[int]:
+    import duckdb
+    import duckdb_extensions
+
+    con = duckdb.connect()
+    duckdb_extensions.import_extension("ducklake", con=con)
+    con.execute("LOAD ducklake")
+    con.execute(f"ATTACH '{catalog.value}' AS lake (READ_ONLY)")
+    rows = con.execute("SELECT sum(runs)::BIGINT FROM lake.credit_usage_daily").fetchall()
+    con.close()
+    return [r[0] for r in rows]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "postgres:dbname=audit password=hunter2",
+        "ducklake:sqlite:/srv/meta.sqlite",
+        "ducklake:",
+        "ducklake:postgres:",
+        "ducklake:s3://bucket/meta.ducklake",
+        "ducklake:/srv/meta\x07.ducklake",
+    ],
+)
+def test_a_bad_catalog_setting_is_one_line_without_the_value(raw: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_env({"SPINE_AUDIT_CATALOG": raw})
+    message = str(caught.value)
+    assert message.startswith("SPINE_AUDIT_CATALOG") and "\n" not in message
+    assert "hunter2" not in message and message.endswith("; value not shown")
+
+
+def test_a_postgres_catalog_that_cannot_be_reached_is_one_line_without_its_password(
+    tmp_path: Path,
+) -> None:
+    value = "ducklake:postgres:dbname=audit host=127.0.0.1 port=1 user=x password=hunter2"
+    assert Settings.from_env({"SPINE_AUDIT_CATALOG": value}).audit_catalog == value
+    with pytest.raises(CatalogError) as caught:
+        publish_catalog(value, str(tmp_path / "archive"))
+    message = str(caught.value)
+    assert "\n" not in message and "hunter2" not in message and "ducklake:postgres:" in message
