@@ -521,19 +521,25 @@ def publish_catalog(
                 con.close()
         else:
             paths = paths_for(catalog.path)
-            with writer_lock(paths):
-                published_seq = 0 if rebuild else _published_seq(catalog, paths.published)
-                spare, _how = prepare_spare(paths, fresh=rebuild)
-                con = open_connection(catalog, s3=s3)
-                try:
+            con = open_connection(catalog, s3=s3)
+            try:
+                with writer_lock(paths):
+                    published_seq = 0 if rebuild else _published_seq(con, catalog, paths.published)
+                    spare, _how = prepare_spare(paths, fresh=rebuild)
                     attach(con, catalog, read_only=False, path=spare, data_path=data_path)
                     _set_inlining(con)
-                    _publish_manifests(con, store, report, published_seq)
+                    refused: AuditError | None = None
+                    try:
+                        _publish_manifests(con, store, report, published_seq)
+                    except AuditError as exc:  # the manifests before it are still published
+                        refused = exc
                     con.execute("USE memory")
                     con.execute(f"DETACH {ALIAS}")
-                finally:
-                    con.close()
-                publish(paths)
+                    publish(paths)
+                    if refused is not None:
+                        raise refused
+            finally:
+                con.close()
     except IngestError as exc:
         raise CatalogError(f"not published to the catalog: {exc}") from None
     except duckdb.Error as exc:
@@ -544,19 +550,22 @@ def publish_catalog(
     return report
 
 
-def _published_seq(catalog: Catalog, published: Path) -> int:
+def _published_seq(con: duckdb.DuckDBPyConnection, catalog: Catalog, published: Path) -> int:
     """The last manifest readers of a catalog file see now (0 without one): what a reused
-    spare re-publishes is not new to them."""
+    spare re-publishes is not new to them. Attached read-only and detached again, so the
+    writer's own handle never keeps a file from being reused."""
     if not published.exists():
         return 0
-    con = open_connection(catalog, s3=False)
     try:
         attach(con, catalog, path=published)
+    except CatalogError:
+        return 0
+    try:
         row = con.execute(f"SELECT coalesce(max(seq), 0) FROM {ALIAS}.manifests").fetchone()
-    except (duckdb.Error, CatalogError):
+    except duckdb.Error:
         return 0
     finally:
-        con.close()
+        con.execute(f"DETACH {ALIAS}")
     return int(row[0]) if row else 0
 
 
