@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from spine_pipeline.archive.arrow_schemas import TABLES
 from spine_pipeline.archive.layout import key_dt
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.read import read_committed
+from spine_pipeline.audit import ducklake
 from spine_pipeline.audit.ducklake import (
     Catalog,
     CatalogError,
@@ -262,6 +264,58 @@ def test_two_racing_publishers_commit_each_manifest_once(kit: ArchiveKit, tmp_pa
     (seen,) = read_in_subprocess(catalog, (None, ["runs"]), s3=False)
     assert seen["manifests"] == seqs
     assert seen["runs"] == expected_rows(kit, "runs") and len(seen["runs"]) == 2
+
+
+@pytest.mark.parametrize("archive_uri", ["local"], indirect=True)
+def test_two_transactions_racing_for_one_manifest_commit_it_once(
+    kit: ArchiveKit, tmp_path: Path
+) -> None:
+    """The conflict path a Postgres catalog relies on (two hosts, no lock file): both
+    transactions register the manifest and reach COMMIT together; one commits, the other
+    conflicts, re-checks and skips it."""
+    (seq,) = commit(kit, 1)
+    catalog = catalog_of(tmp_path)
+    catalog.path.parent.mkdir()
+    con = ducklake.open_connection(catalog, s3=False)
+    ducklake.attach(con, catalog, read_only=False, data_path=f"{catalog.path}.files/")
+    con.execute(f"USE {ducklake.ALIAS}")
+    ducklake.ensure_catalog_schema(con)
+    barrier = threading.Barrier(2, timeout=60)
+
+    class MeetAtCommit:
+        def __init__(self, cur: Any) -> None:
+            self.cur, self.met = cur, False
+
+        def execute(self, sql: str, *args: Any) -> Any:
+            if sql == "COMMIT" and not self.met:
+                self.met = True
+                barrier.wait()
+            return self.cur.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.cur, name)
+
+    reports = [ducklake.PublishReport("a"), ducklake.PublishReport("b")]
+    errors: list[BaseException] = []
+
+    def publisher(report: ducklake.PublishReport) -> None:
+        try:
+            ducklake._publish_manifests(MeetAtCommit(con.cursor()), kit.store, report)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publisher, args=(r,)) for r in reports]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert sorted([r.manifests for r in reports]) == [[], [seq]]
+    assert sorted([r.raced for r in reports]) == [[], [seq]]
+    (count,) = con.execute("SELECT count(*) FROM manifests").fetchone()
+    (runs,) = con.execute("SELECT count(*) FROM runs").fetchone()
+    assert (count, runs) == (1, 1)
+    con.close()
 
 
 HOLDER = textwrap.dedent(
