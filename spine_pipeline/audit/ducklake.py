@@ -68,7 +68,7 @@ from spine_pipeline.audit.ingest import (
     verified_table,
 )
 from spine_pipeline.audit.snapshot import paths_for, prepare_spare, publish, writer_lock
-from spine_pipeline.settings import Settings
+from spine_pipeline.settings import Settings, parse_audit_catalog
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +134,6 @@ def catalog_from_settings(value: str | None = None) -> Catalog | None:
     if raw is None:
         return None
     if value is not None:  # an explicit value gets the settings' check and one-line error
-        from spine_pipeline.settings import parse_audit_catalog
-
         parse_audit_catalog("SPINE_AUDIT_CATALOG", raw.strip())
         raw = raw.strip()
     return Catalog(raw)
