@@ -449,7 +449,14 @@ def _publish_manifests(
 ) -> None:
     """Publish every committed manifest after the catalog's last one, in chain order."""
     con.execute(f"USE {ALIAS}")
-    ensure_catalog_schema(con)
+    for attempt in range(MAX_ATTEMPTS):  # two first publishers both create the tables
+        try:
+            ensure_catalog_schema(con)
+            break
+        except duckdb.Error as exc:
+            if not _is_conflict(exc) or attempt == MAX_ATTEMPTS - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
     fetcher = Fetcher(store)
     try:
         _, manifests = new_manifests(con, store)  # chain checked from the catalog's anchor

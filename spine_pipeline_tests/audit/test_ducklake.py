@@ -424,3 +424,17 @@ def test_a_postgres_catalog_that_cannot_be_reached_is_one_line_without_its_passw
         publish_catalog(value, str(tmp_path / "archive"))
     message = str(caught.value)
     assert "\n" not in message and "hunter2" not in message and "ducklake:postgres:" in message
+
+
+def test_audit_publish_without_a_catalog_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SPINE_AUDIT_CATALOG", raising=False)
+    monkeypatch.setenv("SPINE_ARCHIVE_URI", str(tmp_path / "archive"))
+    result = CliRunner().invoke(main, ["audit", "publish"])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: SPINE_AUDIT_CATALOG is not set: no DuckLake catalog to publish"
+    ]
+    result = CliRunner().invoke(main, ["audit", "publish", "--catalog", "sqlite:x password=pw"])
+    assert result.exit_code == 2 and "pw" not in result.output
