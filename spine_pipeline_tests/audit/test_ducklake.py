@@ -360,8 +360,11 @@ def test_readers_keep_reading_while_a_publish_commits(kit: ArchiveKit, tmp_path:
     finally:
         _, err = reader.communicate(timeout=60)
     assert reader.returncode == 0, err
-    (seen,) = read_in_subprocess(catalog, (None, ["runs"]), s3=False)
-    assert seen["manifests"] == [first.seq, second.seq] and len(seen["runs"]) == 3
+    with ducklake.reading_catalog(catalog) as con:  # a new reader sees the new snapshot
+        assert con.execute("SELECT list(seq ORDER BY seq) FROM manifests").fetchone() == (
+            [first.seq, second.seq],
+        )
+        assert con.execute("SELECT count(*) FROM runs").fetchone() == (3,)
 
 
 @pytest.mark.parametrize("archive_uri", ["local"], indirect=True)
