@@ -26,6 +26,7 @@ from spine_pipeline.archive.layout import key_dt
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.read import read_committed
 from spine_pipeline.audit import ducklake
+from spine_pipeline.audit.duck import reading
 from spine_pipeline.audit.ducklake import (
     Catalog,
     CatalogError,
@@ -382,21 +383,14 @@ def test_audit_refresh_publishes_and_publish_rebuild_recreates(
     result = CliRunner().invoke(main, ["audit", "publish", "--rebuild"])
     assert result.exit_code == 0, result.output
     assert f"published 1 manifest(s) (last seq {seq})" in result.output
-    views = read_credit_view(catalog)
-    assert views == [2]
-
-
-def read_credit_view(catalog: Catalog) -> list[int]:
-    import duckdb
-    import duckdb_extensions
-
-    con = duckdb.connect()
-    duckdb_extensions.import_extension("ducklake", con=con)
-    con.execute("LOAD ducklake")
-    con.execute(f"ATTACH '{catalog.value}' AS lake (READ_ONLY)")
-    rows = con.execute("SELECT sum(runs)::BIGINT FROM lake.credit_usage_daily").fetchall()
-    con.close()
-    return [r[0] for r in rows]
+    # The catalog's report views answer as the audit database's do (same DDL text).
+    for view in ("credit_usage_by_template", "credit_usage_by_model", "run_outcomes"):
+        sql = f"SELECT * FROM {view} ORDER BY ALL"
+        with ducklake.reading_catalog(catalog) as con:
+            lake = con.execute(sql).fetchall()
+        with reading(tmp_path / "audit.duckdb") as con:
+            audit = con.execute(sql).fetchall()
+        assert lake == audit and lake, view
 
 
 @pytest.mark.parametrize(
