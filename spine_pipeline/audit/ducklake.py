@@ -78,7 +78,7 @@ ALIAS = "spine_lake"  # the name the publisher attaches the catalog under
 AUTHOR = "spine-pipeline"
 # Conflicts (another publisher won the manifest, or a metadata race) are retried this often.
 MAX_ATTEMPTS = 5
-# Catalog rows (`manifests`, `catalog_state`) stay inlined in the metadata database: DuckLake
+# Catalog rows (`manifests`, `audit_state`) stay inlined in the metadata database: DuckLake
 # then never writes a data file of its own, and the catalog is metadata only.
 INLINING_ROW_LIMIT = 1_000_000
 # Views of the audit database that read tables the catalog does not have.
@@ -99,7 +99,8 @@ class CatalogError(AuditError):
 class Catalog:
     """A parsed `SPINE_AUDIT_CATALOG`: a DuckDB catalog file, or Postgres."""
 
-    value: str  # as configured: `ducklake:...` (may hold a password: never shown)
+    # As configured, `ducklake:...`; it may hold a password, so it is never shown (nor in repr).
+    value: str = field(repr=False)
 
     @property
     def is_postgres(self) -> bool:

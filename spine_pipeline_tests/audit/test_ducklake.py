@@ -416,7 +416,9 @@ def test_a_postgres_catalog_that_cannot_be_reached_is_one_line_without_its_passw
     tmp_path: Path,
 ) -> None:
     value = "ducklake:postgres:dbname=audit host=127.0.0.1 port=1 user=x password=hunter2"
-    assert Settings.from_env({"SPINE_AUDIT_CATALOG": value}).audit_catalog == value
+    settings = Settings.from_env({"SPINE_AUDIT_CATALOG": value})
+    assert settings.audit_catalog == value
+    assert "hunter2" not in repr(settings) and "hunter2" not in repr(Catalog(value))
     with pytest.raises(CatalogError) as caught:
         publish_catalog(value, str(tmp_path / "archive"))
     message = str(caught.value)
