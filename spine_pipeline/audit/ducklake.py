@@ -295,49 +295,46 @@ def _schema_statements() -> list[str]:
 _VIEWS_STATE = "catalog_views_sha256"
 
 
-def _columns_of(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    rows = con.execute(
-        "SELECT column_name FROM duckdb_columns() WHERE database_name = ? AND table_name = ?",
-        [ALIAS, table],
-    ).fetchall()
-    return {r[0] for r in rows}
+def _wanted_columns() -> list[tuple[str, str, str]]:
+    cols = [(t, c, typ) for t in DATA_TABLES for c, typ in catalog_columns(t)]
+    return cols + [("manifests", c, typ) for c, typ in ADDED_COLUMNS["manifests"]]
+
+
+def _missing_columns(con: duckdb.DuckDBPyConnection) -> list[tuple[str, str, str]]:
+    have: dict[str, set[str]] = {}
+    for table, column in con.execute(
+        "SELECT table_name, column_name FROM duckdb_columns() WHERE database_name = ?", [ALIAS]
+    ).fetchall():
+        have.setdefault(table, set()).add(column)
+    return [(t, c, typ) for t, c, typ in _wanted_columns() if c not in have.get(t, set())]
 
 
 def ensure_catalog_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create missing tables, columns and views, in one snapshot, only if anything is missing
-    (a publish with nothing to change adds no snapshot)."""
-    have = {
-        r[0]
-        for r in con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [ALIAS]
-        ).fetchall()
-    }
-    wanted_tables = [*DATA_TABLES, "manifests", "audit_state"]
-    missing_cols: list[tuple[str, str, str]] = []
-    for table in DATA_TABLES:
-        if table in have:
-            cols = _columns_of(con, table)
-            missing_cols += [(table, c, t) for c, t in catalog_columns(table) if c not in cols]
-    if "manifests" in have:
-        cols = _columns_of(con, "manifests")
-        added = ADDED_COLUMNS["manifests"]
-        missing_cols += [("manifests", c, t) for c, t in added if c not in cols]
+    (a publish with nothing to change adds no snapshot). Everything is read inside the
+    transaction, so a publisher that created them meanwhile is seen, or conflicts."""
     view_ddl = catalog_views()
     views_sha = hashlib.sha256("\n".join(view_ddl).encode()).hexdigest()
-    recorded = None
-    if "audit_state" in have:
-        row = con.execute("SELECT value FROM audit_state WHERE key = ?", [_VIEWS_STATE]).fetchone()
-        recorded = row[0] if row else None
-    if set(wanted_tables) <= have and not missing_cols and recorded == views_sha:
-        return
     con.execute("BEGIN TRANSACTION")
     try:
+        tables = {
+            r[0]
+            for r in con.execute(
+                "SELECT table_name FROM duckdb_tables() WHERE database_name = ?", [ALIAS]
+            ).fetchall()
+        }
+        recorded = None
+        if "audit_state" in tables:
+            row = con.execute(
+                "SELECT value FROM audit_state WHERE key = ?", [_VIEWS_STATE]
+            ).fetchone()
+            recorded = row[0] if row else None
+        if recorded == views_sha and not _missing_columns(con):
+            con.execute("ROLLBACK")
+            return
         for ddl in _schema_statements():
             con.execute(ddl)
-        if "manifests" not in have:
-            for name, typ in ADDED_COLUMNS["manifests"]:
-                con.execute(f'ALTER TABLE manifests ADD COLUMN "{name}" {typ}')
-        for table, name, typ in missing_cols:
+        for table, name, typ in _missing_columns(con):
             con.execute(f'ALTER TABLE {table} ADD COLUMN "{name}" {typ}')
         if recorded != views_sha:
             for ddl in view_ddl:
@@ -347,7 +344,8 @@ def ensure_catalog_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"CALL {ALIAS}.set_commit_message(?, ?)", [AUTHOR, "schema"])
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        with contextlib.suppress(duckdb.Error):  # a failed COMMIT already ended it
+            con.execute("ROLLBACK")
         raise
 
 
@@ -455,7 +453,8 @@ def _publish_manifests(
             ensure_catalog_schema(con)
             break
         except duckdb.Error as exc:
-            if not _is_conflict(exc) or attempt == MAX_ATTEMPTS - 1:
+            racing = _is_conflict(exc) or "already exists" in str(exc)
+            if not racing or attempt == MAX_ATTEMPTS - 1:
                 raise
             time.sleep(0.05 * (attempt + 1))
     fetcher = Fetcher(store)
@@ -520,7 +519,7 @@ def publish_catalog(
                 )
             con = open_connection(catalog, s3=s3)
             try:
-                attach(con, catalog, read_only=False, data_path=data_path)
+                _attach_creating(con, catalog, data_path)
                 _set_inlining(con)
                 _publish_manifests(con, store, report)
             finally:
@@ -554,6 +553,24 @@ def publish_catalog(
         ) from None
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _attach_creating(con: duckdb.DuckDBPyConnection, catalog: Catalog, data_path: str) -> None:
+    """Attach a Postgres catalog read-write. The first attach creates DuckLake's metadata
+    tables; two publishers doing that at once collide in Postgres (the loser's CREATE TABLE
+    fails), so the loser attaches again, to tables that now exist."""
+    for attempt in range(MAX_ATTEMPTS):
+        try:
+            attach(con, catalog, read_only=False, data_path=data_path)
+            return
+        except CatalogError as exc:
+            text = str(exc)
+            racing = "duplicate key" in text or "already exists" in text
+            if not racing or attempt == MAX_ATTEMPTS - 1:
+                raise
+            with contextlib.suppress(duckdb.Error):
+                con.execute(f"DETACH {ALIAS}")
+            time.sleep(0.2 * (attempt + 1))
 
 
 def _published_seq(con: duckdb.DuckDBPyConnection, catalog: Catalog, published: Path) -> int:
