@@ -1,7 +1,7 @@
-"""`python -m benchmarks [poll|burst|audit|memory|verify|time_to_audit ...] [--reps N] [--quick]
-[--profile]`.
+"""`python -m benchmarks [poll|burst|audit|memory|verify|time_to_audit|ducklake ...]
+[--reps N] [--quick] [--profile]`.
 
-Runs the named benchmarks (all six by default), prints the table, and rewrites the
+Runs the named benchmarks (all seven by default), prints the table, and rewrites the
 generated block of docs/benchmarks.md from the latest result of every benchmark (results
 are kept under .bench/results/, so running one benchmark keeps the others' figures).
 """
@@ -28,6 +28,7 @@ MODULES = {
     "memory": "memory",
     "verify": "verify_signed",
     "time_to_audit": "time_to_audit",
+    "ducklake": "ducklake",
 }
 
 

@@ -14,7 +14,7 @@ from benchmarks.common import ROOT, Result, Row, machine
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- BEGIN GENERATED: make bench (benchmarks/report.py) -->"
 END = "<!-- END GENERATED -->"
-ORDER = ("poll", "burst", "audit", "memory", "verify", "time_to_audit")
+ORDER = ("poll", "burst", "audit", "memory", "verify", "time_to_audit", "ducklake")
 
 
 def _fmt(value: float | None, unit: str) -> str:

@@ -93,10 +93,32 @@ def audit_rebuild(archive: str | None, db: str | None) -> None:
 def audit_refresh(archive: str | None, db: str | None) -> None:
     """Ingest manifests committed since the last refresh."""
     from spine_pipeline.audit import refresh_audit_db
+    from spine_pipeline.audit.ducklake import publish_if_configured
 
     with progress_display() as progress:
         report = refresh_audit_db(archive, _db(db), progress=progress)
     _print_ingest(report)
+    published = publish_if_configured(archive)  # SPINE_AUDIT_CATALOG set: publish there too
+    if published is not None:
+        click.echo(f"{published.catalog}: {published.summary()}")
+
+
+@audit.command("publish")
+@click.option("--archive", default=None, metavar="URI", help="default: $SPINE_ARCHIVE_URI")
+@click.option(
+    "--catalog",
+    default=None,
+    metavar="ducklake:...",
+    help="DuckLake catalog (default: $SPINE_AUDIT_CATALOG)",
+)
+@click.option("--rebuild", is_flag=True, help="recreate a catalog file from the manifests alone")
+@expected_errors
+def audit_publish(archive: str | None, catalog: str | None, rebuild: bool) -> None:
+    """Publish committed manifests to the DuckLake catalog (docs/audit.md)."""
+    from spine_pipeline.audit.ducklake import publish_catalog
+
+    report = publish_catalog(catalog, archive, rebuild=rebuild)
+    click.echo(f"{report.catalog}: {report.summary()}")
 
 
 # ----------------------------------------------------------------------------- sql

@@ -63,6 +63,7 @@ VARIABLES = (
     "SPINE_POLL_REREQUEST_SECONDS",
     "SPINE_AUDIT_RETRY_SECONDS",
     "SPINE_AUDIT_MEMORY_LIMIT",
+    "SPINE_AUDIT_CATALOG",
     "SPINE_RUN_FETCH_DEADLINE_SECONDS",
     "SPINE_CREDIT_BUDGET_DAILY",
     "SPINE_CREDIT_BUDGET_MONTHLY",
@@ -386,6 +387,34 @@ def parse_alert_url(name: str, raw: str) -> str:
         ) from None
 
 
+_CATALOG_PREFIX = "ducklake:"
+_POSTGRES_PREFIX = "postgres:"
+
+
+def parse_audit_catalog(name: str, raw: str) -> str:
+    """A DuckLake catalog: `ducklake:PATH` (a DuckDB catalog file) or `ducklake:postgres:CONNINFO`.
+
+    Returned as given. The message never contains the value: a Postgres connection string
+    may hold a password (`password=...` or `postgresql://user:secret@host/db`).
+    """
+    rest = raw[len(_CATALOG_PREFIX) :] if raw.startswith(_CATALOG_PREFIX) else None
+    ok = rest is not None and bool(rest.strip()) and not _has_control(raw)
+    if ok and rest is not None:
+        if rest.startswith(_POSTGRES_PREFIX):
+            ok = bool(rest[len(_POSTGRES_PREFIX) :].strip())
+        else:
+            # A catalog file path; another DuckLake catalog type (sqlite:, mysql:) or a URL
+            # is not supported (its DuckDB extension is not installed, or DuckDB cannot
+            # write a catalog file there).
+            ok = not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", rest) and not rest.endswith("/")
+    if not ok:
+        raise ConfigurationError(
+            f"{name} must be ducklake:PATH (a DuckDB catalog file) or "
+            "ducklake:postgres:CONNINFO; value not shown"
+        )
+    return raw
+
+
 def parse_flag(name: str, raw: str) -> bool:
     """A switch: `1` on, `0` off (nothing else, so a typo is not silently "off")."""
     if raw not in ("0", "1"):
@@ -432,6 +461,9 @@ class Settings:
     (kept out of `repr`) are the receiver's HMAC keys, in the order given.
     `alert_webhook_url` (kept out of `repr`: its path is usually the credential) is where
     `spine_alert_sensor` posts.
+
+    `audit_catalog` (kept out of `repr`: a Postgres connection string may hold a password) is
+    the DuckLake catalog the audit tables are also published to (`audit/ducklake.py`).
     `s3_endpoint_url` is `AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`; `aws_region` is
     `AWS_REGION`, else `AWS_DEFAULT_REGION` (None: boto3's chain decides).
     """
@@ -448,6 +480,7 @@ class Settings:
     poll_rerequest_seconds: float = DEFAULT_POLL_REREQUEST
     audit_retry_seconds: float = DEFAULT_AUDIT_RETRY
     audit_memory_limit: int = DEFAULT_AUDIT_MEMORY_LIMIT
+    audit_catalog: str | None = field(default=None, repr=False)
     run_fetch_deadline_seconds: float = DEFAULT_RUN_FETCH_DEADLINE
     credit_budget_daily: float | None = None
     credit_budget_monthly: float | None = None
@@ -497,6 +530,7 @@ class Settings:
             audit_memory_limit=_get(
                 e, "SPINE_AUDIT_MEMORY_LIMIT", parse_memory_size, DEFAULT_AUDIT_MEMORY_LIMIT
             ),
+            audit_catalog=_optional(e, "SPINE_AUDIT_CATALOG", parse_audit_catalog),
             run_fetch_deadline_seconds=_get(
                 e, "SPINE_RUN_FETCH_DEADLINE_SECONDS", duration, DEFAULT_RUN_FETCH_DEADLINE
             ),

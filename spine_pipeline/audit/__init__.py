@@ -11,6 +11,9 @@ A plain library (no Dagster): the CLI, the tests and the Dagster definitions all
     search(db_path, text, block_type, since) -> list[SearchHit]
     cited(db_path, domain) -> list[CitedSource]
     run_sql(db_path, query) -> (columns, rows)
+
+The DuckLake catalog (`SPINE_AUDIT_CATALOG`) is `spine_pipeline.audit.ducklake`:
+`publish_catalog(catalog, archive_uri)`, `reading_catalog(catalog, as_of_manifest=N)`.
 """
 
 from __future__ import annotations

@@ -212,18 +212,33 @@ RUN_FACTS_SELECT = """SELECT r.run_id, r.dt AS day, r.status,
   r.duration_ms, r.error_count, r.block_count, r.artifact_count,
   coalesce(r.submitted_at, s.submitted_at) AS submitted_at, r.terminal_at, r.archived_at,
   r.canvas_url, r.batch_id, r.manifest_seq
-FROM runs r
+FROM {runs} r
 LEFT JOIN (
   SELECT run_id, min(request_name) AS request_name, min(template) AS template,
     min(submitted_at) AS submitted_at
-  FROM submissions WHERE run_id IS NOT NULL {submissions_where} GROUP BY run_id
+  FROM {submissions} WHERE run_id IS NOT NULL {submissions_where} GROUP BY run_id
 ) s USING (run_id)
 {runs_where}"""
 
 
-def run_facts_select(runs_where: str = "", submissions_where: str = "") -> str:
-    """RUN_FACTS_SELECT for the runs matching `runs_where` (a WHERE clause on `r`)."""
-    return RUN_FACTS_SELECT.format(runs_where=runs_where, submissions_where=submissions_where)
+def run_facts_select(
+    runs_where: str = "",
+    submissions_where: str = "",
+    *,
+    runs: str = "runs",
+    submissions: str = "submissions",
+) -> str:
+    """RUN_FACTS_SELECT for the runs matching `runs_where` (a WHERE clause on `r`).
+
+    `runs` and `submissions` are the relations read (the DuckLake catalog passes its own:
+    its runs carry no manifest_seq column and it has no submissions, `audit/ducklake.py`).
+    """
+    return RUN_FACTS_SELECT.format(
+        runs_where=runs_where,
+        submissions_where=submissions_where,
+        runs=runs,
+        submissions=submissions,
+    )
 
 
 # Tokenizer shared by indexing and querying: accents stripped, lower case, split on anything
@@ -241,6 +256,11 @@ MACROS = [
     # Needs the fts extension loaded (its Porter stemmer) where it is called.
     "CREATE OR REPLACE MACRO audit_term(w) AS md5_number_lower(stem(w, 'porter'))",
 ]
+
+
+def views() -> list[str]:
+    """The report views (also the DuckLake catalog's, `audit/ducklake.py`)."""
+    return _views()
 
 
 def _views() -> list[str]:

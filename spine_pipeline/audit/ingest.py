@@ -101,7 +101,7 @@ def last_ingested(con: duckdb.DuckDBPyConnection) -> tuple[int, str | None]:
     return (int(row[0]), str(row[1])) if row else (0, None)
 
 
-class _Fetcher:
+class Fetcher:
     """Gets the bytes of an archive object: from disk, or from S3 through DuckDB httpfs."""
 
     def __init__(self, store: ObjectStore) -> None:
@@ -161,7 +161,9 @@ def new_manifests(
         raise IngestError(f"refusing to ingest: {exc}") from None
 
 
-def _verified_table(fetcher: _Fetcher, manifest: Manifest, entry: Any) -> pa.Table:
+def verified_table(fetcher: Fetcher, manifest: Manifest, entry: Any) -> pa.Table:
+    """The rows of one manifest-listed file, after its size, sha256 and row count matched the
+    manifest (the DuckLake publisher checks files with it too: one rule for both)."""
     data = fetcher.get(entry.key)
     if len(data) != entry.bytes:
         raise IngestError(
@@ -183,6 +185,26 @@ def _verified_table(fetcher: _Fetcher, manifest: Manifest, entry: Any) -> pa.Tab
     return table
 
 
+def check_file_runs(manifest: Manifest, entry: Any, arrow: pa.Table) -> set[str]:
+    """The run ids of a verified file, refusing rows of runs the manifest does not name."""
+    run_ids = set(manifest.run_ids)
+    file_runs = set(arrow.column("run_id").to_pylist()) if arrow.num_rows else set()
+    if not file_runs <= run_ids:
+        extra = sorted(str(r) for r in file_runs - run_ids)[:3]
+        raise IngestError(
+            f"{entry.key}: rows of runs the manifest does not name ({', '.join(extra)})"
+        )
+    return file_runs
+
+
+def check_runs_covered(manifest: Manifest, seen_runs: set[str]) -> None:
+    """Refuse a manifest whose runs files lack a row for a run it names."""
+    run_ids = set(manifest.run_ids)
+    if seen_runs != run_ids:
+        missing = sorted(run_ids - seen_runs)[:3]
+        raise IngestError(f"manifest {manifest.seq}: no runs row for run(s) {', '.join(missing)}")
+
+
 def _insert(
     con: duckdb.DuckDBPyConnection, table: str, arrow: pa.Table, dt: str | None, seq: int
 ) -> None:
@@ -201,37 +223,29 @@ def _insert(
 
 def _load_manifest(
     con: duckdb.DuckDBPyConnection,
-    fetcher: _Fetcher,
+    fetcher: Fetcher,
     manifest: Manifest,
     report: IngestReport,
     bulk: bool,
     signatures_verified: bool,
 ) -> Counter[str]:
     """Verify and insert the manifest's files and its row (in the caller's transaction)."""
-    run_ids = set(manifest.run_ids)
     seen_runs: set[str] = set()
     rows: Counter[str] = Counter()
     for entry in manifest.files:
         if entry.table not in DATA_TABLES:
             log.warning("manifest %s: skipping unknown table %s", manifest.seq, entry.key)
             continue
-        arrow = _verified_table(fetcher, manifest, entry)
+        arrow = verified_table(fetcher, manifest, entry)
         report.bytes_verified += entry.bytes
-        file_runs = set(arrow.column("run_id").to_pylist()) if arrow.num_rows else set()
-        if not file_runs <= run_ids:
-            extra = sorted(str(r) for r in file_runs - run_ids)[:3]
-            raise IngestError(
-                f"{entry.key}: rows of runs the manifest does not name ({', '.join(extra)})"
-            )
+        file_runs = check_file_runs(manifest, entry, arrow)
         if entry.table == "runs":
             seen_runs |= file_runs
             if not bulk:
                 _refuse_repeated_runs(con, manifest.seq, arrow)
         _insert(con, entry.table, arrow, key_dt(entry.key), manifest.seq)
         rows[entry.table] += arrow.num_rows
-    if seen_runs != run_ids:
-        missing = sorted(run_ids - seen_runs)[:3]
-        raise IngestError(f"manifest {manifest.seq}: no runs row for run(s) {', '.join(missing)}")
+    check_runs_covered(manifest, seen_runs)
     signature = manifest.signature
     con.execute(
         "INSERT INTO manifests (seq, batch_id, committed_at, sha256, prev_sha256, run_count, "
@@ -262,7 +276,7 @@ BULK_GROUP = 50
 
 def _ingest_group(
     con: duckdb.DuckDBPyConnection,
-    fetcher: _Fetcher,
+    fetcher: Fetcher,
     group: list[Manifest],
     report: IngestReport,
     published_seq: int,
@@ -370,7 +384,7 @@ def ingest_manifests(
     `manifests` are those `new_manifests` returned, when the caller has read (and checked)
     them already; `signatures_verified` says their signatures were checked with a verify key.
     """
-    fetcher = _Fetcher(store)
+    fetcher = Fetcher(store)
     try:
         if manifests is None:
             manifests = new_manifests(con, store)[1]

@@ -35,6 +35,7 @@ from spine_pipeline.audit import (
     render_credit_report_html,
     run_sql,
 )
+from spine_pipeline.audit.ducklake import publish_if_configured
 from spine_pipeline.defs.archive import SCHEMA_TABLE, SPINE_RUN, archive_batch, schema_metadata
 from spine_pipeline.defs.names import ARCHIVE_JOB, AUDIT_JOB, DEFAULT_OWNER
 from spine_pipeline.defs.resources import ArchiveResource
@@ -58,8 +59,14 @@ AUDIT_POOL = "spine_audit_db"
 def audit_database(archive: ArchiveResource, audit_db: DuckDBResource) -> dg.MaterializeResult:
     report = refresh_audit_db(archive.uri, audit_db.database, store=archive.store())
     _, counted = run_sql(audit_db.database, f"SELECT count(*) FROM {SCHEMA_TABLE}")
+    # SPINE_AUDIT_CATALOG set: the same manifests also go to the DuckLake catalog.
+    lake = publish_if_configured(archive.uri, store=archive.store())
+    catalog: dict[str, str | int] = (
+        {"catalog_last_seq": lake.last_seq, "catalog": lake.summary()} if lake else {}
+    )
     return dg.MaterializeResult(
         metadata={
+            **catalog,
             "dagster/row_count": int(counted[0][0]),  # every archived run
             **schema_metadata(),
             "new_manifests": len(report.manifests),

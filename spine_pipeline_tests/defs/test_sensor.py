@@ -126,6 +126,20 @@ def test_one_audit_refresh_is_requested_while_manifests_wait(pipeline):
     )
 
 
+def test_the_audit_refresh_also_publishes_to_the_ducklake_catalog(pipeline, monkeypatch, tmp_path):
+    monkeypatch.setenv("SPINE_AUDIT_CATALOG", f"ducklake:{tmp_path / 'lake' / 'meta.ducklake'}")
+    ids = pipeline.submit("[scenario:completed] to the lake")
+    pipeline.wait_terminal(ids)
+    _archive_elsewhere(pipeline, ids)
+    (request,) = _refreshes(pipeline.tick())
+    assert _execute(pipeline, request).success
+    metadata = pipeline.instance.get_latest_materialization_event(
+        dg.AssetKey("audit_database")
+    ).asset_materialization.metadata
+    assert metadata["catalog_last_seq"].value == metadata["last_seq"].value == 1
+    assert (tmp_path / "lake" / "meta.ducklake").is_file()
+
+
 def test_a_failed_audit_refresh_is_retried_after_its_delay(pipeline, monkeypatch, tmp_path):
     ids = pipeline.submit("[scenario:completed] refresh fails")
     pipeline.wait_terminal(ids)
