@@ -30,6 +30,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from spine_pipeline.archive.layout import key_dt, manifest_key
@@ -198,6 +199,44 @@ def _insert(
         con.unregister("_audit_src")
 
 
+#: Verified files of a rebuild's group not inserted yet: table -> [(rows, dt, seq)], in order.
+_Pending = dict[str, list[tuple[pa.Table, str | None, int]]]
+
+
+def _insert_pending(con: duckdb.DuckDBPyConnection, pending: _Pending) -> None:
+    """Insert a rebuild group's files with one statement per table and column set.
+
+    Rows keep their order (manifest order, then file order), which the search index's row
+    pointers rely on (`search_index._row_shift`). One statement per file cost a rebuild
+    more than DuckDB's own scan of the same rows (docs/benchmarks.md, "Audit").
+    """
+    for table, files in pending.items():
+        runs_of: list[list[tuple[pa.Table, str | None, int]]] = []
+        for item in files:  # consecutive files with the same columns go together
+            if runs_of and runs_of[-1][0][0].column_names == item[0].column_names:
+                runs_of[-1].append(item)
+            else:
+                runs_of.append([item])
+        for group in runs_of:
+            cols = [c for c in data_columns(table) if c in group[0][0].column_names]
+            parts = [
+                t.select(cols)
+                .append_column("_dt", pa.array([dt] * t.num_rows, pa.string()))
+                .append_column("_seq", pa.array([seq] * t.num_rows, pa.int64()))
+                for t, dt, seq in group
+            ]
+            names = ", ".join(f'"{c}"' for c in cols)
+            con.register("_audit_src", pa.concat_tables(parts, promote_options="permissive"))
+            try:
+                con.execute(
+                    f"INSERT INTO {table} ({names}, dt, manifest_seq) "
+                    f"SELECT {names}, _dt::DATE, _seq FROM _audit_src"
+                )
+            finally:
+                con.unregister("_audit_src")
+    pending.clear()
+
+
 def _load_manifest(
     con: duckdb.DuckDBPyConnection,
     fetcher: _Fetcher,
@@ -205,8 +244,12 @@ def _load_manifest(
     report: IngestReport,
     bulk: bool,
     signatures_verified: bool,
+    pending: _Pending | None = None,
 ) -> Counter[str]:
-    """Verify and insert the manifest's files and its row (in the caller's transaction)."""
+    """Verify and insert the manifest's files and its row (in the caller's transaction).
+
+    With `pending` (a rebuild's group) the verified files are queued there for
+    `_insert_pending` instead of inserted one by one."""
     run_ids = set(manifest.run_ids)
     seen_runs: set[str] = set()
     rows: Counter[str] = Counter()
@@ -216,7 +259,7 @@ def _load_manifest(
             continue
         arrow = _verified_table(fetcher, manifest, entry)
         report.bytes_verified += entry.bytes
-        file_runs = set(arrow.column("run_id").to_pylist()) if arrow.num_rows else set()
+        file_runs = set(pc.unique(arrow.column("run_id")).to_pylist()) if arrow.num_rows else set()
         if not file_runs <= run_ids:
             extra = sorted(str(r) for r in file_runs - run_ids)[:3]
             raise IngestError(
@@ -226,7 +269,10 @@ def _load_manifest(
             seen_runs |= file_runs
             if not bulk:
                 _refuse_repeated_runs(con, manifest.seq, arrow)
-        _insert(con, entry.table, arrow, key_dt(entry.key), manifest.seq)
+        if pending is None:
+            _insert(con, entry.table, arrow, key_dt(entry.key), manifest.seq)
+        else:
+            pending.setdefault(entry.table, []).append((arrow, key_dt(entry.key), manifest.seq))
         rows[entry.table] += arrow.num_rows
     if seen_runs != run_ids:
         missing = sorted(run_ids - seen_runs)[:3]
@@ -277,10 +323,13 @@ def _ingest_group(
     per_manifest: list[Counter[str]] = []
     con.execute("BEGIN TRANSACTION")
     try:
+        pending: _Pending | None = {} if bulk else None
         for manifest in group:
             per_manifest.append(
-                _load_manifest(con, fetcher, manifest, report, bulk, signatures_verified)
+                _load_manifest(con, fetcher, manifest, report, bulk, signatures_verified, pending)
             )
+        if pending:
+            _insert_pending(con, pending)
         if not bulk:
             con.execute(
                 "INSERT INTO run_facts_stored "
