@@ -207,8 +207,8 @@ def _insert_pending(con: duckdb.DuckDBPyConnection, pending: _Pending) -> None:
     """Insert a rebuild group's files with one statement per table and column set.
 
     Rows keep their order (manifest order, then file order), which the search index's row
-    pointers rely on (`search_index._row_shift`). One statement per file cost a rebuild
-    more than DuckDB's own scan of the same rows (docs/benchmarks.md, "Audit").
+    pointers rely on (`search_index._row_shift`). A statement per file (register, insert,
+    unregister) was the largest part of a rebuild (docs/benchmarks.md).
     """
     for table, files in pending.items():
         runs_of: list[list[tuple[pa.Table, str | None, int]]] = []
