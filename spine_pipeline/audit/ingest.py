@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -201,6 +202,65 @@ def _insert(
 
 #: Verified files of a rebuild's group not inserted yet: table -> [(rows, dt, seq)], in order.
 _Pending = dict[str, list[tuple[pa.Table, str | None, int]]]
+#: A rebuild inserts its pending files once they hold this much (Arrow bytes), so a group of
+#: manifests with big blocks is not held in memory whole.
+PENDING_BYTES = 64 << 20
+#: Files' bytes (as committed) a rebuild fetches, verifies and parses ahead of its inserts.
+LOOKAHEAD_BYTES = 64 << 20
+#: A manifest's verified files by key, or the error that stopped its verification.
+_Prepared = dict[str, "pa.Table | IngestError"]
+
+
+def _prepare(fetcher: _Fetcher, manifest: Manifest) -> _Prepared:
+    """Fetch, verify and parse a manifest's data files, stopping at the first bad one."""
+    out: _Prepared = {}
+    for entry in manifest.files:
+        if entry.table not in DATA_TABLES:
+            continue
+        try:
+            out[entry.key] = _verified_table(fetcher, manifest, entry)
+        except IngestError as exc:
+            out[entry.key] = exc
+            break
+    return out
+
+
+class _Prefetch:
+    """A rebuild's next manifests fetched, verified and parsed in one worker thread while
+    DuckDB inserts and indexes the current ones (sha256 and pyarrow release the GIL).
+
+    One worker, so the fetcher (an S3 connection) is used by one thread at a time; bounded
+    by LOOKAHEAD_BYTES of committed files ahead (always at least the next manifest).
+    """
+
+    def __init__(self, fetcher: _Fetcher, manifests: list[Manifest]) -> None:
+        self._fetcher = fetcher
+        self._todo = deque(manifests)
+        self._ahead: deque[tuple[Manifest, Future[_Prepared], int]] = deque()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-prefetch")
+
+    def _top_up(self) -> None:
+        ahead = sum(size for _, _, size in self._ahead)
+        while self._todo and (not self._ahead or ahead < LOOKAHEAD_BYTES):
+            manifest = self._todo.popleft()
+            size = sum(e.bytes for e in manifest.files)
+            future = self._pool.submit(_prepare, self._fetcher, manifest)
+            self._ahead.append((manifest, future, size))
+            ahead += size
+
+    def take(self, manifest: Manifest) -> _Prepared:
+        """`manifest`'s prepared files (manifests are taken in the order given)."""
+        self._top_up()
+        expected, future, _ = self._ahead.popleft()
+        if expected is not manifest:
+            raise RuntimeError("prefetched manifests taken out of order")
+        self._top_up()
+        return future.result()
+
+    def close(self) -> None:
+        for _, future, _ in self._ahead:
+            future.cancel()
+        self._pool.shutdown(wait=True)
 
 
 def _insert_pending(con: duckdb.DuckDBPyConnection, pending: _Pending) -> None:
@@ -245,6 +305,7 @@ def _load_manifest(
     bulk: bool,
     signatures_verified: bool,
     pending: _Pending | None = None,
+    prefetch: _Prefetch | None = None,
 ) -> Counter[str]:
     """Verify and insert the manifest's files and its row (in the caller's transaction).
 
@@ -253,11 +314,18 @@ def _load_manifest(
     run_ids = set(manifest.run_ids)
     seen_runs: set[str] = set()
     rows: Counter[str] = Counter()
+    prepared = prefetch.take(manifest) if prefetch is not None else None
     for entry in manifest.files:
         if entry.table not in DATA_TABLES:
             log.warning("manifest %s: skipping unknown table %s", manifest.seq, entry.key)
             continue
-        arrow = _verified_table(fetcher, manifest, entry)
+        if prepared is None:
+            arrow = _verified_table(fetcher, manifest, entry)
+        else:
+            got = prepared[entry.key]
+            if isinstance(got, IngestError):
+                raise got
+            arrow = got
         report.bytes_verified += entry.bytes
         file_runs = set(pc.unique(arrow.column("run_id")).to_pylist()) if arrow.num_rows else set()
         if not file_runs <= run_ids:
@@ -273,6 +341,8 @@ def _load_manifest(
             _insert(con, entry.table, arrow, key_dt(entry.key), manifest.seq)
         else:
             pending.setdefault(entry.table, []).append((arrow, key_dt(entry.key), manifest.seq))
+            if sum(t.nbytes for files in pending.values() for t, _, _ in files) > PENDING_BYTES:
+                _insert_pending(con, pending)
         rows[entry.table] += arrow.num_rows
     if seen_runs != run_ids:
         missing = sorted(run_ids - seen_runs)[:3]
@@ -313,6 +383,7 @@ def _ingest_group(
     published_seq: int,
     bulk: bool = False,
     signatures_verified: bool = False,
+    prefetch: _Prefetch | None = None,
 ) -> None:
     """Ingest manifests in one transaction: all of them or none.
 
@@ -326,7 +397,9 @@ def _ingest_group(
         pending: _Pending | None = {} if bulk else None
         for manifest in group:
             per_manifest.append(
-                _load_manifest(con, fetcher, manifest, report, bulk, signatures_verified, pending)
+                _load_manifest(
+                    con, fetcher, manifest, report, bulk, signatures_verified, pending, prefetch
+                )
             )
         if pending:
             _insert_pending(con, pending)
@@ -422,9 +495,16 @@ def ingest_manifests(
         if manifests is None:
             manifests = new_manifests(con, store)[1]
         size = BULK_GROUP if bulk else 1
-        for i in range(0, len(manifests), size):
-            group = manifests[i : i + size]
-            _ingest_group(con, fetcher, group, report, published_seq, bulk, signatures_verified)
+        prefetch = _Prefetch(fetcher, manifests) if bulk else None
+        try:
+            for i in range(0, len(manifests), size):
+                group = manifests[i : i + size]
+                _ingest_group(
+                    con, fetcher, group, report, published_seq, bulk, signatures_verified, prefetch
+                )
+        finally:
+            if prefetch is not None:
+                prefetch.close()
     finally:
         fetcher.close()
     report.last_seq = last_ingested(con)[0]
