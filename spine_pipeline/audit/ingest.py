@@ -200,8 +200,15 @@ def _insert(
         con.unregister("_audit_src")
 
 
-#: Verified files of a rebuild's group not inserted yet: table -> [(rows, dt, seq)], in order.
-_Pending = dict[str, list[tuple[pa.Table, str | None, int]]]
+@dataclass
+class _Pending:
+    """Verified files of a rebuild's group not inserted yet: table -> [(rows, dt, seq)], in
+    order, and their Arrow buffers' size."""
+
+    files: dict[str, list[tuple[pa.Table, str | None, int]]] = field(default_factory=dict)
+    nbytes: int = 0
+
+
 #: A rebuild inserts its pending files once they hold this much (Arrow bytes), so a group of
 #: manifests with big blocks is not held in memory whole.
 PENDING_BYTES = 64 << 20
@@ -270,7 +277,7 @@ def _insert_pending(con: duckdb.DuckDBPyConnection, pending: _Pending) -> None:
     pointers rely on (`search_index._row_shift`). A statement per file (register, insert,
     unregister) was the largest part of a rebuild (docs/benchmarks.md).
     """
-    for table, files in pending.items():
+    for table, files in pending.files.items():
         runs_of: list[list[tuple[pa.Table, str | None, int]]] = []
         for item in files:  # consecutive files with the same columns go together
             if runs_of and runs_of[-1][0][0].column_names == item[0].column_names:
@@ -294,7 +301,8 @@ def _insert_pending(con: duckdb.DuckDBPyConnection, pending: _Pending) -> None:
                 )
             finally:
                 con.unregister("_audit_src")
-    pending.clear()
+    pending.files.clear()
+    pending.nbytes = 0
 
 
 def _load_manifest(
@@ -340,8 +348,11 @@ def _load_manifest(
         if pending is None:
             _insert(con, entry.table, arrow, key_dt(entry.key), manifest.seq)
         else:
-            pending.setdefault(entry.table, []).append((arrow, key_dt(entry.key), manifest.seq))
-            if sum(t.nbytes for files in pending.values() for t, _, _ in files) > PENDING_BYTES:
+            pending.files.setdefault(entry.table, []).append(
+                (arrow, key_dt(entry.key), manifest.seq)
+            )
+            pending.nbytes += arrow.get_total_buffer_size()
+            if pending.nbytes > PENDING_BYTES:
                 _insert_pending(con, pending)
         rows[entry.table] += arrow.num_rows
     if seen_runs != run_ids:
@@ -394,14 +405,14 @@ def _ingest_group(
     per_manifest: list[Counter[str]] = []
     con.execute("BEGIN TRANSACTION")
     try:
-        pending: _Pending | None = {} if bulk else None
+        pending = _Pending() if bulk else None
         for manifest in group:
             per_manifest.append(
                 _load_manifest(
                     con, fetcher, manifest, report, bulk, signatures_verified, pending, prefetch
                 )
             )
-        if pending:
+        if pending is not None:
             _insert_pending(con, pending)
         if not bulk:
             con.execute(
