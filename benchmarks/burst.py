@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import os
 import shutil
 import time
 from datetime import UTC, datetime
@@ -58,7 +59,11 @@ from spine_pipeline.spine import AsyncSpineClient
 
 RUNS = 1_000
 TARGET_SECONDS = 180.0
+FLOOR_TARGET = 1.4  # issue 20 (was 2x)
 SIGNING_OVERHEAD_TARGET = 1.05  # signed burst / unsigned burst
+#: `0` leaves the signed side out (its row is then not written): for iterating on the unsigned
+#: path against its floor on a loaded machine; `make bench` runs both.
+SIGNED_ENV = "SPINE_BENCH_BURST_SIGNED"
 WORKERS = 2  # concurrent Dagster runs: one per core here
 TICK_EVERY = 2.0  # the daemon's sensor interval is 15 s; shorter, so waits do not dominate
 _RESEARCH = [
@@ -140,7 +145,7 @@ def pipeline_once(
             log,
             len(ids),
             tick_every=TICK_EVERY,
-            timeout=2 * TARGET_SECONDS,
+            timeout=6 * TARGET_SECONDS,  # a guard against a hang, not the target
         )
         seconds = time.perf_counter() - start
         facts["ticks"] = daemon.ticks
@@ -350,11 +355,11 @@ def run(reps: int = 5, quick: bool = False) -> Result:
             say(f"burst: floor {seconds:.1f} s")
             return seconds
 
+        with_signed = os.environ.get(SIGNED_ENV, "1") != "0"
         for rep in range(reps):
             # Alternate which pipeline goes first, so neither always runs on a warmer machine.
-            for side in (
-                (measured, measured_signed) if rep % 2 == 0 else (measured_signed, measured)
-            ):
+            sides = (measured, measured_signed) if rep % 2 == 0 else (measured_signed, measured)
+            for side in sides if with_signed else (measured,):
                 side()
             base.append(floor())
     result.facts["dagster_runs_launched"] = facts[-1]["dagster_runs"]
@@ -364,11 +369,13 @@ def run(reps: int = 5, quick: bool = False) -> Result:
     result.facts["archive_bytes"] = facts[-1]["archive_bytes"]
     for key in ("fetch_s", "write_s", "audit_refresh_s"):
         result.facts[f"median_{key}"] = round(median([f[key] for f in facts]), 1)
-        result.facts[f"signed_median_{key}"] = round(median([f[key] for f in signed_facts]), 1)
-    result.facts["signed_manifests"] = signed_facts[-1]["signed_manifests"]
-    result.facts["signed_dagster_run_failures"] = max(
-        f["dagster_run_failures"] for f in signed_facts
-    )
+        if signed_facts:
+            result.facts[f"signed_median_{key}"] = round(median([f[key] for f in signed_facts]), 1)
+    if signed_facts:
+        result.facts["signed_manifests"] = signed_facts[-1]["signed_manifests"]
+        result.facts["signed_dagster_run_failures"] = max(
+            f["dagster_run_failures"] for f in signed_facts
+        )
     # Phases are summed over the Dagster runs, which overlap (WORKERS at a time).
     result.facts["workers"] = WORKERS
     result.facts["tick_every_s"] = TICK_EVERY
@@ -381,28 +388,29 @@ def run(reps: int = 5, quick: bool = False) -> Result:
             baseline=median(base),
             baseline_name="floor: async fetch + pyarrow dump",
             ratio_kind="overhead",
-            target="<= 180 s and <= 2x floor",
-            met=median(pipe) <= TARGET_SECONDS and median(pipe) <= 2 * median(base),
+            target=f"<= 180 s and <= {FLOOR_TARGET:g}x floor",
+            met=median(pipe) <= TARGET_SECONDS and median(pipe) <= FLOOR_TARGET * median(base),
             runs=reps,
             samples=pipe,
             baseline_samples=base,
         )
     )
-    result.rows.append(
-        Row(
-            "burst",
-            f"burst archive, {n:,} runs, signed: signing key + a local witness",
-            median(signed),
-            baseline=median(pipe),
-            baseline_name="the same burst unsigned",
-            ratio_kind="overhead",
-            target=f"< {SIGNING_OVERHEAD_TARGET:.2f}x unsigned (under 5 % added)",
-            met=median(signed) < SIGNING_OVERHEAD_TARGET * median(pipe),
-            runs=reps,
-            samples=signed,
-            baseline_samples=pipe,
+    if signed:
+        result.rows.append(
+            Row(
+                "burst",
+                f"burst archive, {n:,} runs, signed: signing key + a local witness",
+                median(signed),
+                baseline=median(pipe),
+                baseline_name="the same burst unsigned",
+                ratio_kind="overhead",
+                target=f"< {SIGNING_OVERHEAD_TARGET:.2f}x unsigned (under 5 % added)",
+                met=median(signed) < SIGNING_OVERHEAD_TARGET * median(pipe),
+                runs=reps,
+                samples=signed,
+                baseline_samples=pipe,
+            )
         )
-    )
     return result
 
 

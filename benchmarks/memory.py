@@ -1,4 +1,9 @@
-"""Benchmark 4: peak memory of archiving one run with a 200 MB artifact and a 20 MB block.
+"""Benchmark 4: peak memory of archiving one run with a big artifact and a big block.
+
+Two cases, each in its own simulator: a 200 MB artifact with a 20 MiB block (the usual
+`big-artifact` + `huge-content` run), and a 1 GiB artifact with a 50 MiB block (issue 20:
+within +100 MB too, so memory does not grow with the artifact, and what the block costs
+shows). `--quick` keeps only a smaller first case.
 
 Each repetition runs in a fresh child process: it imports everything, records its resident
 set size (the process baseline), archives the run with the real `Archiver` into a fresh
@@ -91,12 +96,24 @@ def _run_child(sim: SimProcess, run_id: str, work: Path, trace: bool = False) ->
     return doc
 
 
+#: (artifact MB, block MiB) of each case; the second is issue 20's.
+CASES = ((200.0, 20.0), (1024.0, 50.0))
+
+
 def run(reps: int = 5, quick: bool = False) -> Result:
     result = Result("memory")
-    big_mb = 50.0 if quick else 200.0
-    config = SimulatorConfig(seed=5, run_seconds=(0.05, 0.05), big_artifact_mb=big_mb)
+    for big_mb, block_mib in ((50.0, 20.0),) if quick else CASES:
+        _case(result, reps, big_mb, block_mib)
+    return result
+
+
+def _case(result: Result, reps: int, big_mb: float, block_mib: float) -> None:
+    config = SimulatorConfig(
+        seed=5, run_seconds=(0.05, 0.05), big_artifact_mb=big_mb, huge_content_mib=block_mib
+    )
     work = BENCH_DIR / "scratch" / "memory"
     samples: list[float] = []
+    tag = "" if (big_mb, block_mib) == CASES[0] else f"_{big_mb:.0f}mb"
     with SimProcess(config) as sim:
         (run_id,) = sim.create_runs(
             1, prompt="Memory {i} [scenario:big-artifact] [scenario:huge-content]"
@@ -106,17 +123,20 @@ def run(reps: int = 5, quick: bool = False) -> Result:
             doc = _run_child(sim, run_id, work)
             growth = doc["peak_mb"] - doc["baseline_mb"]
             samples.append(growth)
-            result.facts["process_baseline_mb"] = round(doc["baseline_mb"], 1)
-            result.facts["artifacts"] = doc["artifacts"]
+            result.facts[f"process_baseline_mb{tag}"] = round(doc["baseline_mb"], 1)
+            result.facts[f"artifacts{tag}"] = doc["artifacts"]
             say(f"memory: peak {doc['peak_mb']:.0f} MB, baseline {doc['baseline_mb']:.0f} MB")
         traced = _run_child(sim, run_id, work, trace=True)
-        result.facts["python_peak_mb"] = round(traced["python_peak_mb"], 1)
-    result.facts["big_artifact_mb"] = big_mb
-    result.facts["big_block_mib"] = 20
+        result.facts[f"python_peak_mb{tag}"] = round(traced["python_peak_mb"], 1)
+    shutil.rmtree(work, ignore_errors=True)
+    result.facts[f"big_artifact_mb{tag}"] = big_mb
+    result.facts[f"big_block_mib{tag}"] = block_mib
+    size = f"{big_mb / 1024:g} GiB" if big_mb >= 1024 else f"{big_mb:.0f} MB"
     result.rows.append(
         Row(
             "memory",
-            f"peak RSS above baseline, archiving one run ({big_mb:.0f} MB artifact, 20 MiB block)",
+            f"peak RSS above baseline, archiving one run ({size} artifact, "
+            f"{block_mib:g} MiB block)",
             median(samples),
             unit="MB",
             target=f"<= {LIMIT_MB:.0f} MB",
@@ -125,7 +145,6 @@ def run(reps: int = 5, quick: bool = False) -> Result:
             samples=samples,
         )
     )
-    return result
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@ Measured: `spine_poll_sensor` evaluated as the daemon evaluates it (`build_senso
 process with 20 ms of injected latency on every request. The in-flight source is warm (the
 code server is long-lived; the first, cold tick is reported separately).
 
-Baseline: what users do without us, a sequential loop over the official spine-sdk,
-`client.runs.get(run_id)` for the same runs, against the same simulator.
+Baselines, interleaved with the tick in the same run (tick, async SDK, loop, ...): what users
+do without us with the official spine-sdk against the same simulator, for the same runs:
+`AsyncSpineClient().runs.get(run_id)` under `asyncio.gather`, 64 in flight (a semaphore; the
+sensor's own concurrency), and the sequential loop `SpineClient().runs.get(run_id)`.
 """
 
 from __future__ import annotations
@@ -14,20 +16,22 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 
 import dagster as dg
 
-from benchmarks.common import BENCH_DIR, Result, Row, interleave, median, say
+from benchmarks.common import BENCH_DIR, Result, Row, median, say
 from benchmarks.dagster_env import pipeline_env
 from benchmarks.sim import SimProcess
 from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.driver import evaluate_poll_sensor
+from spine_pipeline.poll_plan import StorageTimeout
 from spine_pipeline.simulator import SimulatorConfig
 
 LATENCY_MS = 20
+#: In flight for the async-SDK baseline: the sensor's own concurrency (`poll_plan.py`).
+SDK_CONCURRENCY = 64
 SIZES = (100, 1_000, 5_000)
 HEADLINE = 1_000
 BUDGET_SECONDS = 40.0
@@ -49,6 +53,33 @@ def _sdk_loop(sim: SimProcess, run_ids: list[str]) -> float:
         for run_id in run_ids:
             client.runs.get(run_id)
         return time.perf_counter() - start
+
+
+def _sdk_async(sim: SimProcess, run_ids: list[str]) -> float:
+    """The strong baseline: the official async SDK, `asyncio.gather` with 64 in flight.
+
+    The client is made inside the timing, as a tick makes its own (the sensor's tick builds
+    its client too)."""
+    import asyncio
+
+    from spine import AsyncSpineClient
+
+    async def go() -> float:
+        start = time.perf_counter()
+        gate = asyncio.Semaphore(SDK_CONCURRENCY)
+        client = AsyncSpineClient(api_key=sim.api_key, base_url=sim.base_url)
+        try:
+
+            async def one(run_id: str) -> None:
+                async with gate:
+                    await client.runs.get(run_id)
+
+            await asyncio.gather(*(one(r) for r in run_ids))
+        finally:
+            await client.aclose()
+        return time.perf_counter() - start
+
+    return asyncio.run(go())
 
 
 def run(reps: int = 5, quick: bool = False) -> Result:
@@ -84,11 +115,37 @@ def run(reps: int = 5, quick: bool = False) -> Result:
 
                 cold = tick()
                 if n == HEADLINE:
-                    measured, baseline = interleave(tick, partial(_sdk_loop, sim, subset), reps)
+                    measured, async_sdk, baseline = [], [], []
+                    for _ in range(reps):
+                        measured.append(tick())
+                        async_sdk.append(_sdk_async(sim, subset))
+                        baseline.append(_sdk_loop(sim, subset))
+                        say(
+                            f"poll: tick {measured[-1]:.3f} s, async SDK {async_sdk[-1]:.3f} s, "
+                            f"SDK loop {baseline[-1]:.1f} s"
+                        )
+                    label = f"poll tick, {n:,} in-flight runs, {LATENCY_MS} ms latency"
                     result.rows.append(
                         Row(
                             "poll",
-                            f"poll tick, {n:,} in-flight runs, {LATENCY_MS} ms latency",
+                            label,
+                            median(measured),
+                            baseline=median(async_sdk),
+                            baseline_name=f"spine-sdk AsyncSpineClient, gather, "
+                            f"{SDK_CONCURRENCY} in flight",
+                            ratio_kind="speedup",
+                            target="<= 3 s and >= 2.5x faster",
+                            met=median(measured) <= 3.0
+                            and median(async_sdk) / median(measured) >= 2.5,
+                            runs=reps,
+                            samples=measured,
+                            baseline_samples=async_sdk,
+                        )
+                    )
+                    result.rows.append(
+                        Row(
+                            "poll",
+                            label,
                             median(measured),
                             baseline=median(baseline),
                             baseline_name="spine-sdk runs.get loop",
@@ -132,7 +189,14 @@ def _budget_stop(sim: SimProcess, ids: list[str], workdir: Path) -> dict[str, ob
         defs,
         instance,
     ):
-        evaluate_poll_sensor(defs, instance, None)  # warm the in-flight source
+        # Warm the in-flight source; on a loaded machine the cold load of 5,000 runs may
+        # overrun this short budget (the tick is skipped), and the next attempt finds it warm.
+        for _ in range(5):
+            try:
+                evaluate_poll_sensor(defs, instance, None)
+                break
+            except StorageTimeout:
+                continue
         facts: dict[str, object] = {"budget_test_budget_s": budget}
         cursor = None
         for i in (1, 2):

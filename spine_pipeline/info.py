@@ -46,7 +46,9 @@ from spine_pipeline.archive.ledger import (
     TrackedRun,
     decode_tracked,
     in_flight,
+    in_flight_for,
     inflight_since,
+    is_overdue,
 )
 from spine_pipeline.archive.log_status import status_keys
 from spine_pipeline.archive.manifest import Manifest, ManifestError
@@ -56,7 +58,6 @@ from spine_pipeline.archive.tlog import archive_checkpoints, open_checkpoint, re
 from spine_pipeline.audit.duck import AuditError, reading
 from spine_pipeline.audit.refresh import normal_archive_uri
 from spine_pipeline.audit.reports import Budgets, BudgetStatus, budget_status
-from spine_pipeline.poll_plan import OVERDUE_AFTER
 from spine_pipeline.settings import Settings
 
 __all__ = [
@@ -460,15 +461,13 @@ def _read_runs(
     abandoned = Ledger(store).abandoned() if pending - archived else set()
     flying = in_flight(records, archived, abandoned)
     runs.in_flight = len(flying)
-    ages = sorted(
-        ((now - (t.submitted_time or t.tracked_time)) for t in flying.values()), reverse=True
-    )
+    ages = sorted((in_flight_for(t, now) for t in flying.values()), reverse=True)
     runs.oldest_hours = round(ages[0] / timedelta(hours=1), 2) if ages else None
     runs.overdue = sorted(
         (
-            (run_id, round(age / timedelta(hours=1), 2))
+            (run_id, round(in_flight_for(t, now) / timedelta(hours=1), 2))
             for run_id, t in flying.items()
-            if (age := now - (t.submitted_time or t.tracked_time)) > OVERDUE_AFTER
+            if is_overdue(t, now)
         ),
         key=lambda r: (-r[1], r[0]),
     )

@@ -23,7 +23,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,6 +222,111 @@ def _insert(
         con.unregister("_audit_src")
 
 
+@dataclass
+class _Pending:
+    """Verified files of a rebuild's group not inserted yet: table -> [(rows, dt, seq)], in
+    order, and their Arrow buffers' size."""
+
+    files: dict[str, list[tuple[pa.Table, str | None, int]]] = field(default_factory=dict)
+    nbytes: int = 0
+
+
+#: A rebuild inserts its pending files once they hold this much (Arrow bytes), so a group of
+#: manifests with big blocks is not held in memory whole.
+PENDING_BYTES = 64 << 20
+#: Files' bytes (as committed) a rebuild fetches, verifies and parses ahead of its inserts.
+LOOKAHEAD_BYTES = 64 << 20
+#: A manifest's verified files by key, or the error that stopped its verification.
+_Prepared = dict[str, "pa.Table | IngestError"]
+
+
+def _prepare(fetcher: Fetcher, manifest: Manifest) -> _Prepared:
+    """Fetch, verify and parse a manifest's data files, stopping at the first bad one."""
+    out: _Prepared = {}
+    for entry in manifest.files:
+        if entry.table not in DATA_TABLES:
+            continue
+        try:
+            out[entry.key] = verified_table(fetcher, manifest, entry)
+        except IngestError as exc:
+            out[entry.key] = exc
+            break
+    return out
+
+
+class _Prefetch:
+    """A rebuild's next manifests fetched, verified and parsed in one worker thread while
+    DuckDB inserts and indexes the current ones (sha256 and pyarrow release the GIL).
+
+    One worker, so the fetcher (an S3 connection) is used by one thread at a time; bounded
+    by LOOKAHEAD_BYTES of committed files ahead (always at least the next manifest).
+    """
+
+    def __init__(self, fetcher: Fetcher, manifests: list[Manifest]) -> None:
+        self._fetcher = fetcher
+        self._todo = deque(manifests)
+        self._ahead: deque[tuple[Manifest, Future[_Prepared], int]] = deque()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="audit-prefetch")
+
+    def _top_up(self) -> None:
+        ahead = sum(size for _, _, size in self._ahead)
+        while self._todo and (not self._ahead or ahead < LOOKAHEAD_BYTES):
+            manifest = self._todo.popleft()
+            size = sum(e.bytes for e in manifest.files)
+            future = self._pool.submit(_prepare, self._fetcher, manifest)
+            self._ahead.append((manifest, future, size))
+            ahead += size
+
+    def take(self, manifest: Manifest) -> _Prepared:
+        """`manifest`'s prepared files (manifests are taken in the order given)."""
+        self._top_up()
+        expected, future, _ = self._ahead.popleft()
+        if expected is not manifest:
+            raise RuntimeError("prefetched manifests taken out of order")
+        self._top_up()
+        return future.result()
+
+    def close(self) -> None:
+        for _, future, _ in self._ahead:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+
+def _insert_pending(con: duckdb.DuckDBPyConnection, pending: _Pending) -> None:
+    """Insert a rebuild group's files with one statement per table and column set.
+
+    Rows keep their order (manifest order, then file order), which the search index's row
+    pointers rely on (`search_index._row_shift`). A statement per file (register, insert,
+    unregister) was the largest part of a rebuild (docs/benchmarks.md).
+    """
+    for table, files in pending.files.items():
+        runs_of: list[list[tuple[pa.Table, str | None, int]]] = []
+        for item in files:  # consecutive files with the same columns go together
+            if runs_of and runs_of[-1][0][0].column_names == item[0].column_names:
+                runs_of[-1].append(item)
+            else:
+                runs_of.append([item])
+        for group in runs_of:
+            cols = [c for c in data_columns(table) if c in group[0][0].column_names]
+            parts = [
+                t.select(cols)
+                .append_column("_dt", pa.array([dt] * t.num_rows, pa.string()))
+                .append_column("_seq", pa.array([seq] * t.num_rows, pa.int64()))
+                for t, dt, seq in group
+            ]
+            names = ", ".join(f'"{c}"' for c in cols)
+            con.register("_audit_src", pa.concat_tables(parts, promote_options="permissive"))
+            try:
+                con.execute(
+                    f"INSERT INTO {table} ({names}, dt, manifest_seq) "
+                    f"SELECT {names}, _dt::DATE, _seq FROM _audit_src"
+                )
+            finally:
+                con.unregister("_audit_src")
+    pending.files.clear()
+    pending.nbytes = 0
+
+
 def _load_manifest(
     con: duckdb.DuckDBPyConnection,
     fetcher: Fetcher,
@@ -228,22 +334,42 @@ def _load_manifest(
     report: IngestReport,
     bulk: bool,
     signatures_verified: bool,
+    pending: _Pending | None = None,
+    prefetch: _Prefetch | None = None,
 ) -> Counter[str]:
-    """Verify and insert the manifest's files and its row (in the caller's transaction)."""
+    """Verify and insert the manifest's files and its row (in the caller's transaction).
+
+    With `pending` (a rebuild's group) the verified files are queued there for
+    `_insert_pending` instead of inserted one by one."""
     seen_runs: set[str] = set()
     rows: Counter[str] = Counter()
+    prepared = prefetch.take(manifest) if prefetch is not None else None
     for entry in manifest.files:
         if entry.table not in DATA_TABLES:
             log.warning("manifest %s: skipping unknown table %s", manifest.seq, entry.key)
             continue
-        arrow = verified_table(fetcher, manifest, entry)
+        if prepared is None:
+            arrow = verified_table(fetcher, manifest, entry)
+        else:
+            got = prepared[entry.key]
+            if isinstance(got, IngestError):
+                raise got
+            arrow = got
         report.bytes_verified += entry.bytes
         file_runs = check_file_runs(manifest, entry, arrow)
         if entry.table == "runs":
             seen_runs |= file_runs
             if not bulk:
                 _refuse_repeated_runs(con, manifest.seq, arrow)
-        _insert(con, entry.table, arrow, key_dt(entry.key), manifest.seq)
+        if pending is None:
+            _insert(con, entry.table, arrow, key_dt(entry.key), manifest.seq)
+        else:
+            pending.files.setdefault(entry.table, []).append(
+                (arrow, key_dt(entry.key), manifest.seq)
+            )
+            pending.nbytes += arrow.get_total_buffer_size()
+            if pending.nbytes > PENDING_BYTES:
+                _insert_pending(con, pending)
         rows[entry.table] += arrow.num_rows
     check_runs_covered(manifest, seen_runs)
     signature = manifest.signature
@@ -282,6 +408,7 @@ def _ingest_group(
     published_seq: int,
     bulk: bool = False,
     signatures_verified: bool = False,
+    prefetch: _Prefetch | None = None,
 ) -> None:
     """Ingest manifests in one transaction: all of them or none.
 
@@ -292,10 +419,15 @@ def _ingest_group(
     per_manifest: list[Counter[str]] = []
     con.execute("BEGIN TRANSACTION")
     try:
+        pending = _Pending() if bulk else None
         for manifest in group:
             per_manifest.append(
-                _load_manifest(con, fetcher, manifest, report, bulk, signatures_verified)
+                _load_manifest(
+                    con, fetcher, manifest, report, bulk, signatures_verified, pending, prefetch
+                )
             )
+        if pending is not None:
+            _insert_pending(con, pending)
         if not bulk:
             con.execute(
                 "INSERT INTO run_facts_stored "
@@ -389,11 +521,18 @@ def ingest_manifests(
         if manifests is None:
             manifests = new_manifests(con, store)[1]
         size = BULK_GROUP if bulk else 1
-        for i in range(0, len(manifests), size):
-            progress(Step("audit: ingesting manifests", i, len(manifests)))
-            group = manifests[i : i + size]
-            _ingest_group(con, fetcher, group, report, published_seq, bulk, signatures_verified)
-        progress(Step("audit: ingesting manifests", len(manifests), len(manifests)))
+        prefetch = _Prefetch(fetcher, manifests) if bulk else None
+        try:
+            for i in range(0, len(manifests), size):
+                progress(Step("audit: ingesting manifests", i, len(manifests)))
+                group = manifests[i : i + size]
+                _ingest_group(
+                    con, fetcher, group, report, published_seq, bulk, signatures_verified, prefetch
+                )
+            progress(Step("audit: ingesting manifests", len(manifests), len(manifests)))
+        finally:
+            if prefetch is not None:
+                prefetch.close()
     finally:
         fetcher.close()
     report.last_seq = last_ingested(con)[0]

@@ -17,17 +17,15 @@ key, so an unsigned archive is visible rather than silent). `archive_log_consist
 (job `check_archive_log`) compares the archive's log with its newest checkpoint and with every
 witness (`archive/log_status.py`), catching a rollback or fork between batches.
 
-The run page: with a local archive, each `spine_run` materialisation links (`page`) to the
-run's offline page (`spine-pipeline show`'s page) written beside the Dagster instance
-(`evidence.show.pages_dir`). Pages are a convenience: one that cannot be written is logged and
-its metadata says why; it never fails the batch.
+The run page: each `spine_run` materialisation names (`page`) the command that writes the
+run's offline page from the committed files, `spine-pipeline show RUN_ID`. Pages are rendered
+on demand, not here: rendering one costs more CPU than archiving the run, and most are never
+opened (docs/benchmarks.md, "Burst").
 """
 
-import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 
@@ -50,8 +48,7 @@ from spine_pipeline.defs.names import (
     archive_run_ids,
 )
 from spine_pipeline.defs.resources import ArchiveResource, SpineResource
-from spine_pipeline.evidence.run_data import RunData, read_runs_data
-from spine_pipeline.evidence.show import pages_dir, write_run_page
+from spine_pipeline.evidence.show import show_command
 from spine_pipeline.settings import Settings
 from spine_pipeline.spine import canvas_url
 from spine_pipeline.spine.redact import redact
@@ -277,12 +274,11 @@ def archive_batch(
     if missing:
         context.instance.add_dynamic_partitions(spine_runs.name, missing)
     evaluations = check_batch(store, result.manifest, archived) if result.manifest else {}
-    pages = _run_pages(context, store, result.manifest, [o.run_id for o in archived])
     written = _rows_by_table(result.manifest)
     for o in archived:
         metadata = {
             **_run_metadata(o, evaluations.get(o.run_id, {})),
-            "page": pages[o.run_id],
+            "page": show_command(o.run_id),
             # The run's row in `runs`; the column schema is the asset's definition metadata
             # (not repeated per run: the event log writes one event per run).
             "dagster/row_count": 1,
@@ -321,55 +317,6 @@ def _rows_by_table(manifest: Manifest | None) -> dict[str, int]:
     for entry in manifest.files if manifest else ():
         rows[entry.table] = rows.get(entry.table, 0) + entry.rows
     return rows
-
-
-#: Wall time a batch may spend writing run pages; the rest are left to `show` (a page of
-#: a 20,000-block run takes seconds, and the archive run should not wait on many of them).
-PAGE_BUDGET_SECONDS = 30.0
-
-
-def _run_pages(
-    context: dg.AssetExecutionContext,
-    store: ObjectStore,
-    manifest: Manifest | None,
-    run_ids: Sequence[str],
-) -> dict[str, dg.MetadataValue | str]:
-    """Each archived run's `page` metadata: a link to its page, or why there is none."""
-    instance = context.instance
-    home = Path(instance.root_directory) if instance.is_persistent else None
-    directory = pages_dir(store, home)
-    if directory is None or manifest is None:
-        why = "the archive is not local" if directory is None else "no manifest"
-        return {r: f"not written: {why} (spine-pipeline show {r})" for r in run_ids}
-    deadline = time.monotonic() + PAGE_BUDGET_SECONDS
-    try:
-        loaded: dict[str, RunData | Exception] = {
-            **read_runs_data(manifest, run_ids, store.open_read)
-        }
-    except Exception as exc:  # a page is a convenience: it never fails the archive run
-        loaded = dict.fromkeys(run_ids, exc)
-    pages: dict[str, dg.MetadataValue | str] = {}
-    for run_id in run_ids:
-        data = loaded[run_id]
-        if isinstance(data, Exception):
-            problem = data
-        elif time.monotonic() > deadline:
-            pages[run_id] = (
-                f"not written: the batch's {PAGE_BUDGET_SECONDS:g} s for pages are used up "
-                f"(spine-pipeline show {run_id})"
-            )
-            continue
-        else:
-            try:
-                pages[run_id] = dg.MetadataValue.path(str(write_run_page(directory, data)))
-                continue
-            except Exception as exc:  # as above
-                problem = exc
-        text = str(problem).strip()
-        reason = redact(text.splitlines()[0] if text else type(problem).__name__)[:300]
-        context.log.warning("run %s: page not written: %s", run_id, reason)
-        pages[run_id] = f"not written: {reason}"
-    return pages
 
 
 UNSIGNED = "unsigned: set SPINE_SIGNING_KEY"

@@ -1,8 +1,9 @@
 """`spine-pipeline show RUN_ID`: one archived run's page, written for a quick look.
 
-The CLI stays thin: this module loads, renders and writes; it needs no click, so Dagster (the
-`spine_run` materialisation's link, `write_run_page` into `pages_dir`) and the evidence bundle
-can call the same functions.
+The CLI stays thin: this module loads, renders and writes; it needs no click, so the evidence
+bundle can call the same functions. Dagster does not render pages: each `spine_run`
+materialisation names the command that does (`show_command`), so archiving stays as cheap as
+the archive and a page is rendered only when someone opens it.
 
 The page is a copy of archived content (prompts, outputs), so it is written like every other
 such output of the project (`sql --output`, `report credits --html`; docs/reliability.md):
@@ -17,10 +18,9 @@ import contextlib
 import re
 from pathlib import Path
 
-from spine_pipeline.archive.stores import ObjectStore, open_store
-from spine_pipeline.archive.stores.local import LocalStore
+from spine_pipeline.archive.stores import open_store
 from spine_pipeline.evidence.page import render_page_bytes
-from spine_pipeline.evidence.run_data import RunData, load_run_data
+from spine_pipeline.evidence.run_data import load_run_data
 from spine_pipeline.private_file import atomic_output
 
 __all__ = [
@@ -28,10 +28,9 @@ __all__ = [
     "FILE_MODE",
     "page_dirs",
     "page_file",
-    "pages_dir",
+    "show_command",
     "valid_run_id",
     "write_page_file",
-    "write_run_page",
     "write_show_page",
 ]
 
@@ -65,19 +64,6 @@ def write_show_page(archive_uri: str, run_id: str, out: Path | None = None) -> P
     return out.absolute()
 
 
-def pages_dir(store: ObjectStore, dagster_home: Path | None) -> Path | None:
-    """Where Dagster writes the page of each archived run, or None when the archive is not
-    local (a page on the Dagster host would not be where an S3 archive's readers look).
-
-    `<dagster_home>/spine-show/` (the persistent instance's directory), else beside the
-    archive root: `<archive root>/../spine-show/`. Never inside the archive, where `verify`
-    would report it as an uncommitted object.
-    """
-    if not isinstance(store, LocalStore):
-        return None
-    return (dagster_home if dagster_home is not None else store.root.parent) / DEFAULT_DIR.name
-
-
 def page_file(directory: Path, run_id: str) -> Path:
     """The page of `run_id` in `directory`: `<run_id>.html`. The one naming rule, for the
     writers (`show`, Dagster) and for readers that link to pages (the credit report)."""
@@ -86,8 +72,8 @@ def page_file(directory: Path, run_id: str) -> Path:
 
 def page_dirs(archive_uri: str, dagster_home: str | None) -> list[Path]:
     """Every directory where pages of this archive's runs are written by default, without
-    opening the archive: `show`'s (`./spine-show/`) and Dagster's (`pages_dir`: under
-    `DAGSTER_HOME`, or beside a local archive root)."""
+    opening the archive: `show`'s default (`./spine-show/`), and the same name under
+    `DAGSTER_HOME` or beside a local archive root (where a team may keep them)."""
     dirs = [DEFAULT_DIR.absolute()]
     if dagster_home:
         dirs.append(Path(dagster_home).absolute() / DEFAULT_DIR.name)
@@ -97,18 +83,9 @@ def page_dirs(archive_uri: str, dagster_home: str | None) -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
-def write_run_page(directory: Path, data: RunData) -> Path:
-    """Write `<directory>/<run_id>.html` (the `show` page of `data`); return its path.
-
-    Dagster loads a just-committed batch once (`read_runs_data`) and writes each run's page
-    through this, so a page costs the run's rendering, not another read of the batch.
-    """
-    if not valid_run_id(data.run_id):
-        raise ValueError(f"not a valid run id: {data.run_id!r:.140} (1-128 URL-safe characters)")
-    _ensure_dir(directory)
-    path = page_file(directory, data.run_id)
-    write_page_file(path, render_page_bytes(data, artifact_links=False))
-    return path.absolute()
+def show_command(run_id: str) -> str:
+    """The command line that writes `run_id`'s page (the `page` entry of its materialisation)."""
+    return f"spine-pipeline show {run_id}"
 
 
 def _ensure_dir(path: Path) -> None:

@@ -212,6 +212,8 @@ class SimulatorConfig:
     canvas_id_on_create_rate: float = 0.7
     artifact_size_scale: float = 1.0
     big_artifact_mb: float = 200.0
+    huge_content_mib: float = 20.0
+    """Size of the one block of a ``huge-content`` run (UTF-8 bytes, in MiB)."""
     outcome_weights: tuple[float, float, float] = (0.75, 0.15, 0.10)
     """Relative weights of completed, partial and failed outcomes."""
     artifact_cache_mb: float = 512.0
@@ -243,6 +245,8 @@ class SimulatorConfig:
             raise ValueError("canvas_id_on_create_rate must be within [0, 1]")
         if self.artifact_size_scale <= 0 or self.big_artifact_mb <= 0:
             raise ValueError("artifact_size_scale and big_artifact_mb must be > 0")
+        if not (math.isfinite(self.huge_content_mib) and self.huge_content_mib > 0):
+            raise ValueError("huge_content_mib must be > 0")
         weights = tuple(float(w) for w in self.outcome_weights)
         if len(weights) != 3 or min(weights) < 0 or sum(weights) <= 0:
             raise ValueError(
@@ -279,6 +283,7 @@ class SimulatorConfig:
             f"canvas_id_on_create_rate={self.canvas_id_on_create_rate}, "
             f"artifact_size_scale={self.artifact_size_scale}, "
             f"big_artifact_mb={self.big_artifact_mb}, "
+            f"huge_content_mib={self.huge_content_mib}, "
             f"outcome_weights={self.outcome_weights}, "
             f"webhook_url={redact_url(self.webhook_url)!r}, "
             f"webhook_secret={'***' if self.webhook_secret else ''!r})"

@@ -137,6 +137,7 @@ class RunContext:
     canvas_id: str
     size_scale: float = 1.0
     big_artifact_bytes: int = 200 * 1024 * 1024
+    huge_content_bytes: int = HUGE_CONTENT_BYTES
 
     def rng(self, part: str) -> random.Random:
         """An RNG dedicated to one aspect of the run (order of generation never matters)."""
@@ -674,7 +675,7 @@ def fill_content(plan: Plan, ctx: RunContext) -> None:
     text_nodes = [n for n in completed if n.artifact_type is None]
     if "huge-content" in scen and (text_nodes or completed):
         target = (text_nodes or completed)[0]
-        target.content = _huge_text(topic)
+        target.content = _huge_text(topic, ctx.huge_content_bytes)
     if "bad-utf8" in scen and (text_nodes or completed):
         target = (text_nodes or completed)[-1]
         target.content = f"Encoding test — {BAD_UTF8_MARKER} — end of block."
@@ -765,19 +766,19 @@ def _fill_node(node: Node, writer: Writer, rng: random.Random, topic: str, odd_r
         node.content = writer.quirks(writer.document(node.name, rng.randint(800, 3000)))
 
 
-def _huge_text(topic: str) -> str:
+def _huge_text(topic: str, target_bytes: int = HUGE_CONTENT_BYTES) -> str:
     head = f"# Huge block — {topic} — café 日本語 🚀\n\n"
     line = "Line {:07d}: " + ("lorem ipsum dolor sit amet " * 3) + "\n"
     size = len(head.encode("utf-8"))
     parts = [head]
     i = 0
-    while size < HUGE_CONTENT_BYTES:
+    while size < target_bytes:
         text = line.format(i)
         parts.append(text)
         size += len(text)
         i += 1
     text = "".join(parts)
-    excess = size - HUGE_CONTENT_BYTES
+    excess = size - target_bytes
     return text[: len(text) - excess] if excess else text
 
 

@@ -252,6 +252,7 @@ class World:
                 canvas_id=canvas_id,
                 size_scale=cfg.artifact_size_scale,
                 big_artifact_bytes=int(cfg.big_artifact_mb * 1024 * 1024),
+                huge_content_bytes=int(cfg.huge_content_mib * 1024 * 1024),
             )
             run = Run(
                 index=index,

@@ -127,6 +127,10 @@ def test_tampered_file_is_refused_and_snapshot_kept(world: World, archive_copy) 
     with pytest.raises(IngestError, match=r"sha256 .* does not match manifest 2"):
         refresh_audit_db(uri, db)
     assert counts(db) == before  # the published snapshot is untouched
+    # A rebuild (its files verified ahead, in a worker thread) refuses it the same way.
+    with pytest.raises(IngestError, match=r"sha256 .* does not match manifest 2"):
+        rebuild_audit_db(uri, db)
+    assert counts(db) == before
     # A truncated file is caught by its size first.
     overwrite(target, bytes(data[:-10]))
     with pytest.raises(IngestError, match=r"size .* does not match manifest 2"):

@@ -374,16 +374,21 @@ def test_refreshes_and_rebuild_keep_the_index_exact(
     before = {q: found(db, q, limit=100) for q in queries}
     # A rebuild of the same archive equals the refreshed database, also when it ingests
     # the five manifests in several transactions (groups of 2, 2 and 1).
+    # The rebuild inserts a group's files one statement per table, flushing early past
+    # PENDING_BYTES (1: every file on its own) and prefetching past LOOKAHEAD_BYTES.
     monkeypatch.setattr(ingest, "BULK_GROUP", 2)
-    fresh = tmp_path / "rebuilt.duckdb"
-    assert rebuild_audit_db(uri, fresh).manifests == [1, 2, 3, 4, 5]
-    rebuilt = _bookkeeping(fresh)
-    _check(rebuilt)
-    for k in ("df", "stats", "facts", "docs"):
-        assert rebuilt[k] == refreshed[k], k
-    for q in queries:
-        assert sorted(found(fresh, q, limit=100), key=_key) == sorted(before[q], key=_key)
-        same(db, q, limit=100)
+    for limit in (ingest.PENDING_BYTES, 1):
+        monkeypatch.setattr(ingest, "PENDING_BYTES", limit)
+        monkeypatch.setattr(ingest, "LOOKAHEAD_BYTES", limit)
+        fresh = tmp_path / f"rebuilt-{limit}.duckdb"
+        assert rebuild_audit_db(uri, fresh).manifests == [1, 2, 3, 4, 5]
+        rebuilt = _bookkeeping(fresh)
+        _check(rebuilt)
+        for k in ("df", "stats", "facts", "docs"):
+            assert rebuilt[k] == refreshed[k], k
+        for q in queries:
+            assert sorted(found(fresh, q, limit=100), key=_key) == sorted(before[q], key=_key)
+            same(db, q, limit=100)
 
 
 def test_submission_after_archive_updates_run_facts(tmp_path: Path) -> None:

@@ -1,13 +1,15 @@
-"""The run page in Dagster (issue 16): with a local archive each `spine_run` materialisation
-links to the run's offline page, written under the instance's directory; with S3 the metadata
-says why there is none; a page that cannot be written never fails the batch."""
+"""The run page in Dagster (issue 16, made lazy in issue 20): each `spine_run`
+materialisation names the command that writes the run's offline page; the archive run renders
+no page (rendering cost more CPU than archiving the run), and the named command writes the
+run's own page from the committed files, on both backends."""
 
-import stat
+import shlex
 from pathlib import Path
 
 import dagster as dg
+from click.testing import CliRunner
 
-from spine_pipeline.defs import archive as archive_defs
+from spine_pipeline.cli import main
 from spine_pipeline.defs.archive import SPINE_RUN
 from spine_pipeline.defs.names import ARCHIVE_JOB, archive_run_config
 from spine_pipeline.driver import execute_run
@@ -29,48 +31,37 @@ def _metadata(pipeline, run_id):
     return record.asset_materialization.metadata
 
 
-def test_each_archived_run_links_to_its_page(any_pipeline, umask_022):
+def test_each_archived_run_names_the_command_that_writes_its_page(any_pipeline, tmp_path):
     ids = _archive(any_pipeline, "[scenario:partial] page one", "[scenario:completed] page two")
-    pages = Path(any_pipeline.instance.root_directory) / "spine-show"
     for run_id in ids:
         page = _metadata(any_pipeline, run_id)["page"]
-        if any_pipeline.archive_uri.startswith("s3://"):
-            assert (
-                page.value
-                == f"not written: the archive is not local (spine-pipeline show {run_id})"
-            )
-            continue
-        assert isinstance(page, dg.PathMetadataValue)
-        path = Path(page.value)
-        assert path == pages / f"{run_id}.html"
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600
-        assert stat.S_IMODE(pages.stat().st_mode) == 0o700
-        # The run's own page, as `show` renders it from the committed files.
+        assert isinstance(page, dg.TextMetadataValue)
+        assert page.value == f"spine-pipeline show {run_id}"
+        # The command as named, run against the pipeline's archive (its environment),
+        # writes the run's own page, as rendered from the committed files.
+        out = tmp_path / f"{run_id}.html"
+        argv = shlex.split(page.value)
+        assert argv[0] == "spine-pipeline"
+        result = CliRunner().invoke(main, [*argv[1:], "--out", str(out)])
+        assert result.exit_code == 0, result.output
         data = load_run_data(any_pipeline.store, run_id)
-        assert path.read_bytes() == render_page_bytes(data, artifact_links=False)
-    if any_pipeline.archive_uri.startswith("s3://"):
-        assert not pages.exists()
-    else:
-        assert sorted(p.name for p in pages.iterdir()) == sorted(f"{r}.html" for r in ids)
+        assert out.read_bytes() == render_page_bytes(data, artifact_links=False)
 
 
-def test_a_page_that_cannot_be_written_does_not_fail_the_batch(pipeline):
-    blocker = Path(pipeline.instance.root_directory) / "spine-show"
-    blocker.write_text("a file where the pages' directory should be")
-    (run_id,) = _archive(pipeline, "[scenario:completed] no page")
-    metadata = _metadata(pipeline, run_id)
-    assert (
-        metadata["page"].value == f"not written: refusing to write into {blocker}: not a directory"
-    )
-    assert metadata["manifest_seq"].value == 1  # archived all the same
-    assert blocker.read_text().startswith("a file")
+def test_the_archive_run_renders_no_page(pipeline, monkeypatch):
+    """Rendering is off the archive path: a renderer that fails does not touch the batch, and
+    nothing is written beside the instance or the archive."""
+    import spine_pipeline.evidence.page as page_module
+    import spine_pipeline.evidence.show as show_module
 
+    def no_render(*args, **kwargs):
+        raise AssertionError("the archive run rendered a page")
 
-def test_pages_stop_when_the_batch_budget_is_used(pipeline, monkeypatch):
-    monkeypatch.setattr(archive_defs, "PAGE_BUDGET_SECONDS", -1.0)
-    (run_id,) = _archive(pipeline, "[scenario:completed] over budget")
-    page = _metadata(pipeline, run_id)["page"].value
-    assert page == (
-        f"not written: the batch's -1 s for pages are used up (spine-pipeline show {run_id})"
-    )
-    assert not (Path(pipeline.instance.root_directory) / "spine-show").exists()
+    for module in (page_module, show_module):
+        monkeypatch.setattr(module, "render_page_bytes", no_render)
+    (run_id,) = _archive(pipeline, "[scenario:completed] no page rendered")
+    assert _metadata(pipeline, run_id)["manifest_seq"].value == 1
+    home = Path(pipeline.instance.root_directory)
+    archive_parent = Path(pipeline.archive_uri).parent
+    assert not (home / "spine-show").exists()
+    assert not (archive_parent / "spine-show").exists()

@@ -92,3 +92,18 @@ def test_two_sessions_without_a_seed_hand_out_different_run_ids():
     assert first_ids[0] != first_ids[1]
     # An explicit seed still replays the same world (what determinism tests rely on).
     assert SimulatorConfig(seed=5).seed == 5 == SimulatorConfig(seed=5).seed
+
+
+def test_huge_content_size_is_configurable():
+    """`huge_content_mib` sizes the one big block (the memory benchmark's 50 MiB case)."""
+    from spine_pipeline.simulator.world import CreateForm, World
+
+    for bad in (0, -1, float("nan")):
+        with pytest.raises(ValueError, match="huge_content_mib must be > 0"):
+            SimulatorConfig(huge_content_mib=bad)
+    world = World(SimulatorConfig(seed=3, run_seconds=(0.0, 0.0), huge_content_mib=0.25))
+    run = world.create_run(CreateForm(prompt="[scenario:completed] [scenario:huge-content] x"))
+    world.finish(run.run_id)
+    nodes = world.ground_truth(run.run_id).dag["nodes"]
+    sizes = sorted(len((n.get("content") or "").encode("utf-8")) for n in nodes)
+    assert sizes[-1] == 256 * 1024 and sizes[-2] < 100_000
