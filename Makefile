@@ -6,6 +6,8 @@ VENV_STAMP := .venv/.synced
 # keeps the dev tools a `make test` installed (and its stamp true).
 DEMO_STAMP := .venv/.synced-runtime
 PYTEST_ARGS ?=
+# Two xdist workers: the machine the suite is budgeted for has two cores (docs/decisions.md).
+TEST_WORKERS ?= 2
 PY_DIRS := spine_pipeline spine_pipeline_tests benchmarks soak
 
 .PHONY: demo test dev bench lint fmt soak clean test-deps
@@ -39,7 +41,7 @@ test-deps:
 	fi
 
 test: $(VENV_STAMP) test-deps  ## the whole test suite (pytest exit 5, no tests, fails too)
-	@$(UV) run --frozen pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(UV) run --frozen pytest -n $(TEST_WORKERS) --dist load $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; fi; \
 	exit $$rc
 

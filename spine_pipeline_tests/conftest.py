@@ -69,3 +69,13 @@ def chromium(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         )
 
     return run
+
+
+#: Test files whose tests each take minutes (real Dagster processes, the soak, the hostile
+#: corpus). Run first, so the two xdist workers (`make test` runs `-n 2`) are not left waiting
+#: on one of them at the end of the run.
+_LONG_FIRST = ("deploy/", "reliability/test_soak.py", "reliability/test_hostile_corpus.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: not any(part in item.nodeid for part in _LONG_FIRST))
