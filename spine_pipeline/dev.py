@@ -76,7 +76,7 @@ def _spine_endpoint(
         webhook_secret=settings.webhook_secrets[0] if webhook_url else "",
     )
     with SimulatorServer(config, port=SIMULATOR_PORT) as sim:
-        say(f"simulator: {sim.base_url} (API key {sim.api_key}, the simulator's own)")
+        say(f"simulator: {sim.base_url} (seed {config.seed}; API key {sim.api_key}, its own)")
         if webhook_url:
             say(f"  sending signed webhooks to {webhook_url}")
         yield {"SPINE_API_KEY": sim.api_key, "SPINE_BASE_URL": sim.base_url}

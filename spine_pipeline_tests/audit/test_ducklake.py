@@ -437,3 +437,35 @@ def test_audit_publish_without_a_catalog_is_one_line(
     ]
     result = CliRunner().invoke(main, ["audit", "publish", "--catalog", "sqlite:x password=pw"])
     assert result.exit_code == 2 and "pw" not in result.output
+
+
+@pytest.mark.postgres
+def test_a_catalog_in_postgres_holds_exactly_the_archive_rows_and_races_commit_once(
+    kit: ArchiveKit, postgres_server: Any, tmp_path: Path
+) -> None:
+    """`ducklake:postgres:...`: the catalog for many hosts (a real PostgreSQL server)."""
+    catalog = Catalog(f"ducklake:postgres:{postgres_server.dsn(postgres_server.create_database())}")
+    first, second = commit(kit, 2, 1)
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", PUBLISHER, catalog.value, kit.uri],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=os.environ.copy(),
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=180) for p in racers]
+    assert [p.returncode for p in racers] == [0, 0], [err for _, err in outs]
+    again = publish_catalog(catalog, kit.uri)
+    assert again.manifests == [] and again.last_seq == second  # each manifest once, no more
+
+    now, then = read_in_subprocess(
+        catalog, (None, ["runs", "blocks"]), (first, ["runs"]), s3=kit.uri.startswith("s3://")
+    )
+    assert now["manifests"] == [first, second]
+    assert now["runs"] == expected_rows(kit, "runs") and len(now["runs"]) == 3
+    assert now["blocks"] == expected_rows(kit, "blocks")
+    assert then["runs"] == expected_rows(kit, "runs", upto=first)
+    assert postgres_server.password not in repr(catalog) + catalog.shown
