@@ -101,14 +101,26 @@ def run_child(command: list[str], env: dict[str, str]) -> int:
     gone `STOP_GRACE_SECONDS` later, the group is killed. Whatever happens, nothing of the
     group outlives this call.
     """
-    child = subprocess.Popen(command, env=env, start_new_session=True)
+    # The handlers go in before the child starts: a signal that arrives while it is starting
+    # is then forwarded as soon as it exists, instead of killing this process and orphaning it.
     stopping: list[int] = []
+    started: list[subprocess.Popen[bytes]] = []
 
     def forward(signum: int, _frame: FrameType | None) -> None:
         stopping.append(signum)
-        _kill_group(child.pid, signum)
+        for process in started:
+            _kill_group(process.pid, signum)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        child = subprocess.Popen(command, env=env, start_new_session=True)
+    except BaseException:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        raise
+    started.append(child)
+    if stopping:
+        _kill_group(child.pid, stopping[-1])
     try:
         # Short waits, so that the grace period runs from the signal, not from the last wait.
         deadline: float | None = None

@@ -161,3 +161,33 @@ def test_run_child_kills_a_group_that_ignores_sigterm(tmp_path):
                 os.kill(pid, signal.SIGKILL)
         if proc.poll() is None:
             proc.kill()
+
+
+def test_run_child_forwards_a_sigterm_that_arrives_while_the_child_starts(tmp_path):
+    """A signal between "start the child" and "child started" must not orphan the child.
+
+    The SIGTERM is sent from inside Popen, before the child exists: the old order (start the
+    child, then install the handlers) let it kill the parent with the child still running.
+    """
+    marker = f"SPINE_DEV_PROBE={tmp_path}"
+    script = (
+        "import os, signal, subprocess, sys, spine_pipeline.dev as d\n"
+        "real = subprocess.Popen\n"
+        "def popen(*a, **kw):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    return real(*a, **kw)\n"
+        "d.subprocess.Popen = popen\n"
+        "d.STOP_GRACE_SECONDS = 1.0\n"
+        "sys.exit(d.run_child(['sh', '-c', 'sleep 300'], dict(os.environ)))\n"
+    )
+    env = {**os.environ, "SPINE_DEV_PROBE": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=REPO)
+    try:
+        assert proc.wait(timeout=60) == 0
+        assert not [c for c in _processes_with(marker).values() if "sleep" in c]
+    finally:
+        for pid in _processes_with(marker):
+            if pid != os.getpid():
+                os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
