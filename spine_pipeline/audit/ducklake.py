@@ -64,6 +64,7 @@ from spine_pipeline.audit.ingest import (
     IngestError,
     check_file_runs,
     check_runs_covered,
+    insert_manifest_row,
     new_manifests,
     verified_table,
 )
@@ -406,25 +407,7 @@ def _commit_manifest(
                 "allow_missing => true, ignore_extra_columns => true)",
                 [ALIAS, entry.table, store.url(entry.key)],
             )
-        signature = manifest.signature
-        con.execute(
-            "INSERT INTO manifests (seq, batch_id, committed_at, sha256, prev_sha256, run_count, "
-            "file_count, artifact_count, schema_version, ingested_at, key_id, "
-            "signature_verified) VALUES (?, ?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, now(), ?, ?)",
-            [
-                manifest.seq,
-                manifest.batch_id,
-                manifest.committed_at or None,
-                manifest.sha256,
-                manifest.prev_sha256,
-                len(manifest.runs),
-                len(manifest.files),
-                len(manifest.artifacts),
-                manifest.schema_version,
-                signature.key_id if signature else None,
-                False if signature else None,
-            ],
-        )
+        insert_manifest_row(con, manifest, signature_verified=False)
         extra = json.dumps(
             {"manifest_seq": manifest.seq, "batch_id": manifest.batch_id, "sha256": manifest.sha256}
         )

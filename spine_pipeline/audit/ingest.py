@@ -372,25 +372,7 @@ def _load_manifest(
                 _insert_pending(con, pending)
         rows[entry.table] += arrow.num_rows
     check_runs_covered(manifest, seen_runs)
-    signature = manifest.signature
-    con.execute(
-        "INSERT INTO manifests (seq, batch_id, committed_at, sha256, prev_sha256, run_count, "
-        "file_count, artifact_count, schema_version, ingested_at, key_id, signature_verified) "
-        "VALUES (?, ?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, now(), ?, ?)",
-        [
-            manifest.seq,
-            manifest.batch_id,
-            manifest.committed_at or None,
-            manifest.sha256,
-            manifest.prev_sha256,
-            len(manifest.runs),
-            len(manifest.files),
-            len(manifest.artifacts),
-            manifest.schema_version,
-            signature.key_id if signature else None,
-            signatures_verified if signature else None,
-        ],
-    )
+    insert_manifest_row(con, manifest, signatures_verified)
     return rows
 
 
@@ -536,3 +518,27 @@ def ingest_manifests(
     finally:
         fetcher.close()
     report.last_seq = last_ingested(con)[0]
+
+
+def insert_manifest_row(con: Any, manifest: Manifest, signature_verified: bool) -> None:
+    """The `manifests` row of `manifest`: the one rule for the audit database and the
+    DuckLake catalog (`signature_verified` is NULL for an unsigned manifest)."""
+    signature = manifest.signature
+    con.execute(
+        "INSERT INTO manifests (seq, batch_id, committed_at, sha256, prev_sha256, run_count, "
+        "file_count, artifact_count, schema_version, ingested_at, key_id, signature_verified) "
+        "VALUES (?, ?, ?::TIMESTAMPTZ, ?, ?, ?, ?, ?, ?, now(), ?, ?)",
+        [
+            manifest.seq,
+            manifest.batch_id,
+            manifest.committed_at or None,
+            manifest.sha256,
+            manifest.prev_sha256,
+            len(manifest.runs),
+            len(manifest.files),
+            len(manifest.artifacts),
+            manifest.schema_version,
+            signature.key_id if signature else None,
+            signature_verified if signature else None,
+        ],
+    )
