@@ -1,14 +1,18 @@
 """The `dg` CLI on this project (`[tool.dg]` in pyproject.toml), and `spine-pipeline dev`
 (which runs `dg dev`) stopping every process it started when it is sent SIGTERM."""
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from spine_pipeline_tests.fixtures.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -76,12 +80,29 @@ def _processes_with(marker: str) -> dict[int, str]:
     return found
 
 
+@contextlib.contextmanager
+def _reaped(proc: subprocess.Popen[bytes], marker: str) -> Iterator[None]:
+    """SIGKILL `proc` and every process whose environment holds `marker` when the block ends.
+
+    Pass or fail: a test that stops early must not leave a `dagster dev` tree or a
+    `sleep 300` running on a machine other test runs share.
+    """
+    try:
+        yield
+    finally:
+        for pid in _processes_with(marker):
+            if pid != os.getpid():
+                with contextlib.suppress(ProcessLookupError):  # exited since it was listed
+                    os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.timeout(300)
 def test_dev_sigterm_leaves_no_process_behind(tmp_path):
     env = _env(tmp_path)
     marker = f"DAGSTER_HOME={env['DAGSTER_HOME']}"
-    with socket_port() as port:
-        pass
+    port = free_port()
     log = (tmp_path / "dev.log").open("wb")
     proc = subprocess.Popen(
         [str(BIN / "spine-pipeline"), "dev", "--port", str(port)],
@@ -91,7 +112,7 @@ def test_dev_sigterm_leaves_no_process_behind(tmp_path):
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
     )
-    try:
+    with _reaped(proc, marker):
         deadline = time.monotonic() + 240
         while True:
             children = {pid: cmd for pid, cmd in _processes_with(marker).items() if pid != proc.pid}
@@ -109,25 +130,6 @@ def test_dev_sigterm_leaves_no_process_behind(tmp_path):
         while (left := _processes_with(marker)) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not left, f"outlived spine-pipeline dev: {left}"
-    finally:
-        for pid in _processes_with(marker):
-            os.kill(pid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.kill()
-
-
-class socket_port:
-    """A free loopback port (closed again before use)."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        return int(self.sock.getsockname()[1])
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
 
 
 def test_run_child_kills_a_group_that_ignores_sigterm(tmp_path):
@@ -144,7 +146,7 @@ def test_run_child_kills_a_group_that_ignores_sigterm(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, cwd=REPO
     )
-    try:
+    with _reaped(proc, marker):
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         deadline = time.monotonic() + 30
         while len([c for c in _processes_with(marker).values() if "sleep" in c]) < 2:
@@ -155,12 +157,6 @@ def test_run_child_kills_a_group_that_ignores_sigterm(tmp_path):
         assert proc.wait(timeout=30) == 0
         assert time.monotonic() - started < 15
         assert not [c for c in _processes_with(marker).values() if "sleep" in c]
-    finally:
-        for pid in _processes_with(marker):
-            if pid != os.getpid():
-                os.kill(pid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.kill()
 
 
 def test_run_child_forwards_a_sigterm_that_arrives_while_the_child_starts(tmp_path):
@@ -182,12 +178,6 @@ def test_run_child_forwards_a_sigterm_that_arrives_while_the_child_starts(tmp_pa
     )
     env = {**os.environ, "SPINE_DEV_PROBE": str(tmp_path)}
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=REPO)
-    try:
+    with _reaped(proc, marker):
         assert proc.wait(timeout=60) == 0
         assert not [c for c in _processes_with(marker).values() if "sleep" in c]
-    finally:
-        for pid in _processes_with(marker):
-            if pid != os.getpid():
-                os.kill(pid, signal.SIGKILL)
-        if proc.poll() is None:
-            proc.kill()

@@ -21,6 +21,7 @@ from spine_pipeline.archive.layout import (
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline_tests.archive.conftest import ArchiveKit
+from spine_pipeline_tests.fixtures.insider import plant
 
 _EMPTY: pa.Table = TABLES["blocks"].empty_table()
 
@@ -320,7 +321,7 @@ def test_tampering_is_detected_and_named(kit):
         original = kit.store.get_bytes(key)
         flipped = bytearray(original)
         flipped[len(flipped) // 2] ^= 0x01
-        _overwrite(kit, key, bytes(flipped))
+        plant(kit.uri, key, bytes(flipped))
         report = verify_archive(kit.store)
         assert not report.ok
         # Named as the object, or (an edit that keeps the newest manifest canonical, such as
@@ -328,7 +329,7 @@ def test_tampering_is_detected_and_named(kit):
         assert any(p.key == key or key in p.detail for p in report.problems), [
             str(p) for p in report.problems
         ]
-        _overwrite(kit, key, original)
+        plant(kit.uri, key, original)
     assert verify_archive(kit.store).ok
 
 
@@ -344,21 +345,6 @@ def test_verify_reports_missing_and_extra_objects(kit):
     report = verify_archive(kit.store)
     assert ("missing", victim) in {(p.kind, p.key) for p in report.problems}
     assert ("unlisted", extra) in {(p.kind, p.key) for p in report.warnings}
-
-
-def _overwrite(kit, key, data):
-    """Tamper behind the store's back (the store itself refuses to overwrite)."""
-    if kit.uri.startswith("s3://"):
-        import boto3
-
-        bucket, _, prefix = kit.uri[len("s3://") :].partition("/")
-        boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/{key}".lstrip("/"), Body=data)
-    else:
-        from pathlib import Path
-
-        path = Path(kit.uri) / key
-        path.chmod(0o600)
-        path.write_bytes(data)
 
 
 KILLER = """

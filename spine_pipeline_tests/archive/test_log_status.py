@@ -16,8 +16,7 @@ from spine_pipeline.archive.log_status import log_status, status_keys
 from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.signing import SigningError, SigningKey, VerifyKeys, generate_keypair
 from spine_pipeline.archive.tlog import LogPublisher, Witness, sign_checkpoint
-
-from .test_archiver import _overwrite
+from spine_pipeline_tests.fixtures.insider import plant
 
 
 @pytest.fixture
@@ -102,7 +101,7 @@ def test_a_tampered_checkpoint_signature_is_reported(kit, signed):
     _, keys, witness = signed
     body, (sig,) = split_note(kit.store.get_bytes(checkpoint_key(2)))
     flipped = sig.raw[:-1] + bytes([sig.raw[-1] ^ 1])
-    _overwrite(kit, checkpoint_key(2), note_text(body, [NoteSignature(sig.name, flipped)]))
+    plant(kit.uri, checkpoint_key(2), note_text(body, [NoteSignature(sig.name, flipped)]))
     status = _status(kit, keys, witness)
     assert not status.consistent
     assert status.problem.startswith(f"{checkpoint_key(2)}: ")
@@ -115,7 +114,7 @@ def test_a_checkpoint_signed_by_a_stranger_is_reported(kit, signed):
     log = ManifestLog(kit.store)
     log.refresh()
     origin = read_identity(kit.store).origin
-    _overwrite(kit, checkpoint_key(2), sign_checkpoint(stranger, origin, log.tree).note)
+    plant(kit.uri, checkpoint_key(2), sign_checkpoint(stranger, origin, log.tree).note)
     status = _status(kit, keys, witness)
     assert "no signature on the note is from a known key" in status.problem
 

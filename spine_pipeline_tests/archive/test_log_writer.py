@@ -11,7 +11,6 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-import boto3
 import pytest
 
 from spine_pipeline.archive.identity import ArchiveIdentity, read_identity
@@ -42,6 +41,7 @@ from spine_pipeline.archive.tlog import (
 )
 from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline_tests.archive.conftest import ArchiveKit
+from spine_pipeline_tests.fixtures.insider import plant
 
 
 class Keypair:
@@ -101,19 +101,6 @@ def _witness_checkpoints(uri: str, origin: str, keys: VerifyKeys | None) -> list
 def _assert_states_of(tree: MerkleLog, checkpoints: list[SignedCheckpoint]) -> None:
     for cp in checkpoints:
         assert inconsistency(tree, cp.checkpoint) is None, cp.size
-
-
-def _put_raw(uri: str, key: str, data: bytes) -> None:
-    """Write behind the store's back (stores refuse to overwrite)."""
-    if uri.startswith("s3://"):
-        bucket, _, prefix = uri[len("s3://") :].partition("/")
-        boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/{key}".lstrip("/"), Body=data)
-    else:
-        path = Path(uri).joinpath(*key.split("/"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            path.chmod(0o600)
-        path.write_bytes(data)
 
 
 def _one_line(message: str) -> str:
@@ -343,7 +330,7 @@ def test_a_witness_holding_another_root_stops_the_writer_before_it_commits(kit, 
     forked.append(b"another history")
     forked.append(b"of the same length")
     forgery = sign_checkpoint(pair.key, origin, forked)
-    _put_raw(witness_uri, witness_checkpoint_key(origin, 2), forgery.note)
+    plant(witness_uri, witness_checkpoint_key(origin, 2), forgery.note)
     message = _refused_batch(kit, pair, witness_uri)
     assert "fork" in message
 
@@ -521,7 +508,7 @@ def test_a_replaced_identity_record_stops_the_writer_before_it_commits(kit, witn
     for _, key in archive_checkpoints(kit.store):
         kit.store.delete(key)
     other = ArchiveIdentity(archive_id="0" * 32, created_at=old.created_at)
-    _put_raw(kit.uri, IDENTITY_KEY, other.to_bytes())
+    plant(kit.uri, IDENTITY_KEY, other.to_bytes())
     manifests = _objects(kit, MANIFEST_PREFIX)
     ids = kit.submit("[scenario:completed] after the attack")
     with pytest.raises(LogConsistencyError) as caught:

@@ -14,7 +14,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from click.testing import CliRunner
 
@@ -43,6 +42,7 @@ from spine_pipeline.archive.stores import open_store
 from spine_pipeline.archive.tlog import LogPublisher, open_checkpoint, read_note, sign_checkpoint
 from spine_pipeline.cli import main
 from spine_pipeline_tests.archive.conftest import ArchiveKit
+from spine_pipeline_tests.fixtures.insider import plant
 
 
 def _new_key() -> SigningKey:
@@ -51,17 +51,6 @@ def _new_key() -> SigningKey:
 
 def _keys(*keys: SigningKey) -> VerifyKeys:
     return VerifyKeys([k.public_key for k in keys])
-
-
-def _overwrite(kit: ArchiveKit, key: str, data: bytes) -> None:
-    """Tamper behind the store's back (the store itself refuses to overwrite)."""
-    if kit.uri.startswith("s3://"):
-        bucket, _, prefix = kit.uri[len("s3://") :].partition("/")
-        boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/{key}".lstrip("/"), Body=data)
-    else:
-        path = Path(kit.uri) / key
-        path.chmod(0o600)
-        path.write_bytes(data)
 
 
 # ----------------------------------------------------------------------------- real archives
@@ -170,7 +159,7 @@ def test_forked_checkpoint(kit: ArchiveKit) -> None:
     archiver.archive([a])
     archiver.archive([b])
     other = MerkleLog([b"\x01" * 32, b"\x02" * 32])
-    _overwrite(kit, checkpoint_key(2), sign_checkpoint(key, publisher.origin, other).note)
+    plant(kit.uri, checkpoint_key(2), sign_checkpoint(key, publisher.origin, other).note)
     with pytest.raises(ProofError, match=r"checkpoints/000000000002.note: fork"):
         prove_run(kit.store, a)
 
@@ -182,7 +171,7 @@ def test_replaced_identity_record(kit: ArchiveKit) -> None:
     kit.archiver(publisher=LogPublisher(kit.store, key)).archive(ids)
     old = read_identity(kit.store)
     assert old is not None
-    _overwrite(kit, IDENTITY_KEY, replace(old, archive_id="0" * 32).to_bytes())
+    plant(kit.uri, IDENTITY_KEY, replace(old, archive_id="0" * 32).to_bytes())
     with pytest.raises(ProofError, match=rf"names archive '{old.archive_id}', the identity"):
         prove_run(kit.store, ids[0])
 

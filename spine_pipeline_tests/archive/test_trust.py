@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from spine_pipeline.archive.gc import collect_garbage
@@ -22,19 +21,9 @@ from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.stores import AlreadyExists, StoreError, open_store
 from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline_tests.archive.conftest import ArchiveKit
+from spine_pipeline_tests.fixtures.insider import plant
 
 PLANTED = b"planted by an insider: not the artifact these bytes claim to be"
-
-
-def _plant_raw(uri: str, key: str, data: bytes) -> None:
-    """Write behind the store's back (any name, no create-if-absent)."""
-    if uri.startswith("s3://"):
-        bucket, _, prefix = uri[len("s3://") :].partition("/")
-        boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/{key}".lstrip("/"), Body=data)
-    else:
-        path = Path(uri).joinpath(*key.split("/"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
 
 
 def _report_run(kit: ArchiveKit, prompt: str) -> tuple[str, Any]:
@@ -270,7 +259,7 @@ def test_objects_with_names_no_writer_makes_are_refused_and_reported(archive_uri
     store = open_store(archive_uri)
     # A control character (SeaweedFS folds backslashes and `//` into `/`, a tab it keeps).
     strange = "tables/runs/dt=2020-01-01/tab\there.parquet"
-    _plant_raw(archive_uri, strange, b"odd")
+    plant(archive_uri, strange, b"odd")
     assert strange not in {i.key for i in store.list()}
     assert [e.key for e in store.refused("tables/")] == [strange.replace("\t", "\\t")]
     report = verify_archive(store)

@@ -15,7 +15,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from click.testing import CliRunner, Result
 
@@ -37,6 +36,7 @@ from spine_pipeline.archive.tlog import LogPublisher, Witness, archive_checkpoin
 from spine_pipeline.archive.verify import VerifyReport, verify_archive
 from spine_pipeline.cli import main
 from spine_pipeline_tests.archive.conftest import ArchiveKit
+from spine_pipeline_tests.fixtures.insider import plant
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -87,23 +87,10 @@ def _manifests(store: ObjectStore) -> list[Manifest]:
     return out
 
 
-def _overwrite(store: ObjectStore, key: str, data: bytes) -> None:
-    """Write behind the store's back (the store itself never overwrites)."""
-    if store.uri.startswith("s3://"):
-        bucket, _, prefix = store.uri[len("s3://") :].partition("/")
-        boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/{key}".lstrip("/"), Body=data)
-    else:
-        path = Path(store.uri).joinpath(*key.split("/"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            path.chmod(0o600)
-        path.write_bytes(data)
-
-
 def _put_manifest(store: ObjectStore, manifest: Manifest) -> Manifest:
     """Store `manifest` at its seq (overwriting), returning it with its new sha256."""
     data = manifest.to_bytes()
-    _overwrite(store, manifest_key(manifest.seq), data)
+    plant(store.uri, manifest_key(manifest.seq), data)
     return replace(manifest, sha256=sha256_hex(data))
 
 
@@ -144,7 +131,7 @@ def _rehash_a_file(store: ObjectStore, manifest: Manifest) -> Manifest:
     entry = manifest.files[0]
     data = bytearray(store.get_bytes(entry.key))
     data[len(data) // 2] ^= 0x01
-    _overwrite(store, entry.key, bytes(data))
+    plant(store.uri, entry.key, bytes(data))
     edited = FileEntry(
         key=entry.key,
         table=entry.table,
@@ -411,7 +398,7 @@ def test_a_replaced_or_lost_identity_record_fails(
         kit.store.delete(IDENTITY_KEY)
     else:
         other = ArchiveIdentity(archive_id="0" * 32, created_at="2020-01-01T00:00:00Z")
-        _overwrite(kit.store, IDENTITY_KEY, other.to_bytes() if how == "replaced" else b"{x")
+        plant(kit.store.uri, IDENTITY_KEY, other.to_bytes() if how == "replaced" else b"{x")
     report = verify_archive(kit.store, keys=_keys(key), witnesses=[witness])
     assert not report.ok
     if how == "replaced":
@@ -444,7 +431,7 @@ def test_a_history_stripped_of_signatures_checkpoints_and_identity_fails_with_a_
             prev_sha256=prev.sha256 if prev else None,
             sha256=None,
         )
-        _overwrite(kit.store, manifest_key(manifest.seq), bare.to_bytes())
+        plant(kit.store.uri, manifest_key(manifest.seq), bare.to_bytes())
         prev = Manifest.from_bytes(bare.to_bytes(), key=manifest_key(manifest.seq))
     for _, ckey in archive_checkpoints(kit.store):
         kit.store.delete(ckey)

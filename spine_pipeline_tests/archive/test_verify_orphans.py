@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import boto3
 import pytest
 from click.testing import CliRunner, Result
 
@@ -18,6 +17,7 @@ from spine_pipeline.archive.manifest import ManifestLog
 from spine_pipeline.archive.verify import verify_archive
 from spine_pipeline.cli import main
 from spine_pipeline_tests.archive.conftest import ArchiveKit
+from spine_pipeline_tests.fixtures.insider import plant
 
 
 @pytest.fixture
@@ -50,17 +50,7 @@ def _lose_a_race(kit: ArchiveKit) -> None:
 def _flip_a_byte(kit: ArchiveKit, key: str) -> None:
     data = bytearray(kit.store.get_bytes(key))
     data[len(data) // 2] ^= 0x01
-    if kit.uri.startswith("s3://"):
-        bucket, _, prefix = kit.uri[len("s3://") :].partition("/")
-        boto3.client("s3").put_object(
-            Bucket=bucket, Key=f"{prefix}/{key}".lstrip("/"), Body=bytes(data)
-        )
-    else:
-        from pathlib import Path
-
-        path = Path(kit.store.uri).joinpath(*key.split("/"))
-        path.chmod(0o600)
-        path.write_bytes(bytes(data))
+    plant(kit.uri, key, bytes(data))
 
 
 def test_a_losing_writers_orphans_alone_pass_with_one_warn_line_each(

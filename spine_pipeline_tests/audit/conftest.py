@@ -25,6 +25,7 @@ from spine_pipeline.archive.stores import open_store
 from spine_pipeline.audit import refresh_audit_db
 from spine_pipeline.simulator import RunTruth, SimulatorConfig, SimulatorServer
 from spine_pipeline.spine import AsyncSpineClient, SpineClient
+from spine_pipeline_tests.archive.conftest import ArchiveKit
 
 TERMINAL = ("completed", "partial", "failed")
 
@@ -181,6 +182,19 @@ def world(audit_sim: SimulatorServer, tmp_path_factory: pytest.TempPathFactory) 
     archive_runs(audit_sim, w.archive_uri, requests[8:])
     refresh_audit_db(w.archive_uri, w.db)
     return w
+
+
+@pytest.fixture
+def kit(simulator: SimulatorServer, archive_uri: str) -> ArchiveKit:
+    """A fresh archive on each backend, as the archive tests have it (`archive/conftest.py`)."""
+    return ArchiveKit(simulator, archive_uri)
+
+
+@pytest.fixture
+def no_log_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No signing, verify or witness setting from the developer's shell reaches the test."""
+    for name in ("SPINE_SIGNING_KEY", "SPINE_VERIFY_KEY", "SPINE_WITNESS_URI"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import boto3
 import duckdb
 import pytest
 
@@ -32,17 +31,9 @@ from spine_pipeline.audit import (
 from spine_pipeline.audit.ddl import AUDIT_SCHEMA_VERSION
 from spine_pipeline_tests.archive.conftest import ArchiveKit
 from spine_pipeline_tests.audit.conftest import rows
+from spine_pipeline_tests.fixtures.insider import plant
 
-
-@pytest.fixture
-def kit(simulator: Any, archive_uri: str) -> ArchiveKit:
-    return ArchiveKit(simulator, archive_uri)
-
-
-@pytest.fixture(autouse=True)
-def _no_keys_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SPINE_SIGNING_KEY", "SPINE_VERIFY_KEY", "SPINE_WITNESS_URI"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_log_keys_from_the_environment")
 
 
 class Keys:
@@ -69,18 +60,6 @@ def commit(kit: ArchiveKit, run_ids: list[str], key: SigningKey | None) -> int:
 
 def runs(kit: ArchiveKit, n: int) -> list[str]:
     return kit.submit(*[f"History run {i} about grid storage" for i in range(n)], template="auto")
-
-
-def plant(kit: ArchiveKit, key: str, data: bytes) -> None:
-    """Write behind the store's back (it refuses to overwrite)."""
-    if kit.uri.startswith("s3://"):
-        bucket, _, prefix = kit.uri[len("s3://") :].partition("/")
-        boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/{key}".lstrip("/"), Body=data)
-    else:
-        path = Path(kit.uri) / key
-        if path.exists():
-            path.chmod(0o600)
-        path.write_bytes(data)
 
 
 def roll_back(kit: ArchiveKit, size: int) -> None:
@@ -232,7 +211,7 @@ def test_an_unsigned_rewrite_is_refused_by_a_refresh_whose_spare_lags(
     before = fingerprint(db)
     # Manifest 3 rewritten, still chained to manifest 2 (the spare's anchor).
     key = manifest_key(3)
-    plant(kit, key, kit.store.get_bytes(key).replace(b'"writer"', b'"writer" ', 1))
+    plant(kit.uri, key, kit.store.get_bytes(key).replace(b'"writer"', b'"writer" ', 1))
     with pytest.raises(IngestError, match=r"manifests/000000000003.json: changed since it was"):
         refresh_audit_db(kit.uri, db)
     assert fingerprint(db) == before
@@ -277,7 +256,7 @@ def test_an_archive_checkpoint_inconsistent_with_the_log_is_refused(
 
     # Another root for size 2, signed with the right key.
     other = MerkleLog([leaf_hash(b"one"), leaf_hash(b"two")])
-    plant(kit, checkpoint_key(2), sign_checkpoint(keys.signing, identity.origin, other).note)
+    plant(kit.uri, checkpoint_key(2), sign_checkpoint(keys.signing, identity.origin, other).note)
     for verify in (None, keys.public_pem):
         if verify:
             monkeypatch.setenv("SPINE_VERIFY_KEY", verify)
@@ -289,7 +268,7 @@ def test_an_archive_checkpoint_inconsistent_with_the_log_is_refused(
     log = ManifestLog(kit.store)
     log.refresh()
     stranger = Keys().signing
-    plant(kit, checkpoint_key(2), sign_checkpoint(stranger, identity.origin, log.tree).note)
+    plant(kit.uri, checkpoint_key(2), sign_checkpoint(stranger, identity.origin, log.tree).note)
     with pytest.raises(IngestError, match=r"checkpoints/000000000002.note: no signature .* known"):
         refresh_audit_db(kit.uri, tmp_path / "stranger.duckdb")
     assert not (tmp_path / "stranger.duckdb").exists()
@@ -297,22 +276,22 @@ def test_an_archive_checkpoint_inconsistent_with_the_log_is_refused(
     # A bad signature by the known key.
     forged = bytearray(original)
     forged[-10] ^= 0x01  # inside the base64 signature line
-    plant(kit, checkpoint_key(2), bytes(forged))
+    plant(kit.uri, checkpoint_key(2), bytes(forged))
     with pytest.raises(IngestError, match=r"checkpoints/000000000002.note: (signature|.*base64)"):
         refresh_audit_db(kit.uri, tmp_path / "forged.duckdb")
 
     # Without a verify key, the stranger's checkpoint is only a format: recorded unverified.
     monkeypatch.delenv("SPINE_VERIFY_KEY")
-    plant(kit, checkpoint_key(2), sign_checkpoint(stranger, identity.origin, log.tree).note)
+    plant(kit.uri, checkpoint_key(2), sign_checkpoint(stranger, identity.origin, log.tree).note)
     report = refresh_audit_db(kit.uri, tmp_path / "unverified.duckdb")
     assert (report.checkpoint_size, report.checkpoint_verified) == (2, False)
 
     # A checkpoint of more manifests than the archive has, and one filed under another size.
     larger = MerkleLog([leaf_hash(bytes([i])) for i in range(9)])
-    plant(kit, checkpoint_key(9), sign_checkpoint(keys.signing, identity.origin, larger).note)
+    plant(kit.uri, checkpoint_key(9), sign_checkpoint(keys.signing, identity.origin, larger).note)
     with pytest.raises(IngestError, match=r"000000000009.note: rollback: .* had 9 manifests"):
         refresh_audit_db(kit.uri, tmp_path / "larger.duckdb")
-    plant(kit, checkpoint_key(9), original)
+    plant(kit.uri, checkpoint_key(9), original)
     with pytest.raises(IngestError, match=r"000000000009.note: holds a checkpoint of size 2$"):
         refresh_audit_db(kit.uri, tmp_path / "misfiled.duckdb")
 
@@ -329,7 +308,7 @@ def test_a_replaced_or_deleted_identity_record_is_refused(
     before = {path: fingerprint(path) for path in (db, quiet)}
     # A new identity would escape the witnesses' memory of the log (another origin).
     other = ArchiveIdentity(archive_id="f" * 32, created_at="2026-01-01T00:00:00Z")
-    plant(kit, IDENTITY_KEY, other.to_bytes())
+    plant(kit.uri, IDENTITY_KEY, other.to_bytes())
     for build in (refresh_audit_db, rebuild_audit_db):
         with pytest.raises(
             IngestError,

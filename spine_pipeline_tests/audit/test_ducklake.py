@@ -16,7 +16,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pyarrow as pa
 import pytest
 from click.testing import CliRunner
@@ -36,17 +35,9 @@ from spine_pipeline.audit.ducklake import (
 from spine_pipeline.cli import main
 from spine_pipeline.settings import ConfigurationError, Settings
 from spine_pipeline_tests.archive.conftest import ArchiveKit
+from spine_pipeline_tests.fixtures.insider import plant
 
-
-@pytest.fixture
-def kit(simulator: Any, archive_uri: str) -> ArchiveKit:
-    return ArchiveKit(simulator, archive_uri)
-
-
-@pytest.fixture(autouse=True)
-def _no_keys(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("SPINE_SIGNING_KEY", "SPINE_VERIFY_KEY", "SPINE_WITNESS_URI"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_log_keys_from_the_environment")
 
 
 def commit(kit: ArchiveKit, *sizes: int, label: str = "Run") -> list[int]:
@@ -208,7 +199,7 @@ def test_a_tampered_file_refuses_its_manifest_and_registers_nothing_of_it(
     files = [f.key for f in kept.files if f.rows]  # DuckLake lists no file without rows
     (manifest,) = [m for m in log if m.seq == second]
     victim = next(f for f in manifest.files if f.table == "blocks")
-    plant(kit, victim.key, kit.store.get_bytes(victim.key)[:-8] + b"tampered")
+    plant(kit.uri, victim.key, kit.store.get_bytes(victim.key)[:-8] + b"tampered")
 
     with pytest.raises(CatalogError) as caught:
         publish_catalog(catalog, kit.uri)
@@ -218,17 +209,6 @@ def test_a_tampered_file_refuses_its_manifest_and_registers_nothing_of_it(
     assert registered_files(catalog) == sorted(kit.store.url(k) for k in files)
     (seen,) = read_in_subprocess(catalog, (None, ["runs"]), s3=kit.uri.startswith("s3://"))
     assert seen["manifests"] == [first] and len(seen["runs"]) == 1
-
-
-def plant(kit: ArchiveKit, key: str, data: bytes) -> None:
-    """Overwrite behind the store's back (it refuses to overwrite)."""
-    if kit.uri.startswith("s3://"):
-        bucket, _, prefix = kit.uri[len("s3://") :].partition("/")
-        boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/{key}".lstrip("/"), Body=data)
-    else:
-        path = Path(kit.uri) / key
-        path.chmod(0o600)
-        path.write_bytes(data)
 
 
 PUBLISHER = textwrap.dedent(

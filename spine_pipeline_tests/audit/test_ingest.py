@@ -24,6 +24,7 @@ from spine_pipeline.audit import (
     refresh_audit_db,
 )
 from spine_pipeline_tests.audit.conftest import World, archive_runs, create_runs, rows
+from spine_pipeline_tests.fixtures.insider import plant
 
 COUNT_SQL = (
     "SELECT (SELECT count(*) FROM runs), (SELECT count(*) FROM blocks), "
@@ -31,13 +32,6 @@ COUNT_SQL = (
     "(SELECT count(*) FROM search_docs), (SELECT count(*) FROM search_postings), "
     "(SELECT count(*) FROM submissions), (SELECT max(seq) FROM manifests)"
 )
-
-
-def overwrite(path: Path, data: bytes) -> None:
-    """Tamper with an archive file (the local store may write them read-only)."""
-    if path.exists():
-        path.chmod(0o600)
-    path.write_bytes(data)
 
 
 def counts(db: Path) -> tuple:
@@ -97,7 +91,7 @@ def test_broken_chain_is_refused(world: World, archive_copy) -> None:
     path = Path(uri) / manifest_key(2)
     doc = json.loads(path.read_bytes())
     doc["prev_sha256"] = "0" * 64
-    overwrite(path, (json.dumps(doc, indent=1) + "\n").encode())
+    plant(uri, manifest_key(2), (json.dumps(doc, indent=1) + "\n").encode())
     with pytest.raises(IngestError, match=r"hash chain broken"):
         rebuild_audit_db(uri, db)
     assert not db.exists()  # nothing was published
@@ -117,13 +111,13 @@ def test_tampered_file_is_refused_and_snapshot_kept(world: World, archive_copy) 
     saved = m2.read_bytes()
     m2.unlink()
     refresh_audit_db(uri, db)
-    overwrite(m2, saved)
+    plant(uri, manifest_key(2), saved)
     before = counts(db)
     manifest = Manifest.from_bytes(saved, key=manifest_key(2))
-    target = Path(uri) / next(f.key for f in manifest.files if f.table == "blocks")
-    data = bytearray(target.read_bytes())
+    target = next(f.key for f in manifest.files if f.table == "blocks")
+    data = bytearray((Path(uri) / target).read_bytes())
     data[len(data) // 2] ^= 0x01
-    overwrite(target, bytes(data))
+    plant(uri, target, bytes(data))
     with pytest.raises(IngestError, match=r"sha256 .* does not match manifest 2"):
         refresh_audit_db(uri, db)
     assert counts(db) == before  # the published snapshot is untouched
@@ -132,7 +126,7 @@ def test_tampered_file_is_refused_and_snapshot_kept(world: World, archive_copy) 
         rebuild_audit_db(uri, db)
     assert counts(db) == before
     # A truncated file is caught by its size first.
-    overwrite(target, bytes(data[:-10]))
+    plant(uri, target, bytes(data[:-10]))
     with pytest.raises(IngestError, match=r"size .* does not match manifest 2"):
         refresh_audit_db(uri, db)
 
@@ -141,7 +135,7 @@ def test_changed_ingested_manifest_is_refused(world: World, archive_copy) -> Non
     uri, db = archive_copy()
     refresh_audit_db(uri, db)
     path = Path(uri) / manifest_key(2)
-    overwrite(path, path.read_bytes().replace(b'"writer"', b'"writer" ', 1))
+    plant(uri, manifest_key(2), path.read_bytes().replace(b'"writer"', b'"writer" ', 1))
     with pytest.raises(IngestError, match=r"changed since it was ingested"):
         refresh_audit_db(uri, db)
 

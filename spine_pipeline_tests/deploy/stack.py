@@ -33,6 +33,7 @@ from spine_pipeline.archive.read import read_committed
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.spine import SpineClient
 from spine_pipeline.submission import SubmitSpec, submit_and_record
+from spine_pipeline_tests.fixtures.ports import free_ports
 from spine_pipeline_tests.fixtures.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,12 +42,6 @@ BIN = Path(sys.executable).parent
 API_KEY = "sk_spine_deploytest"
 TERMINAL = ("completed", "partial", "failed")
 IN_PROGRESS = ("QUEUED", "NOT_STARTED", "STARTING", "STARTED", "CANCELING")
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Proc:
@@ -122,8 +117,7 @@ class Stack:
         shutil.copyfile(DEPLOY / "dagster.yaml", self.home / "dagster.yaml")
         self.archive_uri = str(tmp / "archive")
         self.audit_db = str(tmp / "audit.duckdb")
-        self.sim_port = free_port()
-        self.code_port = free_port()
+        self.sim_port, self.code_port = free_ports(2)
         self.base_url = f"http://127.0.0.1:{self.sim_port}"
         catalog = tmp / "requests.yaml"
         catalog.write_text("requests:\n  - name: deploy_probe\n    prompt: probe\n")

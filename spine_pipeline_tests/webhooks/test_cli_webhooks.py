@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.cli import main
 from spine_pipeline.webhooks.inbox import Inbox
+from spine_pipeline_tests.fixtures.ports import free_port
 from spine_pipeline_tests.webhooks.helpers import SECRET, body_of, entry_keys, envelope, headers_for
 
 
@@ -57,12 +58,6 @@ def test_serve_reports_a_port_in_use_on_one_line(tmp_path: Path) -> None:
     assert result.stderr.splitlines() == [
         f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
     ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Receiver:
@@ -114,7 +109,7 @@ def test_a_receiver_killed_mid_stream_loses_nothing_it_acknowledged(
         "SPINE_WEBHOOK_SECRET": f"whsec_previous,{SECRET}",
     }
     env.pop("SPINE_API_KEY", None)
-    port = _free_port()
+    port = free_port()
     receiver = Receiver(port, env, tmp_path / "receiver.log")
     receiver.start()
     docs = [envelope("run.completed", f"run-{i:03d}") for i in range(40)]
