@@ -1,0 +1,65 @@
+"""Big byte strings kept in unlinked temporary files, mapped read-only, not in the heap.
+
+A 50 MiB block is held as the response body (its JSON literal) and as its decoded UTF-8
+value, and Arrow's Parquet writer copies each value once more into a page, while all of them
+are alive in the table being written. In anonymous memory that is three copies resident at
+once. A spooled buffer is a `mmap` of a temporary file: it is read like bytes (zero-copy for
+Arrow), but its pages are the file's, so `release_resident` can take them out of the
+process's resident set at any time, and a later read maps them in again from the page cache
+with the same bytes. Dropping them is therefore always safe, whoever still reads the buffer;
+it is only a cost when the buffer is read again. `archive.parquet` calls it between the pages
+it writes, so one big value is resident at a time (plus the page Arrow builds from it).
+
+The files are unlinked at creation (`tempfile.TemporaryFile`, in `TMPDIR`): their disk space
+and page cache go when the last view of the map does. The memory moves to the page cache,
+which the kernel may reclaim (clean pages) or write back (dirty ones), unlike the heap.
+"""
+
+from __future__ import annotations
+
+import mmap
+import tempfile
+import threading
+import weakref
+from collections.abc import Iterable
+
+__all__ = ["release_resident", "spool"]
+
+_Buffer = bytes | bytearray | memoryview
+_LIVE: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
+_LOCK = threading.Lock()
+
+
+def spool(pieces: Iterable[_Buffer]) -> mmap.mmap | bytes:
+    """The concatenation of `pieces`, written to a temporary file and mapped read-only.
+
+    Pieces are written as they come, so the whole value is never in the heap. Empty: `b""`
+    (a file of no bytes cannot be mapped).
+    """
+    with tempfile.TemporaryFile(prefix="spine-spool-") as fh:
+        size = 0
+        for piece in pieces:
+            size += fh.write(piece)
+        if size == 0:
+            return b""
+        fh.flush()
+        mapped = mmap.mmap(fh.fileno(), size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    with _LOCK:
+        _LIVE.add(mapped)
+    return mapped
+
+
+def release_resident() -> None:
+    """Take every live spooled map's pages out of this process's resident set.
+
+    MADV_DONTNEED on a shared read-only file mapping only unmaps the pages: the next read
+    faults them in again from the file, unchanged, so this never alters a byte.
+    """
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None:  # pragma: no cover - platforms without madvise keep the pages
+        return
+    with _LOCK:
+        maps = list(_LIVE)
+    for mapped in maps:
+        if not mapped.closed:
+            mapped.madvise(advice)
