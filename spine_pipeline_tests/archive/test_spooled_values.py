@@ -10,16 +10,20 @@ any number of releases, and through the real archiver on both storage backends.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import mmap
 import os
+import struct
 from datetime import UTC, datetime
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from spine_pipeline.archive.archiver import Archiver, ArchiveRequest
 from spine_pipeline.archive.manifest import ManifestLog
+from spine_pipeline.archive.parquet import encode_table
 from spine_pipeline.archive.read import read_committed
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.spine import AsyncSpineClient, RetryPolicy
@@ -144,3 +148,21 @@ def test_archived_big_values_are_byte_exact_on_both_backends(archive_uri):
     (runs,) = read_committed(store, "runs", log=log).to_pylist()
     assert runs["final_output"].encode() == expected_utf8(final)
     assert runs["raw_json"] == json.dumps(run)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_parquet_writer_drops_spooled_pages_and_writes_the_same_file():
+    text = ("caf\u00e9 \U0001f680 " * 100_000).encode()  # 1.2 MB: a big column
+    mapped = spool([text])
+    address = pa.py_buffer(mapped).address
+    offsets = pa.py_buffer(struct.pack("<2q", 0, len(text)))
+
+    def table(data) -> pa.Table:
+        array = pa.Array.from_buffers(pa.large_string(), 1, [None, offsets, pa.py_buffer(data)])
+        return pa.table({"content": array})
+
+    assert bytes(mapped[:16]) == text[:16] and _resident_kib(address) > 0
+    spooled = encode_table("blocks", table(mapped))
+    assert _resident_kib(address) == 0  # the sink dropped the value's pages
+    assert spooled.data == encode_table("blocks", table(text)).data  # byte for byte
+    assert pq.read_table(io.BytesIO(spooled.data)).column(0)[0].as_py().encode() == text
