@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spine_pipeline.spine.spool import spool
+from spine_pipeline.spine.spool import has_room, spool
 from spine_pipeline.spine.textfidelity import (
     lossy_decode,
     original_if_changed,
@@ -451,8 +451,9 @@ def spool_sources(bigs: Iterable[BigString]) -> None:
 
     Each distinct body is copied once, whole, so every offset stays valid (row texts are
     zero-copy slices of the body around a big literal: `archive.flatten.slicing`). Bodies
-    already spooled are left alone. The caller drops its own reference to the body, so the
-    heap copy goes and what remains can leave the resident set.
+    already spooled are left alone, and so is a body when no map may be made (`has_room`).
+    The caller drops its own reference to the body, so the heap copy goes and what remains
+    can leave the resident set.
     """
     moved: dict[int, mmap.mmap | bytes] = {}
     for big in bigs:
@@ -460,7 +461,8 @@ def spool_sources(bigs: Iterable[BigString]) -> None:
         if isinstance(source, mmap.mmap):
             continue
         if id(source) not in moved:
-            moved[id(source)] = spool((memoryview(source),))
+            copy = spool((memoryview(source),)) if has_room() else source
+            moved[id(source)] = copy if isinstance(copy, mmap.mmap) else source
         big.source = moved[id(source)]
 
 

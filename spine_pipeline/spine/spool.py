@@ -13,6 +13,11 @@ it writes, so one big value is resident at a time (plus the page Arrow builds fr
 The files are unlinked at creation (`tempfile.TemporaryFile`, in `TMPDIR`): their disk space
 and page cache go when the last view of the map does. The memory moves to the page cache,
 which the kernel may reclaim (clean pages) or write back (dirty ones), unlike the heap.
+
+Each live map holds a file descriptor (Python's `mmap` keeps a duplicate), and a hostile batch
+can carry thousands of big strings. So at most `MAX_MAPS` are live at once; past that a value
+is kept in the heap as before (`spool` returns bytes) and a body is left where it is
+(`has_room`): memory as before this module, never "too many open files".
 """
 
 from __future__ import annotations
@@ -23,7 +28,10 @@ import threading
 import weakref
 from collections.abc import Iterable
 
-__all__ = ["release_resident", "spool"]
+__all__ = ["MAX_MAPS", "has_room", "release_resident", "spool"]
+
+#: Most spooled maps alive at once (each holds a file descriptor); read at call time.
+MAX_MAPS = 256
 
 _Buffer = bytes | bytearray | memoryview
 _LIVE: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()
@@ -34,8 +42,10 @@ def spool(pieces: Iterable[_Buffer]) -> mmap.mmap | bytes:
     """The concatenation of `pieces`, written to a temporary file and mapped read-only.
 
     Pieces are written as they come, so the whole value is never in the heap. Empty: `b""`
-    (a file of no bytes cannot be mapped).
+    (a file of no bytes cannot be mapped). With `MAX_MAPS` maps alive: the joined bytes.
     """
+    if not has_room():
+        return b"".join(pieces)
     with tempfile.TemporaryFile(prefix="spine-spool-") as fh:
         size = 0
         for piece in pieces:
@@ -47,6 +57,12 @@ def spool(pieces: Iterable[_Buffer]) -> mmap.mmap | bytes:
     with _LOCK:
         _LIVE.add(mapped)
     return mapped
+
+
+def has_room() -> bool:
+    """Whether one more map may be made (see `MAX_MAPS`)."""
+    with _LOCK:
+        return len(_LIVE) < MAX_MAPS
 
 
 def release_resident() -> None:

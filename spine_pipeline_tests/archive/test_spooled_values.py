@@ -27,6 +27,7 @@ from spine_pipeline.archive.parquet import encode_table
 from spine_pipeline.archive.read import read_committed
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.spine import AsyncSpineClient, RetryPolicy
+from spine_pipeline.spine import spool as spool_module
 from spine_pipeline.spine.rawjson import mask_big_strings, spool_sources
 from spine_pipeline.spine.spool import release_resident, spool
 from spine_pipeline_tests.archive.spine_routes import run_doc
@@ -166,3 +167,18 @@ def test_parquet_writer_drops_spooled_pages_and_writes_the_same_file():
     assert _resident_kib(address) == 0  # the sink dropped the value's pages
     assert spooled.data == encode_table("blocks", table(text)).data  # byte for byte
     assert pq.read_table(io.BytesIO(spooled.data)).column(0)[0].as_py().encode() == text
+
+
+def test_past_max_maps_values_stay_in_the_heap_byte_exact(monkeypatch):
+    # A hostile batch with thousands of big strings must not run out of file descriptors.
+    monkeypatch.setattr(spool_module, "MAX_MAPS", 0)
+    lit = _literal(ESCAPED)
+    body = b'{"c": ' + lit + b"}"
+    with big_path(100, CHUNK):
+        (big,) = [b for _, b in mask_big_strings(body, 100).bigs]
+        spool_sources([big])
+        assert big.source is body  # left where it was
+        data = big.utf8()
+        assert not isinstance(data.obj, mmap.mmap)
+        assert bytes(data) == expected_utf8(json.loads(lit))
+    assert spool([b"ab", b"c"]) == b"abc"
