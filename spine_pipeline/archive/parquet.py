@@ -15,7 +15,9 @@ because Arrow's Parquet writer copies values, and for one huge value each copy i
   was read from, its decoded value), and the sink takes their pages out of the resident set
   at each write (`_ReleasingSink`): a page reaches the sink once Arrow has copied its
   value, so while the next big column is written, the previous one's value is not resident.
-  The bytes are unchanged (a dropped page is read again from its file).
+  While the file is written a `spool.Pager` thread also drops them every millisecond, behind
+  Arrow's copy of a value into its page. The bytes are unchanged (a dropped page is read
+  again from its file).
 
 Ordinary tables, the common case, are written exactly as before (their size is checked
 first, in O(columns)).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +37,7 @@ import pyarrow.parquet as pq
 
 from spine_pipeline.archive.arrow_schemas import parquet_metadata
 from spine_pipeline.spine import rawjson
-from spine_pipeline.spine.spool import release_resident
+from spine_pipeline.spine.spool import Pager, release_resident
 
 ROW_GROUP_ROWS = 64_000
 # Data page version of files with big values (see above); "1.0" trades ~20 MB per 20 MiB value.
@@ -57,15 +60,16 @@ def encode_table(name: str, table: pa.Table) -> EncodedFile:
     sink = _ReleasingSink() if big else io.BytesIO()
     release_resident()  # what flattening read: the big values are read again column by column
     plain: bool | list[str] = [n for n in table.column_names if n not in big] if big else True
-    pq.write_table(
-        table,
-        sink,
-        compression="zstd",
-        row_group_size=ROW_GROUP_ROWS,
-        use_dictionary=plain,
-        write_statistics=plain,
-        data_page_version=BIG_PAGE_VERSION if big else "1.0",
-    )
+    with Pager() if big else nullcontext():
+        pq.write_table(
+            table,
+            sink,
+            compression="zstd",
+            row_group_size=ROW_GROUP_ROWS,
+            use_dictionary=plain,
+            write_statistics=plain,
+            data_page_version=BIG_PAGE_VERSION if big else "1.0",
+        )
     data = sink.getvalue()
     return EncodedFile(data=data, rows=table.num_rows, sha256=hashlib.sha256(data).hexdigest())
 

@@ -28,7 +28,7 @@ import threading
 import weakref
 from collections.abc import Iterable
 
-__all__ = ["MAX_MAPS", "has_room", "release_resident", "spool"]
+__all__ = ["MAX_MAPS", "Pager", "has_room", "release_resident", "spool"]
 
 #: Most spooled maps alive at once (each holds a file descriptor); read at call time.
 MAX_MAPS = 256
@@ -79,3 +79,34 @@ def release_resident() -> None:
     for mapped in maps:
         if not mapped.closed:
             mapped.madvise(advice)
+
+
+class Pager:
+    """While entered, a thread drops spooled pages every `interval` seconds.
+
+    Arrow copies a big value into its data page in one `memcpy`, reading the value's pages
+    as it goes; between two pages of the Parquet sink nothing can drop them. Dropped behind
+    the copy, the value is resident only a few milliseconds' worth at a time instead of
+    whole next to its page copy. Safe at any moment (see `release_resident`); a page dropped
+    before Arrow reached it is mapped in again from the file.
+    """
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            release_resident()
+
+    def __enter__(self) -> Pager:
+        self._thread = threading.Thread(target=self._run, name="spool-pager", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        release_resident()
