@@ -363,7 +363,7 @@ class BigString:
             valid = valid and ok
             size += len(utf8_replacing_surrogates(value))
         self.utf8_valid = valid
-        self.utf8_len = size  # so `utf8` allocates once: a growing buffer fragments the heap
+        self.utf8_len = size  # the size of `utf8()`, known without holding the value
 
     def _chunks(self) -> Iterator[tuple[str, bool]]:
         """The decoded value in pieces (lone surrogates kept, as json.loads keeps them)."""
