@@ -86,7 +86,9 @@ class _Body:
     Joining pieces held in a list needs the pieces and the result at once: two copies of a
     50 MiB body resident. Written to an unlinked temporary file as they come and read back
     whole (one `readall` into one `bytes`), the body is resident once; the pieces in between
-    are in the page cache. Small bodies, the usual case, stay a list joined at the end.
+    are in the page cache. Small bodies, the usual case, stay a list joined at the end. The
+    file writes block the event loop of `aread_capped` for as long as a copy into the page
+    cache takes (a big reply's pieces, not a small one's).
     """
 
     __slots__ = ("file", "pieces", "size")
@@ -105,6 +107,7 @@ class _Body:
             self.size += len(piece)
             if self.size >= FILE_BYTES:
                 try:
+                    # closed by `close()`, which read_capped and aread_capped always call
                     self.file = tempfile.TemporaryFile(prefix="spine-body-", buffering=0)  # noqa: SIM115
                 except OSError as exc:
                     raise httpx.ReadError(f"reply body: no temporary file ({exc})") from None
