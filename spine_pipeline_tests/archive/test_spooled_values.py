@@ -15,6 +15,7 @@ import json
 import mmap
 import os
 import struct
+import time
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -29,7 +30,7 @@ from spine_pipeline.archive.stores import open_store
 from spine_pipeline.spine import AsyncSpineClient, RetryPolicy
 from spine_pipeline.spine import spool as spool_module
 from spine_pipeline.spine.rawjson import mask_big_strings, spool_sources
-from spine_pipeline.spine.spool import release_resident, spool
+from spine_pipeline.spine.spool import Pager, release_resident, spool
 from spine_pipeline_tests.archive.spine_routes import run_doc
 from spine_pipeline_tests.archive.test_big_strings import big_path, expected_utf8
 from spine_pipeline_tests.fixtures.hostile import HostileServer, Reply, envelope
@@ -182,3 +183,17 @@ def test_past_max_maps_values_stay_in_the_heap_byte_exact(monkeypatch):
         assert not isinstance(data.obj, mmap.mmap)
         assert bytes(data) == expected_utf8(json.loads(lit))
     assert spool([b"ab", b"c"]) == b"abc"
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="needs Linux /proc")
+def test_the_pager_drops_pages_while_it_runs_and_stops_after():
+    mapped = spool([bytes(range(256)) * 8192])  # 2 MiB
+    address = pa.py_buffer(mapped).address
+    with Pager(0.001) as pager:
+        assert hashlib.sha256(mapped).hexdigest()  # read: mapped in
+        deadline = time.monotonic() + 5
+        while _resident_kib(address) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert _resident_kib(address) == 0  # dropped by the pager, not by us
+        assert mapped[:] == bytes(range(256)) * 8192
+    assert pager._thread is not None and not pager._thread.is_alive()
