@@ -27,7 +27,7 @@ from spine_pipeline.spine import (
     SpineAPIError,
 )
 from spine_pipeline.spine.envelope import ApiResponse
-from spine_pipeline.spine.rawjson import BigString
+from spine_pipeline.spine.rawjson import BigString, spool_sources
 from spine_pipeline.spine.redact import RedactedError, redact
 from spine_pipeline.spine.textfidelity import encode_original, original_text
 
@@ -65,9 +65,13 @@ def raw_doc(response: ApiResponse) -> RawDoc:
     the exact `data` text and kept its original bytes when the body was not valid UTF-8;
     reusing them avoids decoding and parsing the body a second time (three more copies of a
     20 MiB block held at once). A body with big strings is taken in its lean form (the big
-    strings stay in the body).
+    strings stay in the body), and that body is moved to a spooled buffer (`spine.spool`): the
+    archive holds the run until its files are written, and a body in the heap would stay
+    resident all that time, next to the decoded value and Arrow's page copy of it.
     """
-    return RawDoc.sliced(response.lean_data, response.source)
+    doc = RawDoc.sliced(response.lean_data, response.source)
+    spool_sources(big for _, big in doc.bigs)
+    return doc
 
 
 def _materialised(value: Any) -> Any:

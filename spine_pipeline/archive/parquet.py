@@ -11,6 +11,14 @@ because Arrow's Parquet writer copies values, and for one huge value each copy i
   pages, 28 MB with V2). V2 pages are in the Parquet spec since 2.0 and read by pyarrow,
   DuckDB, Trino/Athena and Spark; the schema and every value are the same.
 
+* the values of those columns are spooled buffers (`spine.spool`: the body a big string
+  was read from, its decoded value), and the sink takes their pages out of the resident set
+  at each write (`_ReleasingSink`): a page reaches the sink once Arrow has copied its
+  value, so while the next big column is written, the previous one's value is not resident.
+  While the file is written a `spool.Pager` thread also drops them every millisecond, behind
+  Arrow's copy of a value into its page. The bytes are unchanged (a dropped page is read
+  again from its file).
+
 Ordinary tables, the common case, are written exactly as before (their size is checked
 first, in O(columns)).
 """
@@ -19,7 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,6 +37,7 @@ import pyarrow.parquet as pq
 
 from spine_pipeline.archive.arrow_schemas import parquet_metadata
 from spine_pipeline.spine import rawjson
+from spine_pipeline.spine.spool import Pager, release_resident
 
 ROW_GROUP_ROWS = 64_000
 # Data page version of files with big values (see above); "1.0" trades ~20 MB per 20 MiB value.
@@ -45,20 +56,30 @@ def encode_table(name: str, table: pa.Table) -> EncodedFile:
     meta = dict(table.schema.metadata or {})
     meta.update(parquet_metadata(name))
     table = table.replace_schema_metadata(meta)
-    sink = io.BytesIO()
     big = _big_columns(table)
+    sink = _ReleasingSink() if big else io.BytesIO()
+    release_resident()  # what flattening read: the big values are read again column by column
     plain: bool | list[str] = [n for n in table.column_names if n not in big] if big else True
-    pq.write_table(
-        table,
-        sink,
-        compression="zstd",
-        row_group_size=ROW_GROUP_ROWS,
-        use_dictionary=plain,
-        write_statistics=plain,
-        data_page_version=BIG_PAGE_VERSION if big else "1.0",
-    )
+    with Pager() if big else nullcontext():
+        pq.write_table(
+            table,
+            sink,
+            compression="zstd",
+            row_group_size=ROW_GROUP_ROWS,
+            use_dictionary=plain,
+            write_statistics=plain,
+            data_page_version=BIG_PAGE_VERSION if big else "1.0",
+        )
     data = sink.getvalue()
     return EncodedFile(data=data, rows=table.num_rows, sha256=hashlib.sha256(data).hexdigest())
+
+
+class _ReleasingSink(io.BytesIO):
+    """An in-memory sink that drops spooled pages from the resident set at each write."""
+
+    def write(self, data: Any, /) -> int:
+        release_resident()
+        return super().write(data)
 
 
 def _big_columns(table: pa.Table) -> set[str]:

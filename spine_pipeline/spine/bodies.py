@@ -16,6 +16,8 @@ raises `httpx.DecodingError`, so the request flows treat it as the transport err
 
 from __future__ import annotations
 
+import io
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -23,10 +25,12 @@ import httpx
 from spine_pipeline.spine.content_coding import ContentCodingError, StreamDecoder
 from spine_pipeline.spine.redact import redacted_field
 
-__all__ = ["PIECE", "BodyTooLarge", "BoundedDecoder", "aread_capped", "read_capped"]
+__all__ = ["FILE_BYTES", "PIECE", "BodyTooLarge", "BoundedDecoder", "aread_capped", "read_capped"]
 
 #: Most bytes one inflate step may produce: the memory a hostile coding costs beyond the cap.
 PIECE = 1 << 20
+#: A body past this many decoded bytes is gathered in a temporary file (`_Body`).
+FILE_BYTES = 8 << 20
 _DECODED = ("gzip", "x-gzip", "deflate")
 
 
@@ -76,22 +80,88 @@ class BoundedDecoder:
         return self._counted(self._decoder.finish())
 
 
+class _Body:
+    """A body's decoded pieces; past `FILE_BYTES`, kept in a temporary file instead.
+
+    Joining pieces held in a list needs the pieces and the result at once: two copies of a
+    50 MiB body resident. Written to an unlinked temporary file as they come and read back
+    whole (one `readall` into one `bytes`), the body is resident once; the pieces in between
+    are in the page cache. Small bodies, the usual case, stay a list joined at the end. The
+    file writes block the event loop of `aread_capped` for as long as a copy into the page
+    cache takes (a big reply's pieces, not a small one's).
+    """
+
+    __slots__ = ("file", "pieces", "size")
+
+    def __init__(self) -> None:
+        self.pieces: list[bytes] = []
+        self.size = 0
+        self.file: io.FileIO | None = None
+
+    def extend(self, pieces: Iterator[bytes]) -> None:
+        for piece in pieces:
+            if self.file is not None:
+                self._write(piece)
+                continue
+            self.pieces.append(piece)
+            self.size += len(piece)
+            if self.size >= FILE_BYTES:
+                try:
+                    # closed by `close()`, which read_capped and aread_capped always call
+                    self.file = tempfile.TemporaryFile(prefix="spine-body-", buffering=0)  # noqa: SIM115
+                except OSError as exc:
+                    raise httpx.ReadError(f"reply body: no temporary file ({exc})") from None
+                for held in self.pieces:
+                    self._write(held)
+                self.pieces = []
+
+    def _write(self, piece: bytes) -> None:
+        assert self.file is not None
+        try:
+            view = memoryview(piece)
+            while view:
+                view = view[self.file.write(view) :]
+        except OSError as exc:  # a full TMPDIR: the transport error it is for the flows
+            self.close()
+            raise httpx.ReadError(f"reply body: temporary file ({exc})") from None
+
+    def value(self) -> bytes:
+        if self.file is None:
+            return b"".join(self.pieces)
+        try:
+            self.file.seek(0)
+            return self.file.readall()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
 def read_capped(response: httpx.Response, limit: int) -> bytes:
     """The decoded body of a streamed response, refused past `limit` decoded bytes."""
     decoder = BoundedDecoder(response.status_code, response.headers, limit)
-    pieces: list[bytes] = []
-    for raw in response.iter_raw():
-        pieces.extend(decoder.decode(raw))
-    pieces.extend(decoder.flush())
-    return b"".join(pieces)
+    body = _Body()
+    try:
+        for raw in response.iter_raw():
+            body.extend(decoder.decode(raw))
+        body.extend(decoder.flush())
+        return body.value()
+    finally:
+        body.close()
 
 
 async def aread_capped(response: httpx.Response, limit: int) -> bytes:
     """Async twin of `read_capped`."""
     decoder = BoundedDecoder(response.status_code, response.headers, limit)
-    pieces: list[bytes] = []
+    body = _Body()
     raw_chunks: AsyncIterator[bytes] = response.aiter_raw()
-    async for raw in raw_chunks:
-        pieces.extend(decoder.decode(raw))
-    pieces.extend(decoder.flush())
-    return b"".join(pieces)
+    try:
+        async for raw in raw_chunks:
+            body.extend(decoder.decode(raw))
+        body.extend(decoder.flush())
+        return body.value()
+    finally:
+        body.close()

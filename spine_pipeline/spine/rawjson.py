@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import json
 import json.scanner
+import mmap
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from spine_pipeline.spine.spool import has_room, spool
 from spine_pipeline.spine.textfidelity import (
     lossy_decode,
     original_if_changed,
@@ -49,6 +51,7 @@ __all__ = [
     "parse_key",
     "scan_value",
     "skip_ws",
+    "spool_sources",
 ]
 
 _scanstring = json.decoder.scanstring  # type: ignore[attr-defined]  # the C implementation
@@ -292,6 +295,8 @@ _WS_BYTES = re.compile(rb"[ \t\n\r]*")
 _ESCAPE_SAFE = re.compile(rb"[^\\]*+(?:(\\(?:u[0-9a-fA-F]{4}|[^u]))[^\\]*+)*+")
 _HIGH_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}")
 _Buffer = bytes | bytearray | memoryview
+# What a BigString points into: the response body, or a spooled copy of it (`spool_sources`).
+_Source = bytes | mmap.mmap
 
 
 def _bytes_error(msg: str, pos: int) -> json.JSONDecodeError:
@@ -302,7 +307,7 @@ def _bytes_error(msg: str, pos: int) -> json.JSONDecodeError:
     return err
 
 
-def _utf8_safe(buf: bytes, pos: int, stop: int) -> int:
+def _utf8_safe(buf: _Source, pos: int, stop: int) -> int:
     """Move `stop` back so that no UTF-8 sequence starting before it is cut (at most 3 bytes)."""
     for i in range(stop - 1, max(pos, stop - 4) - 1, -1):
         byte = buf[i]
@@ -314,7 +319,7 @@ def _utf8_safe(buf: bytes, pos: int, stop: int) -> int:
     return stop
 
 
-def _escape_safe(buf: bytes, pos: int, end: int) -> int:
+def _escape_safe(buf: _Source, pos: int, end: int) -> int:
     """The end of the next chunk of a literal's interior: never inside an escape or a pair."""
     target = pos + max(CHUNK_BYTES, 16)
     if target >= end:
@@ -335,13 +340,15 @@ class BigString:
 
     Construction validates the literal as `json.loads` would (control characters, escapes),
     chunk by chunk. `utf8()` is the decoded value as UTF-8 bytes (a zero-copy view when the
-    literal has no escapes), with U+FFFD for lone surrogates and for each invalid byte, like
-    the string columns of the archive; `literal` is the exact source bytes, quotes included.
+    literal has no escapes, else a spooled buffer written chunk by chunk: `spine.spool`),
+    with U+FFFD for lone surrogates and for each invalid byte, like the string columns of the
+    archive; `literal` is the exact source bytes, quotes included. `source` is the body, or
+    a spooled copy of it at the same offsets (`spool_sources`).
     """
 
     __slots__ = ("_hash", "end", "escaped", "source", "start", "utf8_len", "utf8_valid")
 
-    def __init__(self, source: bytes, start: int, end: int) -> None:
+    def __init__(self, source: _Source, start: int, end: int) -> None:
         if end - start < 2 or source[start] != 0x22 or source[end - 1] != 0x22:
             raise ValueError("a BigString spans a whole string literal, quotes included")
         self.source = source
@@ -356,7 +363,7 @@ class BigString:
             valid = valid and ok
             size += len(utf8_replacing_surrogates(value))
         self.utf8_valid = valid
-        self.utf8_len = size  # so `utf8` allocates once: a growing buffer fragments the heap
+        self.utf8_len = size  # the size of `utf8()`, known without holding the value
 
     def _chunks(self) -> Iterator[tuple[str, bool]]:
         """The decoded value in pieces (lone surrogates kept, as json.loads keeps them)."""
@@ -387,30 +394,28 @@ class BigString:
         return self.end - self.start
 
     def utf8(self) -> _Buffer:
-        """The decoded value as valid UTF-8: what a string column stores."""
+        """The decoded value as valid UTF-8: what a string column stores.
+
+        Without escapes (and valid UTF-8) it is the body's own bytes; otherwise it is decoded
+        chunk by chunk into a spooled buffer, so no heap copy of the value ever exists and
+        its pages can leave the resident set while other columns are written.
+        """
         if not self.escaped and self.utf8_valid:
             return memoryview(self.source)[self.start + 1 : self.end - 1]
-        out = bytearray(self.utf8_len)
-        view = memoryview(out)
-        pos = 0
-        for value, _ in self._chunks():
-            data = utf8_replacing_surrogates(value)
-            view[pos : pos + len(data)] = data
-            pos += len(data)
-        view.release()
-        return out
+        return memoryview(spool(utf8_replacing_surrogates(v) for v, _ in self._chunks()))
 
     def lossy_literal(self) -> _Buffer:
         """The literal's bytes with one U+FFFD per invalid byte: what a raw_json column stores."""
         if self.utf8_valid:
             return self.literal
-        out = bytearray()
+        return memoryview(spool(self._lossy_pieces()))
+
+    def _lossy_pieces(self) -> Iterator[bytes]:
         buf, pos, end = self.source, self.start, self.end
         while pos < end:
             stop = self._utf8_chunk(pos, end)
-            out += lossy_decode(buf[pos:stop])[0].encode("utf-8")
+            yield lossy_decode(buf[pos:stop])[0].encode("utf-8")
             pos = stop
-        return out
 
     def head(self, chars: int) -> str:
         """The first `chars` characters of the value (for messages; decodes about that much)."""
@@ -439,6 +444,26 @@ class BigString:
 
     def __repr__(self) -> str:
         return f"BigString(<{self.nbytes} bytes at {self.start}>)"
+
+
+def spool_sources(bigs: Iterable[BigString]) -> None:
+    """Move the bodies these BigStrings point into to spooled buffers (`spine.spool`).
+
+    Each distinct body is copied once, whole, so every offset stays valid (row texts are
+    zero-copy slices of the body around a big literal: `archive.flatten.slicing`). Bodies
+    already spooled are left alone, and so is a body when no map may be made (`has_room`).
+    The caller drops its own reference to the body, so the heap copy goes and what remains
+    can leave the resident set.
+    """
+    moved: dict[int, mmap.mmap | bytes] = {}
+    for big in bigs:
+        source = big.source
+        if isinstance(source, mmap.mmap):
+            continue
+        if id(source) not in moved:
+            copy = spool((memoryview(source),)) if has_room() else source
+            moved[id(source)] = copy if isinstance(copy, mmap.mmap) else source
+        big.source = moved[id(source)]
 
 
 @dataclass(frozen=True)

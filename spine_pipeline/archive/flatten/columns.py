@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from spine_pipeline.archive.arrow_schemas import TABLES
 from spine_pipeline.archive.flatten.values import BUFFERS, Buffer
+from spine_pipeline.spine.spool import release_resident
 from spine_pipeline.spine.textfidelity import replace_surrogates
 
 __all__ = ["ZERO_COPY_BYTES", "Cols"]
@@ -66,7 +67,12 @@ def _array(values: list[Any], type_: pa.DataType) -> pa.Array:
 
 
 def _one_value(value: Buffer, type_: pa.DataType) -> pa.Array:
-    """A one-value array over `value`'s memory (no copy); string values are UTF-8-checked."""
+    """A one-value array over `value`'s memory (no copy); string values are UTF-8-checked.
+
+    The check reads the whole value, so spooled values read before leave the resident set
+    first (`spine.spool`): one big value resident at a time.
+    """
+    release_resident()
     offsets = pa.py_buffer(struct.pack("<2q", 0, memoryview(value).nbytes))
     array = pa.Array.from_buffers(type_, 1, [None, offsets, pa.py_buffer(value)])
     if pa.types.is_large_string(type_):

@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from spine_pipeline.spine.rawjson import BigString, dumps_iterative
+from spine_pipeline.spine.spool import release_resident
 from spine_pipeline.spine.textfidelity import SURROGATE, replace_surrogates
 
 __all__ = [
@@ -116,9 +117,12 @@ def content_fields(content: Any) -> tuple[str | Buffer | None, int | None, str |
     """(content, UTF-8 length, sha256 hex) of a string content; nulls otherwise.
 
     A big content stays UTF-8 bytes: decoded once, hashed and stored from the same buffer.
+    The body it was decoded from leaves the resident set before the hash reads the value
+    (`spine.spool`), so one copy of it is resident at a time.
     """
     if isinstance(content, BigString):
         data = content.utf8()
+        release_resident()
         return data, memoryview(data).nbytes, hashlib.sha256(data).hexdigest()
     if not isinstance(content, str):
         return None, None, None
