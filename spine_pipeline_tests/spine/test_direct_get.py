@@ -196,8 +196,12 @@ def test_cookies_a_server_sets_are_never_sent_back() -> None:
     }
     with HostileServer(routes) as server:
 
+        # By name: aiohttp's default jar would keep a cookie from a host name (not from an
+        # IP address), so this fails if the session kept cookies.
+        by_name = f"http://localhost:{server.port}"
+
         async def go() -> None:
-            async with _client(server) as client:
+            async with AsyncSpineClient(api_key=KEY, base_url=by_name, retry=FAST) as client:
                 await client.get_run("r1")
                 await client.get_run("r2")
 
