@@ -11,6 +11,7 @@ stopping, and no cookie a server sets sent back.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -56,9 +57,7 @@ def _client(server: HostileServer, **kw: Any) -> AsyncSpineClient:
 def _pass(server: HostileServer, ids: list[str], seconds: float = 20.0, **kw: Any) -> PollPass:
     async def go() -> PollPass:
         async with _client(server, **kw) as client:
-            done = await poll_runs(
-                client, ids, deadline=time.monotonic() + seconds, concurrency=4
-            )
+            done = await poll_runs(client, ids, deadline=time.monotonic() + seconds, concurrency=4)
             # The GETs went the direct way, not through the httpx client.
             assert client._direct is not None
             return done
@@ -105,8 +104,8 @@ def test_bodies_over_the_cap_are_refused_once_and_the_pass_goes_on() -> None:
 
 
 def test_a_trickling_body_is_cut_by_the_pass_deadline() -> None:
-    body = json.dumps({"success": True, "data": _run("slow")}).encode()
-    # 4 bytes every 0.2 s: several seconds for the whole body, each gap within every timeout.
+    body = json.dumps({"success": True, "data": {**_run("slow"), "note": "z" * 240}}).encode()
+    # 4 bytes every 0.2 s: over 15 s for the whole body, each gap within every timeout.
     routes = {"/v1/run/slow": trickle(body, every=0.2, size=4)}
     with HostileServer(routes) as server:
         start = time.monotonic()
@@ -119,9 +118,11 @@ def test_a_trickling_body_is_cut_by_the_pass_deadline() -> None:
 
 def test_a_trickling_body_past_the_read_timeout_is_a_timeout() -> None:
     body = json.dumps({"success": True, "data": _run("slow")}).encode()
-    with HostileServer({"/v1/run/slow": trickle(body, every=1.0, size=16)}) as server:
-        with pytest.raises(SpineTimeoutError, match="timed out") as caught:
-            _get(server, "slow", timeout=0.3, retry=NO_RETRY)
+    with (
+        HostileServer({"/v1/run/slow": trickle(body, every=1.0, size=16)}) as server,
+        pytest.raises(SpineTimeoutError, match="timed out") as caught,
+    ):
+        _get(server, "slow", timeout=0.3, retry=NO_RETRY)
     _one_line(str(caught.value))
 
 
@@ -178,7 +179,7 @@ def test_429_is_retried_after_retry_after_then_given_up(
         patient = RetryPolicy(max_retries=3, base_delay=0.01, max_delay=1.0, jitter=0.0)
         assert _get(server, "r1", retry=patient).run_id == "r1"
     assert len(seen) == 3
-    assert min(b - a for a, b in zip(seen, seen[1:], strict=False)) >= 0.25
+    assert min(b - a for a, b in itertools.pairwise(seen)) >= 0.25
     assert caplog.text.count("HTTP 429 from 127.0.0.1") == 2 and KEY not in caplog.text
 
     always = json_reply({"success": False}, status=429, headers=[("Retry-After", "0")])
@@ -195,7 +196,6 @@ def test_cookies_a_server_sets_are_never_sent_back() -> None:
         "/v1/run/r2": envelope(_run("r2")),
     }
     with HostileServer(routes) as server:
-
         # By name: aiohttp's default jar would keep a cookie from a host name (not from an
         # IP address), so this fails if the session kept cookies.
         by_name = f"http://localhost:{server.port}"
