@@ -830,8 +830,7 @@ class AsyncSpineClient(_Base):
         self._direct: aiohttp.ClientSession | None = None
         self._api_root = yarl.URL(self.settings.base_url)
         self._direct_headers = dict(self._headers)
-        default = self.settings.timeout.as_dict()
-        self._default_phases = _client_timeout(default)
+        self._default_phases = _client_timeout(self.settings.timeout.as_dict())
 
     async def __aenter__(self) -> AsyncSpineClient:
         return self
