@@ -28,9 +28,11 @@ from urllib.parse import quote
 
 import aiohttp
 import httpx
+import yarl
 from httpx_aiohttp import AiohttpTransport
+from httpx_aiohttp.transport import map_aiohttp_exceptions
 
-from spine_pipeline.spine.bodies import BodyTooLarge, aread_capped, read_capped
+from spine_pipeline.spine.bodies import BodyTooLarge, BoundedDecoder, aread_capped, read_capped
 from spine_pipeline.spine.content_coding import (
     ACCEPT_ENCODING,
     ContentCodingError,
@@ -106,9 +108,44 @@ class DownloadResult:
     content_type: str | None
 
 
+class _Get:
+    """A prepared API GET for `AsyncSpineClient`'s direct aiohttp path (`_get_direct`).
+
+    It stands where an `httpx.Request` stands in a flow (`method`, `url`, `extensions`), but
+    is only a `yarl.URL` joined onto the client's API root, which was parsed and checked once
+    when the client was made: building and parsing an `httpx.Request` (URL, headers) for each
+    of a poll pass's GETs cost more than the request itself. `url` is made only when a retry
+    notice or an error names the request.
+    """
+
+    __slots__ = ("_url", "extensions", "target")
+    method = "GET"
+
+    def __init__(self, target: yarl.URL) -> None:
+        self.target = target
+        self.extensions: dict[str, Any] = {}
+        self._url: httpx.URL | None = None
+
+    @property
+    def url(self) -> httpx.URL:
+        if self._url is None:
+            self._url = httpx.URL(str(self.target))
+        return self._url
+
+
+_Outgoing = httpx.Request | _Get
+
+
+def _as_httpx(request: _Outgoing) -> httpx.Request:
+    """The request an httpx client sends: a `_Get` goes only to `AsyncSpineClient._get_direct`."""
+    if not isinstance(request, httpx.Request):
+        raise TypeError("a prepared GET is sent by the direct aiohttp path, not by httpx")
+    return request
+
+
 @dataclass(frozen=True)
 class _Send:
-    request: httpx.Request
+    request: _Outgoing
 
 
 @dataclass(frozen=True)
@@ -136,7 +173,7 @@ def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
-def _with_deadline(request: httpx.Request, timeout: httpx.Timeout, deadline: float | None) -> None:
+def _with_deadline(request: _Outgoing, timeout: httpx.Timeout, deadline: float | None) -> None:
     """Cap every phase of the request's timeout to what is left before `deadline`."""
     left = _remaining(deadline)
     if left is None:
@@ -164,7 +201,7 @@ def host_of(url: httpx.URL) -> str:
 
 
 def _retry_notice(
-    request: httpx.Request, reply: _Reply, attempt: int, policy: RetryPolicy, delay: float
+    request: _Outgoing, reply: _Reply, attempt: int, policy: RetryPolicy, delay: float
 ) -> None:
     """Say that a call is being retried, and why, before sleeping: an unreachable or
     refusing API must not look like a silent hang for the whole backoff."""
@@ -204,7 +241,7 @@ def _download_retry_notice(url: str, exc: Exception, attempt: int, policy: Retry
     return delay
 
 
-def _transport_failure(kind: RequestKind, request: httpx.Request, exc: Exception) -> SpineError:
+def _transport_failure(kind: RequestKind, request: _Outgoing, exc: Exception) -> SpineError:
     what = f"{request.method} {request.url.path}"
     host = host_of(request.url)
     if kind is RequestKind.CREATE and not never_sent(exc):
@@ -221,7 +258,7 @@ def _transport_failure(kind: RequestKind, request: httpx.Request, exc: Exception
     )
 
 
-def _too_large(kind: RequestKind, request: httpx.Request, exc: BodyTooLarge) -> SpineError:
+def _too_large(kind: RequestKind, request: _Outgoing, exc: BodyTooLarge) -> SpineError:
     """A refused reply body, as one line: never retried (the same reply would be refused)."""
     coding = f", Content-Encoding {exc.content_encoding}" if exc.content_encoding else ""
     what = f"{request.method} {request.url.path}"
@@ -261,7 +298,7 @@ def api_flow(
     """The request/retry/unwrap protocol for one API call; `build()` makes a fresh request."""
     attempt = 0
     while True:
-        request: httpx.Request = build()
+        request: _Outgoing = build()
         _with_deadline(request, timeout, deadline)
         reply = yield _Send(request)
         retry_after: float | None = None
@@ -287,7 +324,7 @@ def api_flow(
         return _interpret(kind, request, reply)
 
 
-def _interpret(kind: RequestKind, request: httpx.Request, response: _Answer) -> ApiResponse:
+def _interpret(kind: RequestKind, request: _Outgoing, response: _Answer) -> ApiResponse:
     # Redacted as it is read: the server chooses it, and it reaches errors, reprs and logs.
     request_id = redacted_field(response.headers.get("x-request-id"))
     status = response.status_code
@@ -632,7 +669,7 @@ class SpineClient(_Base):
                 time.sleep(step.seconds)
             else:
                 try:
-                    response = http.send(step.request, stream=True)
+                    response = http.send(_as_httpx(step.request), stream=True)
                     try:
                         body = read_capped(response, self.max_reply_bytes)
                     finally:
@@ -759,6 +796,13 @@ def _read_transport(max_connections: int, tls: ssl.SSLContext) -> httpx.AsyncBas
     return AiohttpTransport(verify=tls, limits=limits)
 
 
+def _client_timeout(phases: dict[str, float | None]) -> aiohttp.ClientTimeout:
+    """httpx's timeout phases as aiohttp's, mapped exactly as httpx-aiohttp maps them."""
+    return aiohttp.ClientTimeout(
+        sock_connect=phases.get("connect"), sock_read=phases.get("read"), connect=phases.get("pool")
+    )
+
+
 class AsyncSpineClient(_Base):
     """Asyncio client with the same rules; the poll sensor uses it for bounded concurrency."""
 
@@ -780,6 +824,14 @@ class AsyncSpineClient(_Base):
             timeout=self.settings.timeout, limits=limits, verify=tls
         )
 
+        # The poll pass's GETs (`get_run`) go to aiohttp directly (`_get_direct`), made in
+        # the running loop on first use as httpx-aiohttp makes its own.
+        self._max_connections = max_connections
+        self._direct: aiohttp.ClientSession | None = None
+        self._api_root = yarl.URL(self.settings.base_url)
+        self._direct_headers = dict(self._headers)
+        self._default_phases = _client_timeout(self.settings.timeout.as_dict())
+
     async def __aenter__(self) -> AsyncSpineClient:
         return self
 
@@ -787,6 +839,9 @@ class AsyncSpineClient(_Base):
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._direct is not None:
+            await self._direct.close()
+            self._direct = None
         await self._http.aclose()
         await self._submit_http.aclose()
         await self._download_http.aclose()
@@ -799,7 +854,7 @@ class AsyncSpineClient(_Base):
                 await asyncio.sleep(step.seconds)
             else:
                 try:
-                    response = await http.send(step.request, stream=True)
+                    response = await http.send(_as_httpx(step.request), stream=True)
                     try:
                         body = await aread_capped(response, self.max_reply_bytes)
                     finally:
@@ -829,8 +884,77 @@ class AsyncSpineClient(_Base):
         return CreatedRun(await self._drive(flow, self._submit_http))
 
     async def get_run(self, run_id: str, *, deadline: float | None = None) -> Run:
-        flow = self._get_flow(f"/run/{_segment(run_id, 'run_id')}", deadline)
-        return Run(await self._drive(flow, self._http))
+        """GET /v1/run/{id} on the direct aiohttp path: the poll pass's one request."""
+        target = self._api_root.with_path(
+            f"{self._api_root.raw_path}/run/{_segment(run_id, 'run_id')}", encoded=True
+        )
+        flow = api_flow(
+            lambda: _Get(target), RequestKind.READ, self.retry, self.settings.timeout, deadline
+        )
+        return Run(await self._drive_direct(flow))
+
+    def _session(self) -> aiohttp.ClientSession:
+        """The aiohttp session of the direct GETs, configured as `_read_transport`'s was:
+        the same TLS context, connection limit and keep-alive expiry, no proxies from the
+        environment, bodies left encoded (`BoundedDecoder` inflates them within the cap).
+        It keeps no cookies: nothing a server sets is ever sent back."""
+        if self._direct is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections,
+                keepalive_timeout=httpx.Limits().keepalive_expiry,
+                ssl=_tls_context(),
+            )
+            self._direct = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+            )
+        return self._direct
+
+    async def _get_direct(self, request: _Get) -> _Received:
+        """One API GET through aiohttp with the old path's rules, without httpx's objects.
+
+        The same as `_http.send` through httpx-aiohttp + `aread_capped`: the phases of the
+        timeout (capped to the deadline by the flow) map to aiohttp's as that transport maps
+        them, redirects are not followed, aiohttp's errors become the same httpx exceptions
+        (its own `map_aiohttp_exceptions`, so retries and error types cannot drift), and the
+        body is read raw and inflated by `BoundedDecoder`, refused past `max_reply_bytes`.
+        """
+        phases = request.extensions.get("timeout")
+        timeout = self._default_phases if phases is None else _client_timeout(phases)
+        with map_aiohttp_exceptions():
+            async with self._session().get(
+                request.target,
+                headers=self._direct_headers,
+                allow_redirects=False,
+                timeout=timeout,
+            ) as response:
+                headers = httpx.Headers(response.raw_headers)
+                decoder = BoundedDecoder(response.status, headers, self.max_reply_bytes)
+                pieces: list[bytes] = []
+                async for raw in response.content.iter_any():
+                    pieces.extend(decoder.decode(raw))
+                pieces.extend(decoder.flush())
+        return _Received(response.status, headers, b"".join(pieces))
+
+    async def _drive_direct(self, flow: Flow[T]) -> T:
+        """`_drive` for flows of `_Get`s: each is sent by `_get_direct`."""
+        step = next(flow)
+        while True:
+            reply: _Reply = None
+            if isinstance(step, _Sleep):
+                await asyncio.sleep(step.seconds)
+            else:
+                assert isinstance(step.request, _Get)
+                try:
+                    reply = await self._get_direct(step.request)
+                except (httpx.HTTPError, BodyTooLarge) as exc:
+                    reply = exc
+            try:
+                step = flow.send(reply)
+            except StopIteration as done:
+                return done.value
 
     async def get_dag(self, canvas_id: str, *, deadline: float | None = None) -> CanvasDAG:
         flow = self._get_flow(f"/canvas/{_segment(canvas_id, 'canvas_id')}/dag", deadline)

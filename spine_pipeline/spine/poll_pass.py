@@ -68,34 +68,43 @@ async def poll_runs(
     deadline: float,
     concurrency: int = 32,
 ) -> PollPass:
-    """GET each run once, at most `concurrency` at a time, all finished by `deadline`."""
-    gate = asyncio.Semaphore(max(1, concurrency))
+    """GET each run once, at most `concurrency` at a time, all finished by `deadline`.
+
+    `concurrency` workers take the next run id from one shared iterator, rather than one
+    task per run waiting on a semaphore: a pass over thousands of runs then creates and
+    wakes a few dozen tasks, not thousands.
+    """
     stop: list[str] = []
     results: dict[str, PollResult] = {}
 
     async def one(run_id: str) -> None:
-        async with gate:
-            if stop or time.monotonic() >= deadline:
+        if stop or time.monotonic() >= deadline:
+            results[run_id] = PollResult(run_id, polled=False)
+            return
+        try:
+            run = await client.get_run(run_id, deadline=deadline)
+            results[run_id] = PollResult(run_id, run=run)
+        except NotFoundError as exc:
+            results[run_id] = PollResult(run_id, error=str(exc), not_found=True)
+        except _BACK_OFF as exc:
+            if isinstance(exc, SpineTimeoutError) and _at(deadline):
+                # Cut short by the pass's deadline (every timeout is capped to it), not
+                # by Spine: not polled, due again next time, like a poll still waiting.
+                stop.append("deadline reached")
                 results[run_id] = PollResult(run_id, polled=False)
-                return
-            try:
-                run = await client.get_run(run_id, deadline=deadline)
-                results[run_id] = PollResult(run_id, run=run)
-            except NotFoundError as exc:
-                results[run_id] = PollResult(run_id, error=str(exc), not_found=True)
-            except _BACK_OFF as exc:
-                if isinstance(exc, SpineTimeoutError) and _at(deadline):
-                    # Cut short by the pass's deadline (every timeout is capped to it), not
-                    # by Spine: not polled, due again next time, like a poll still waiting.
-                    stop.append("deadline reached")
-                    results[run_id] = PollResult(run_id, polled=False)
-                else:
-                    stop.append(f"{type(exc).__name__}: {exc}")
-                    results[run_id] = PollResult(run_id, error=str(exc))
-            except SpineError as exc:
+            else:
+                stop.append(f"{type(exc).__name__}: {exc}")
                 results[run_id] = PollResult(run_id, error=str(exc))
+        except SpineError as exc:
+            results[run_id] = PollResult(run_id, error=str(exc))
 
-    tasks = [asyncio.ensure_future(one(r)) for r in run_ids]
+    queue = iter(run_ids)
+
+    async def worker() -> None:
+        for run_id in queue:  # one event loop: no two workers take the same id
+            await one(run_id)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(min(max(1, concurrency), len(run_ids)))]
     # A little past the deadline: requests in flight then end by their own timeouts (capped
     # to the deadline) and are counted as not polled above; only what is still pending after
     # that (a retry's sleep, a stuck connect) is cancelled here.
