@@ -137,6 +137,7 @@ def pipeline_once(
         run_workers(WORKERS, workdir / "worker-logs") as pool,
     ):
         log = ManifestLog(open_store(str(archive)))
+        wall_start = time.time()
         start = time.perf_counter()
         daemon = drive_burst(
             defs,
@@ -157,6 +158,7 @@ def pipeline_once(
         facts["dagster_run_failures"] = sum(1 for r in runs if r.is_failure)
         facts["manifests"] = log.last_seq
         facts.update(_phase_seconds(instance))
+        facts["timeline"] = timeline(instance, wall_start)
     if keys is not None:
         facts.update(_check_signed(archive, workdir / "witness", keys))
     facts["archive_bytes"] = _du(archive)
@@ -182,6 +184,19 @@ def _check_signed(archive: Path, witness: Path, keys: Path) -> dict[str, int]:
             f"{held.size if held else None}, log size {size}"
         )
     return {"signed_manifests": size, "archive_checkpoints": len(checkpoints)}
+
+
+def timeline(instance: Any, wall_start: float) -> str:
+    """When each Dagster run ran, in seconds from the first tick, in start order: `a` an
+    archive batch, `R` an audit refresh (`R0.4-2.1 a0.4-3.0 ...`): the critical path."""
+    from spine_pipeline.defs.names import AUDIT_JOB
+
+    spans = sorted(
+        (r.start_time - wall_start, (r.end_time or r.start_time) - wall_start, r.dagster_run.job_name)
+        for r in instance.get_run_records()
+        if r.start_time is not None
+    )
+    return " ".join(f"{'R' if job == AUDIT_JOB else 'a'}{s:.1f}-{e:.1f}" for s, e, job in spans)
 
 
 def _phase_seconds(instance: Any) -> dict[str, float]:
