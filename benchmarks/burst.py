@@ -192,7 +192,11 @@ def timeline(instance: Any, wall_start: float) -> str:
     from spine_pipeline.defs.names import AUDIT_JOB
 
     spans = sorted(
-        (r.start_time - wall_start, (r.end_time or r.start_time) - wall_start, r.dagster_run.job_name)
+        (
+            r.start_time - wall_start,
+            (r.end_time or r.start_time) - wall_start,
+            r.dagster_run.job_name,
+        )
         for r in instance.get_run_records()
         if r.start_time is not None
     )
