@@ -203,7 +203,7 @@ def timeline(instance: Any, wall_start: float) -> str:
     return " ".join(f"{'R' if job == AUDIT_JOB else 'a'}{s:.1f}-{e:.1f}" for s, e, job in spans)
 
 
-def _phase_seconds(instance: Any) -> dict[str, float]:
+def _phase_seconds(instance: Any, limit: int = 1000) -> dict[str, float]:
     """Seconds spent fetching, writing and refreshing the audit DB, from the runs' metadata."""
     import dagster as dg
 
@@ -212,7 +212,7 @@ def _phase_seconds(instance: Any) -> dict[str, float]:
         ("archive_batch", {"fetch_seconds": "fetch_s", "write_seconds": "write_s"}),
         ("audit_database", {"seconds": "audit_refresh_s"}),
     ):
-        records = instance.fetch_materializations(dg.AssetKey(key), limit=1000).records
+        records = instance.fetch_materializations(dg.AssetKey(key), limit=limit).records
         for record in records:
             meta = record.asset_materialization.metadata
             for name, fact in fields.items():
@@ -362,12 +362,14 @@ def run(reps: int = 5, quick: bool = False) -> Result:
             facts.append(f)
             pipe.append(seconds)
             say(f"burst: pipeline {seconds:.1f} s ({f['dagster_runs']} Dagster runs)")
+            say(f"burst: timeline {f.pop('timeline')}")
 
         def measured_signed() -> None:
             seconds, f = pipeline_once(sim, ids, workdir / "pipeline-signed", keys)
             signed_facts.append(f)
             signed.append(seconds)
             say(f"burst: signed pipeline {seconds:.1f} s ({f['signed_manifests']} manifests)")
+            f.pop("timeline")
 
         def floor() -> float:
             seconds = floor_once(sim, ids, workdir / "floor")
