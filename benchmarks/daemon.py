@@ -4,10 +4,8 @@ The poll sensor is evaluated here on a short interval; the runs it requests go t
 and are executed by `workers` warm run-worker processes at a time (the soak's workers: the
 real definitions, `execute_in_process` against the shared DAGSTER_HOME), like Dagster's
 QueuedRunCoordinator with `max_concurrent_runs` and a launcher that reuses warm processes.
-As with the daemon, the sensor ticks on its interval whether or not runs wait in the queue, a
-run it requested is visible to the next tick (here: the queue holds at most one audit
-refresh, which the sensor would see as a queued run), and the queue is drained by priority
-(the `dagster/priority` tag, highest first), then in request order.
+As with the daemon, a run the sensor requested is visible to the next tick (here: the queue
+holds at most one audit refresh, which the sensor would see as a queued run).
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ import os
 import queue
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,6 @@ import dagster as dg
 
 from soak.workers import Job, Worker, WorkerPool
 from spine_pipeline.archive.manifest import ManifestLog
-from spine_pipeline.defs.audit import PRIORITY_TAG
 from spine_pipeline.defs.names import AUDIT_JOB
 from spine_pipeline.driver import requested_job, sensor_tags, tick
 
@@ -76,14 +74,14 @@ def drive_burst(
     """Tick and launch until `expected` runs are committed and a tick after the last run
     finished asks for nothing (the audit database has caught up)."""
     facts = DaemonFacts()
-    pending: list[Job] = []
+    pending: deque[Job] = deque()
     running: dict[str, Job] = {}  # worker name -> job
     cursor: str | None = None
     last_tick = float("-inf")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if time.monotonic() - last_tick >= tick_every:
-            idle_before = not running and not pending
+        if not pending and time.monotonic() - last_tick >= tick_every:
+            idle_before = not running
             last_tick = time.monotonic()
             result = tick(defs, instance, cursor, lambda r: _enqueue(r, pending, running, facts))
             facts.ticks += 1
@@ -93,7 +91,7 @@ def drive_burst(
                 return facts
         for worker in pool.workers:
             if pending and worker.ready and worker.name not in running:
-                job = pending.pop(_next(pending))
+                job = pending.popleft()
                 running[worker.name] = job
                 worker.send(
                     op="archive",
@@ -106,20 +104,8 @@ def drive_burst(
     raise RuntimeError(f"burst not archived within {timeout:.0f}s: {log.last_seq} manifests")
 
 
-def _priority(job: Job) -> int:
-    try:
-        return int(job.tags.get(PRIORITY_TAG, "0"))
-    except ValueError:
-        return 0
-
-
-def _next(pending: list[Job]) -> int:
-    """Index of the run QueuedRunCoordinator dequeues next: highest priority, then oldest."""
-    return max(range(len(pending)), key=lambda i: (_priority(pending[i]), -i))
-
-
 def _enqueue(
-    request: dg.RunRequest, pending: list[Job], running: dict[str, Job], facts: DaemonFacts
+    request: dg.RunRequest, pending: deque[Job], running: dict[str, Job], facts: DaemonFacts
 ) -> None:
     name = requested_job(request)
     if name == AUDIT_JOB:

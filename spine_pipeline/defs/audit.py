@@ -283,24 +283,11 @@ def audit_lag(instance: dg.DagsterInstance, committed_seq: int, now: float) -> A
     return AuditLag(True, f"manifests {seq + 1}-{committed_seq} to ingest", seq)
 
 
-#: Dagster's run-queue priority tag (QueuedRunCoordinator dequeues higher values first).
-PRIORITY_TAG = "dagster/priority"
-#: A refresh goes ahead of queued archive runs. Behind them (FIFO) it ran only once the whole
-#: burst was archived and ingested every batch at the end, serially; ahead of them it ingests
-#: what has committed while the other batches run, so the one left after the last commit is
-#: small (docs/benchmarks.md, "Burst"). One refresh at a time still holds: `audit_lag`
-#: requests none while one is queued or running, and the op's pool has one slot.
-AUDIT_PRIORITY = 1
-
-
 def audit_refresh_request(lag: AuditLag, committed_seq: int) -> dg.RunRequest:
     return dg.RunRequest(
         job_name=AUDIT_JOB,
         run_key=f"audit-{committed_seq}-{int(time.time() * 1000)}",
-        tags={
-            "spine/manifests": f"{lag.ingested_seq + 1}-{committed_seq}",
-            PRIORITY_TAG: str(AUDIT_PRIORITY),
-        },
+        tags={"spine/manifests": f"{lag.ingested_seq + 1}-{committed_seq}"},
     )
 
 

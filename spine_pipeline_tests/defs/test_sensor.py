@@ -10,7 +10,6 @@ from spine_pipeline.archive.ledger import Ledger
 from spine_pipeline.archive.read import read_committed
 from spine_pipeline.archive.service import archive_now
 from spine_pipeline.definitions import build_definitions
-from spine_pipeline.defs.audit import PRIORITY_TAG
 from spine_pipeline.defs.names import (
     ARCHIVE_BATCH_OP,
     ARCHIVE_JOB,
@@ -125,26 +124,6 @@ def test_one_audit_refresh_is_requested_while_manifests_wait(pipeline):
         .value
         == 2
     )
-
-
-def _dequeue_order(requests):
-    """Jobs in the order QueuedRunCoordinator launches queued runs: priority, then age."""
-    from dagster._core.storage.tags import PRIORITY_TAG as DAGSTER_PRIORITY_TAG
-
-    assert PRIORITY_TAG == DAGSTER_PRIORITY_TAG  # the tag the run queue reads
-    ranked = sorted(requests, key=lambda r: -int(r.tags.get(PRIORITY_TAG, "0")))
-    return [r.job_name for r in ranked]
-
-
-def test_the_audit_refresh_goes_ahead_of_queued_archive_runs(pipeline):
-    """Behind a burst's archive runs, the refresh would ingest every batch at the end."""
-    ids = pipeline.submit("[scenario:completed] a", "[scenario:completed] b", "[scenario:failed] c")
-    pipeline.wait_terminal(ids)
-    _archive_elsewhere(pipeline, ids[:1])  # a manifest waits; two runs are still to archive
-    result = pipeline.tick()
-    assert [sorted(batch) for batch in _requested(result)] == [sorted(ids[1:])]
-    assert [r.job_name for r in result.run_requests] == [ARCHIVE_JOB, AUDIT_JOB]
-    assert _dequeue_order(result.run_requests) == [AUDIT_JOB, ARCHIVE_JOB]
 
 
 def test_the_audit_refresh_also_publishes_to_the_ducklake_catalog(pipeline, monkeypatch, tmp_path):
