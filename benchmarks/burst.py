@@ -137,6 +137,7 @@ def pipeline_once(
         run_workers(WORKERS, workdir / "worker-logs") as pool,
     ):
         log = ManifestLog(open_store(str(archive)))
+        wall_start = time.time()
         start = time.perf_counter()
         daemon = drive_burst(
             defs,
@@ -157,6 +158,7 @@ def pipeline_once(
         facts["dagster_run_failures"] = sum(1 for r in runs if r.is_failure)
         facts["manifests"] = log.last_seq
         facts.update(_phase_seconds(instance))
+        facts["timeline"] = timeline(instance, wall_start)
     if keys is not None:
         facts.update(_check_signed(archive, workdir / "witness", keys))
     facts["archive_bytes"] = _du(archive)
@@ -184,7 +186,24 @@ def _check_signed(archive: Path, witness: Path, keys: Path) -> dict[str, int]:
     return {"signed_manifests": size, "archive_checkpoints": len(checkpoints)}
 
 
-def _phase_seconds(instance: Any) -> dict[str, float]:
+def timeline(instance: Any, wall_start: float) -> str:
+    """When each Dagster run ran, in seconds from the first tick, in start order: `a` an
+    archive batch, `R` an audit refresh (`R0.4-2.1 a0.4-3.0 ...`): the critical path."""
+    from spine_pipeline.defs.names import AUDIT_JOB
+
+    spans = sorted(
+        (
+            r.start_time - wall_start,
+            (r.end_time or r.start_time) - wall_start,
+            r.dagster_run.job_name,
+        )
+        for r in instance.get_run_records()
+        if r.start_time is not None
+    )
+    return " ".join(f"{'R' if job == AUDIT_JOB else 'a'}{s:.1f}-{e:.1f}" for s, e, job in spans)
+
+
+def _phase_seconds(instance: Any, limit: int = 1000) -> dict[str, float]:
     """Seconds spent fetching, writing and refreshing the audit DB, from the runs' metadata."""
     import dagster as dg
 
@@ -193,7 +212,7 @@ def _phase_seconds(instance: Any) -> dict[str, float]:
         ("archive_batch", {"fetch_seconds": "fetch_s", "write_seconds": "write_s"}),
         ("audit_database", {"seconds": "audit_refresh_s"}),
     ):
-        records = instance.fetch_materializations(dg.AssetKey(key), limit=1000).records
+        records = instance.fetch_materializations(dg.AssetKey(key), limit=limit).records
         for record in records:
             meta = record.asset_materialization.metadata
             for name, fact in fields.items():
@@ -343,12 +362,14 @@ def run(reps: int = 5, quick: bool = False) -> Result:
             facts.append(f)
             pipe.append(seconds)
             say(f"burst: pipeline {seconds:.1f} s ({f['dagster_runs']} Dagster runs)")
+            say(f"burst: timeline {f.pop('timeline')}")
 
         def measured_signed() -> None:
             seconds, f = pipeline_once(sim, ids, workdir / "pipeline-signed", keys)
             signed_facts.append(f)
             signed.append(seconds)
             say(f"burst: signed pipeline {seconds:.1f} s ({f['signed_manifests']} manifests)")
+            f.pop("timeline")
 
         def floor() -> float:
             seconds = floor_once(sim, ids, workdir / "floor")

@@ -60,6 +60,21 @@ WHERE run_facts_stored.run_id = f.run_id""",
     )
 
 
+def _insert_rows(con: duckdb.DuckDBPyConnection, table: str, rows: list[tuple[Any, ...]]) -> None:
+    """Insert `rows` (tuples in the table's column order) with one statement.
+
+    `executemany` runs one INSERT per row: for the 1,000 tracking records of a burst that was
+    a fifth of the refresh after it (docs/benchmarks.md, "Burst"). The row builders here keep
+    each column to one Python type (or None), so Arrow infers it; DuckDB casts on insert.
+    """
+    columns = {f"c{i}": pa.array(list(values)) for i, values in enumerate(zip(*rows, strict=True))}
+    con.register("_audit_rows", pa.table(columns))
+    try:
+        con.execute(f"INSERT INTO {table} SELECT * FROM _audit_rows")
+    finally:
+        con.unregister("_audit_rows")
+
+
 def _str_list(value: Any) -> list[str] | None:
     if isinstance(value, list):
         return [v if isinstance(v, str) else json.dumps(v) for v in value]
@@ -145,9 +160,7 @@ def mirror_submissions(
     con.execute("BEGIN TRANSACTION")
     try:
         if rows:
-            con.executemany(
-                "INSERT INTO submissions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-            )
+            _insert_rows(con, "submissions", rows)
             if not bulk:
                 sync_run_facts(con, [r[2] for r in rows if r[2] is not None])
         if days:
@@ -226,9 +239,7 @@ def mirror_webhook_events(
     con.execute("BEGIN TRANSACTION")
     try:
         if rows:
-            con.executemany(
-                "INSERT INTO webhook_events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
-            )
+            _insert_rows(con, "webhook_events", rows)
         set_state(con, "webhooks_day", max(days + ([since] if since else [])))
         con.execute("COMMIT")
     except BaseException:
@@ -310,7 +321,7 @@ def refresh_inflight(
     con.execute("BEGIN TRANSACTION")
     try:
         if fresh:
-            con.executemany("INSERT INTO ledger_tracked VALUES (?, ?, ?, ?, ?, ?, ?, ?)", fresh)
+            _insert_rows(con, "ledger_tracked", fresh)
         con.execute("DELETE FROM inflight_runs")
         con.register("_audit_inflight", table)
         try:

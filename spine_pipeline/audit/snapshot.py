@@ -14,7 +14,9 @@ Two files alternate (blue/green), so a refresh does not copy the whole database:
 The spare is reused only when nothing reads it: no reader of this process (the registry in
 `duck.py`) and no POSIX lock from any process (an open-file-description write-lock probe,
 which also sees the record locks DuckDB readers of this process hold). Otherwise, and on
-platforms without OFD locks, the published file is copied to a new spare (slow path).
+platforms without OFD locks, the published file is copied to a new spare (slow path). It is
+also copied when the previous refresh added much to a small database (`copy_is_cheaper`):
+re-ingesting that would cost more than the copy.
 
 No name beside the database is ever followed: a symlink (or any non-regular entry) planted
 at the published, spare, WAL, link, copy or lock name would make the writer overwrite a
@@ -180,11 +182,31 @@ def nobody_reads(path: Path) -> bool:
         os.close(fd)
 
 
+#: Copy the published file instead of reusing the spare when the previous refresh grew the
+#: database by more than this fraction of its size, and by at least COPY_MIN_GROWTH bytes.
+COPY_GROWTH_FRACTION = 0.1
+COPY_MIN_GROWTH = 16 << 20
+
+
+def copy_is_cheaper(published_bytes: int, spare_bytes: int) -> bool:
+    """Whether copying the published file beats catching the spare up.
+
+    The spare lacks what the previous refresh ingested, and catching up re-ingests it (verify,
+    insert, index): the cost grows with what that refresh added, while a copy (sendfile)
+    grows with the whole file and is far cheaper per byte. After a big refresh of a small
+    database (a burst, ingested while its batches run) the copy wins; on a large database
+    refreshed a batch at a time the catch-up does (docs/benchmarks.md, "Burst").
+    """
+    growth = published_bytes - spare_bytes
+    return growth >= COPY_MIN_GROWTH and growth > COPY_GROWTH_FRACTION * published_bytes
+
+
 def prepare_spare(paths: Paths, *, fresh: bool) -> tuple[Path, str]:
     """Make the spare file ready to be written; return it and how it was made.
 
     `fresh` (a rebuild) starts from an empty file. Otherwise the spare is reused when it is
-    an older snapshot nobody reads, else the published file is copied (atomically named).
+    an older snapshot nobody reads and catching it up costs less than a copy
+    (`copy_is_cheaper`), else the published file is copied (atomically named).
     """
     refuse_planted(paths)
     _remove(paths.copying)
@@ -198,6 +220,7 @@ def prepare_spare(paths: Paths, *, fresh: bool) -> tuple[Path, str]:
         and not os.path.lexists(f"{spare}.wal")
         and os.lstat(spare).st_nlink == 1  # a second name would be written through too
         and file_key(spare) != file_key(paths.published)
+        and not copy_is_cheaper(os.stat(paths.published).st_size, os.stat(spare).st_size)
         and nobody_reads(spare)
     ):
         return spare, "reused"
