@@ -89,10 +89,10 @@ def ingest_and_query(
     runs: int,
     reps: int,
     result: Result,
-) -> None:
+) -> tuple[list[float], list[float]]:
     """One new 100-run manifest at a time into the catalog and the audit database,
     interleaved (first pair a warm-up), then the queries both ways (`_queries`), then the
-    new manifests removed again."""
+    new manifests removed again. Returns the seconds of both ingests (catalog, refresh)."""
     name, uri = result.benchmark, str(archive)
     lake, duck = [], []
     try:
@@ -126,6 +126,7 @@ def ingest_and_query(
         _queries(catalog, db, runs + INCREMENTS * 100, reps, result)
     finally:
         _drop_increments(archive, base_manifests)
+    return lake, duck
 
 
 CREDITS_SQL = (
