@@ -12,7 +12,11 @@ checked against the manifest by the audit's own rule (`ingest.verified_table`: s
 sha256, Parquet, row count, the runs it names), then registered, its `manifests` row
 inserted and the snapshot's commit message set to `manifest <seq>` (extra info: seq, batch
 id, sha256), so "as of manifest N" is `AT (VERSION => snapshot_of_manifest(N))`. A file
-that does not match refuses its manifest before anything of it is registered.
+that does not match refuses its manifest before anything of it is registered. A rebuild
+(a fresh catalog file, no other publisher) commits `REBUILD_GROUP` manifests per snapshot,
+named after the group's last manifest, and verifies the next manifests' files in a thread
+meanwhile: each snapshot costs a fixed amount of DuckLake metadata work, so one per
+manifest made a 1,000,000-run rebuild take most of an hour (docs/decisions.md).
 
 Publishers race safely. Every manifest's transaction re-reads the last published seq and
 comments the `manifests` table: DuckLake makes two transactions that alter one table
