@@ -56,8 +56,9 @@ bench: $(VENV_STAMP)  ## benchmarks; writes docs/benchmarks.md
 
 # Not in `bench` nor CI: 1,000,000 runs, under an hour on 2 cores (the archive is generated
 # once, about 40 minutes, and cached in .bench/audit). Its rows join the same table.
+# BENCH_ARGS=--profile writes a pyinstrument tree of the pass to .bench/profiles/scale.txt.
 bench-scale: $(VENV_STAMP)  ## the audit and DuckLake figures at 1,000,000 runs; writes docs/benchmarks.md
-	$(UV) run --frozen python -m benchmarks scale
+	$(UV) run --frozen python -m benchmarks scale $(BENCH_ARGS)
 
 lint: $(VENV_STAMP)
 	$(UV) run --frozen ruff check $(PY_DIRS)
