@@ -31,7 +31,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -88,6 +88,36 @@ def _drop_increments(archive: Path, keep: int) -> None:
         for f in m.files:
             store.delete(f.key)
         store.delete(manifest_key(m.seq))
+
+
+def add_manifests(archive: Path, base_manifests: int, count: int = INCREMENTS) -> Iterator[int]:
+    """Commit `count` new 100-run manifests after the base one at a time, yielding after
+    each (its index); the caller removes them afterwards (`_drop_increments`)."""
+    store = open_store(str(archive))
+    for i, group in enumerate(
+        synth.batches(count * 100, BLOCKS_PER_RUN, SEED + 1, start=base_manifests)
+    ):
+        synth.write_batches(store, iter([group]))
+        yield i
+
+
+def measure_refreshes(
+    archive: Path, db: Path, base_manifests: int, name: str, count: int = INCREMENTS
+) -> list[float]:
+    """`refresh_audit_db` after each of `count` new 100-run manifests, in seconds, without
+    the first (the warm-up: after a rebuild there is no spare snapshot yet, so it copies the
+    file); the new manifests and their files are removed afterwards, leaving the archive as
+    it was."""
+    uri, seconds = str(archive), []
+    try:
+        for i in add_manifests(archive, base_manifests, count):
+            took = _timed(lambda: refresh_audit_db(uri, db))
+            if i > 0:
+                seconds.append(took)
+            say(f"{name}: refresh with one new 100-run manifest: {took:.2f} s")
+    finally:
+        _drop_increments(archive, base_manifests)
+    return seconds
 
 
 def _ideal_parquet(db: Path, out: Path) -> tuple[Path, Path]:
@@ -219,19 +249,7 @@ def run(reps: int = 5, quick: bool = False) -> Result:
     queries = _Queries(db, work / "ideal", runs, result)
     queries.measure(reps, when="after rebuild")
 
-    store = open_store(uri)
-    increments: list[float] = []
-    try:
-        for i, group in enumerate(
-            synth.batches(INCREMENTS * 100, BLOCKS_PER_RUN, SEED + 1, start=base_manifests)
-        ):
-            synth.write_batches(store, iter([group]))
-            seconds = _timed(lambda: refresh_audit_db(uri, db))
-            if i > 0:
-                increments.append(seconds)
-            say(f"audit: refresh with one new 100-run manifest: {seconds:.2f} s")
-    finally:
-        _drop_increments(archive, base_manifests)
+    increments = measure_refreshes(archive, db, base_manifests, "audit")
     result.facts["refresh_after_rebuild_s"] = "first refresh copies the snapshot (no spare yet)"
     result.rows.append(
         Row(

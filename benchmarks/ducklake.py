@@ -26,9 +26,14 @@ from functools import partial
 from pathlib import Path
 
 from benchmarks import synth
-from benchmarks.audit_scale import BLOCKS_PER_RUN, RUNS, SEED, _archive, _drop_increments
+from benchmarks.audit_scale import (
+    BLOCKS_PER_RUN,
+    RUNS,
+    _archive,
+    _drop_increments,
+    add_manifests,
+)
 from benchmarks.common import BENCH_DIR, Result, Row, interleave, median, say
-from spine_pipeline.archive.stores import open_store
 from spine_pipeline.audit import credit_report, rebuild_audit_db, refresh_audit_db, search
 from spine_pipeline.audit.ducklake import ALIAS, Catalog, attach, open_connection, publish_catalog
 
@@ -53,27 +58,45 @@ def run(reps: int = 5, quick: bool = False) -> Result:
     work.mkdir(parents=True)
     db = work / "audit.duckdb"
     catalog = Catalog(f"ducklake:{work / 'meta.ducklake'}")
-    uri = str(archive)
     result.facts.update({"runs": runs, "blocks": runs * BLOCKS_PER_RUN})
-
-    say("ducklake: publish the whole archive to a new catalog")
-    published = _timed(lambda: publish_catalog(catalog, uri, rebuild=True))
-    result.facts["catalog_publish_all_s"] = round(published, 1)
-    result.facts["catalog_publish_per_manifest_s"] = round(published / base_manifests, 3)
-    result.facts["catalog_bytes"] = catalog.path.stat().st_size
-    say(f"ducklake: {base_manifests} manifests published in {published:.1f} s")
+    publish_all(catalog, archive, base_manifests, result)
     say("ducklake: rebuild the audit database")
-    rebuilt = _timed(lambda: rebuild_audit_db(uri, db))
+    rebuilt = _timed(lambda: rebuild_audit_db(str(archive), db))
     result.facts["audit_rebuild_s"] = round(rebuilt, 1)
     result.facts["audit_db_bytes"] = db.stat().st_size
+    ingest_and_query(catalog, archive, db, base_manifests, runs, reps, result)
+    return result
 
-    store = open_store(uri)
+
+def publish_all(catalog: Catalog, archive: Path, base_manifests: int, result: Result) -> float:
+    """Publish the whole archive to a new catalog (`audit publish --rebuild`'s call); facts:
+    its seconds, per manifest, and the catalog file's size."""
+    name = result.benchmark
+    say(f"{name}: publish the whole archive to a new catalog")
+    published = _timed(lambda: publish_catalog(catalog, str(archive), rebuild=True))
+    result.facts["catalog_publish_all_s"] = round(published, 1)
+    result.facts["catalog_publish_per_manifest_s"] = round(published / base_manifests, 4)
+    result.facts["catalog_bytes"] = catalog.path.stat().st_size
+    say(f"{name}: {base_manifests} manifests published in {published:.1f} s")
+    return published
+
+
+def ingest_and_query(
+    catalog: Catalog,
+    archive: Path,
+    db: Path,
+    base_manifests: int,
+    runs: int,
+    reps: int,
+    result: Result,
+) -> tuple[list[float], list[float]]:
+    """One new 100-run manifest at a time into the catalog and the audit database,
+    interleaved (first pair a warm-up), then the queries both ways (`_queries`), then the
+    new manifests removed again. Returns the seconds of both ingests (catalog, refresh)."""
+    name, uri = result.benchmark, str(archive)
     lake, duck = [], []
     try:
-        for i, group in enumerate(
-            synth.batches(INCREMENTS * 100, BLOCKS_PER_RUN, SEED + 1, start=base_manifests)
-        ):
-            synth.write_batches(store, iter([group]))
+        for i in add_manifests(archive, base_manifests, INCREMENTS):
             # Alternate which goes first, so neither always meets a warm page cache.
             if i % 2:
                 d = _timed(lambda: refresh_audit_db(uri, db))
@@ -84,11 +107,11 @@ def run(reps: int = 5, quick: bool = False) -> Result:
             if i > 0:
                 lake.append(c)
                 duck.append(d)
-            say(f"ducklake: one 100-run manifest: catalog {c:.2f} s, audit refresh {d:.2f} s")
+            say(f"{name}: one 100-run manifest: catalog {c:.2f} s, audit refresh {d:.2f} s")
         result.rows.append(
             Row(
-                "ducklake",
-                "ingest of one 100-run manifest into the DuckLake catalog",
+                name,
+                f"ingest of one 100-run manifest into the DuckLake catalog at {runs:,} runs",
                 median(lake),
                 baseline=median(duck),
                 baseline_name="audit refresh (DuckDB file)",
@@ -103,7 +126,7 @@ def run(reps: int = 5, quick: bool = False) -> Result:
         _queries(catalog, db, runs + INCREMENTS * 100, reps, result)
     finally:
         _drop_increments(archive, base_manifests)
-    return result
+    return lake, duck
 
 
 CREDITS_SQL = (
@@ -153,7 +176,7 @@ def _queries(catalog: Catalog, db: Path, runs: int, reps: int, result: Result) -
             )
             result.rows.append(
                 Row(
-                    "ducklake",
+                    result.benchmark,
                     f"{name} at {runs:,} runs, DuckLake catalog",
                     median(measured),
                     baseline=median(baseline),
@@ -166,13 +189,13 @@ def _queries(catalog: Catalog, db: Path, runs: int, reps: int, result: Result) -
                 )
             )
             say(
-                f"ducklake: {name}: catalog {median(measured):.3f} s, "
+                f"{result.benchmark}: {name}: catalog {median(measured):.3f} s, "
                 f"DuckDB file {median(baseline):.3f} s"
             )
         cold = [_timed(lake_cold) for _ in range(reps)]
         result.rows.append(
             Row(
-                "ducklake",
+                result.benchmark,
                 f"report credits --by template at {runs:,} runs, DuckLake catalog, "
                 "attached per call",
                 median(cold),
@@ -181,7 +204,7 @@ def _queries(catalog: Catalog, db: Path, runs: int, reps: int, result: Result) -
                 samples=cold,
             )
         )
-        say(f"ducklake: credits with a fresh attach: {median(cold):.3f} s")
+        say(f"{result.benchmark}: credits with a fresh attach: {median(cold):.3f} s")
     finally:
         con.close()
 

@@ -15,6 +15,9 @@ DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN = "<!-- BEGIN GENERATED: make bench (benchmarks/report.py) -->"
 END = "<!-- END GENERATED -->"
 ORDER = ("poll", "burst", "audit", "memory", "verify", "time_to_audit", "ducklake")
+#: Benchmarks run only when named (`make bench-scale`, `burst_big`); their latest rows stay
+#: in the table.
+EXTRA = ("scale", "burst_big")
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -85,7 +88,7 @@ Raw samples and workload facts:
 
 
 def load_all() -> list[Result]:
-    return [r for name in ORDER if (r := Result.load(name)) is not None]
+    return [r for name in ORDER + EXTRA if (r := Result.load(name)) is not None]
 
 
 def write_doc(results: list[Result], total_seconds: float | None, path: Path = DOC) -> None:

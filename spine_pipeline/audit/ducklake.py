@@ -12,7 +12,11 @@ checked against the manifest by the audit's own rule (`ingest.verified_table`: s
 sha256, Parquet, row count, the runs it names), then registered, its `manifests` row
 inserted and the snapshot's commit message set to `manifest <seq>` (extra info: seq, batch
 id, sha256), so "as of manifest N" is `AT (VERSION => snapshot_of_manifest(N))`. A file
-that does not match refuses its manifest before anything of it is registered.
+that does not match refuses its manifest before anything of it is registered. A rebuild
+(a fresh catalog file, no other publisher) commits `REBUILD_GROUP` manifests per snapshot,
+named after the group's last manifest, and verifies the next manifests' files in a thread
+meanwhile: each snapshot costs a fixed amount of DuckLake metadata work, so one per
+manifest made a 1,000,000-run rebuild take most of an hour (docs/decisions.md).
 
 Publishers race safely. Every manifest's transaction re-reads the last published seq and
 comments the `manifests` table: DuckLake makes two transactions that alter one table
@@ -62,6 +66,7 @@ from spine_pipeline.audit.duck import AuditError, configure_s3, load_extension, 
 from spine_pipeline.audit.ingest import (
     Fetcher,
     IngestError,
+    _Prefetch,
     check_file_runs,
     check_runs_covered,
     insert_manifest_row,
@@ -79,6 +84,12 @@ ALIAS = "spine_lake"  # the name the publisher attaches the catalog under
 AUTHOR = "spine-pipeline"
 # Conflicts (another publisher won the manifest, or a metadata race) are retried this often.
 MAX_ATTEMPTS = 5
+#: Manifests a rebuild (`publish --rebuild`: a fresh catalog file under the writer lock, so
+#: no other publisher) commits per DuckLake snapshot. A snapshot's commit costs a fixed
+#: amount of DuckLake metadata work whatever it holds (docs/decisions.md), which one
+#: snapshot per manifest paid 10,000 times at 1,000,000 runs; "as of manifest N" is exact
+#: at each group's last manifest and for every manifest published after the rebuild.
+REBUILD_GROUP = 100
 # Catalog rows (`manifests`, `audit_state`) stay inlined in the metadata database: DuckLake
 # then never writes a data file of its own, and the catalog is metadata only.
 INLINING_ROW_LIMIT = 1_000_000
@@ -228,14 +239,25 @@ def _first_line(exc: BaseException, catalog: Catalog) -> str:
 
 
 def snapshot_of_manifest(con: duckdb.DuckDBPyConnection, seq: int, alias: str = ALIAS) -> int:
-    """The DuckLake snapshot that published manifest `seq` ("as of manifest N")."""
+    """The DuckLake snapshot whose state is "as of manifest N": the one that published it,
+    or, in a rebuilt catalog, the one that published the group of manifests it ends. A
+    manifest inside a rebuild's group has no snapshot of its own (the error says how to
+    read as of it: filter the group's snapshot by batch id)."""
     row = con.execute(
         f"SELECT max(snapshot_id) FROM {alias}.snapshots() WHERE author = ? AND commit_message = ?",
         [AUTHOR, f"manifest {int(seq)}"],
     ).fetchone()
-    if not row or row[0] is None:
-        raise CatalogError(f"manifest {seq} is not published in the catalog")
-    return int(row[0])
+    if row and row[0] is not None:
+        return int(row[0])
+    last = con.execute(f"SELECT coalesce(max(seq), 0) FROM {alias}.manifests").fetchone()
+    if last and 0 < seq <= int(last[0]):
+        raise CatalogError(
+            f"manifest {seq} was published by a rebuild in one snapshot with the manifests "
+            f"after it (one snapshot per {REBUILD_GROUP}): as of manifest {seq}, read the "
+            "next manifest's snapshot WHERE batch_id IN (SELECT batch_id FROM manifests "
+            f"WHERE seq <= {seq})"
+        )
+    raise CatalogError(f"manifest {seq} is not published in the catalog")
 
 
 @contextmanager
@@ -363,15 +385,26 @@ def _is_conflict(exc: duckdb.Error) -> bool:
     return "conflict" in text.lower() or "Failed to commit" in text
 
 
-def _verify(fetcher: Fetcher, manifest: Manifest, report: PublishReport) -> Counter[str]:
-    """Check every listed file of the manifest (nothing is registered unless all match)."""
+def _verify(
+    fetcher: Fetcher,
+    manifest: Manifest,
+    report: PublishReport,
+    prefetch: _Prefetch | None = None,
+) -> Counter[str]:
+    """Check every listed file of the manifest (nothing is registered unless all match);
+    with `prefetch`, its files were fetched, hashed and parsed ahead by the rebuild's rule
+    (`ingest._Prefetch`, the same `verified_table`)."""
     rows: Counter[str] = Counter()
     seen: set[str] = set()
+    prepared = prefetch.take(manifest) if prefetch is not None else {}
     for entry in manifest.files:
         if entry.table not in DATA_TABLES:
             log.warning("manifest %s: skipping unknown table %s", manifest.seq, entry.key)
             continue
-        arrow = verified_table(fetcher, manifest, entry)
+        got = prepared.get(entry.key)
+        if isinstance(got, IngestError):
+            raise got
+        arrow = got if got is not None else verified_table(fetcher, manifest, entry)
         runs = check_file_runs(manifest, entry, arrow)
         if entry.table == "runs":
             seen |= runs
@@ -381,36 +414,45 @@ def _verify(fetcher: Fetcher, manifest: Manifest, report: PublishReport) -> Coun
     return rows
 
 
-def _commit_manifest(
-    con: duckdb.DuckDBPyConnection, store: ObjectStore, manifest: Manifest
+def _commit_manifests(
+    con: duckdb.DuckDBPyConnection, store: ObjectStore, manifests: list[Manifest]
 ) -> bool:
-    """Register the manifest's files and its row in one snapshot; False if another
-    publisher had published it already (then nothing was written)."""
+    """Register the manifests' files and rows in one snapshot (one manifest, or a rebuild's
+    group: consecutive seqs); False if another publisher had published them already (then
+    nothing was written). The commit message names the last one: the snapshot is the
+    catalog as of that manifest."""
+    first, manifest = manifests[0], manifests[-1]
     con.execute("BEGIN TRANSACTION")
     try:
         last = _last_published(con)
         if last >= manifest.seq:
             con.execute("ROLLBACK")
             return False
-        if last != manifest.seq - 1:
+        if last != first.seq - 1:
             raise CatalogError(
-                f"manifest {manifest.seq}: the catalog's last published manifest is {last}, "
+                f"manifest {first.seq}: the catalog's last published manifest is {last}, "
                 "not the one before it; run `spine-pipeline audit publish --rebuild`"
             )
         # The conflict point: two transactions altering one table cannot both commit.
         con.execute(f"COMMENT ON TABLE manifests IS {sql_str(f'through manifest {manifest.seq}')}")
-        for entry in manifest.files:
-            if entry.table not in DATA_TABLES:
-                continue
-            con.execute(
-                "CALL ducklake_add_data_files(?, ?, ?, hive_partitioning => true, "
-                "allow_missing => true, ignore_extra_columns => true)",
-                [ALIAS, entry.table, store.url(entry.key)],
-            )
-        insert_manifest_row(con, manifest, signature_verified=False)
-        extra = json.dumps(
-            {"manifest_seq": manifest.seq, "batch_id": manifest.batch_id, "sha256": manifest.sha256}
-        )
+        for m in manifests:
+            for entry in m.files:
+                if entry.table not in DATA_TABLES:
+                    continue
+                con.execute(
+                    "CALL ducklake_add_data_files(?, ?, ?, hive_partitioning => true, "
+                    "allow_missing => true, ignore_extra_columns => true)",
+                    [ALIAS, entry.table, store.url(entry.key)],
+                )
+            insert_manifest_row(con, m, signature_verified=False)
+        info: dict[str, object] = {
+            "manifest_seq": manifest.seq,
+            "batch_id": manifest.batch_id,
+            "sha256": manifest.sha256,
+        }
+        if len(manifests) > 1:
+            info["first_manifest_seq"] = first.seq
+        extra = json.dumps(info)
         con.execute(
             f"CALL {ALIAS}.set_commit_message(?, ?, extra_info => ?)",
             [AUTHOR, f"manifest {manifest.seq}", extra],
@@ -428,8 +470,12 @@ def _publish_manifests(
     store: ObjectStore,
     report: PublishReport,
     published_seq: int = 0,
+    group: int = 1,
 ) -> None:
-    """Publish every committed manifest after the catalog's last one, in chain order."""
+    """Publish every committed manifest after the catalog's last one, in chain order,
+    `group` manifests per snapshot (more than one only for a rebuild, which also verifies
+    the next manifests' files in a thread while DuckLake registers the current ones). A
+    manifest that fails verification is refused after the ones before it are committed."""
     con.execute(f"USE {ALIAS}")
     for attempt in range(MAX_ATTEMPTS):  # two first publishers both create the tables
         try:
@@ -441,21 +487,25 @@ def _publish_manifests(
                 raise
             time.sleep(0.05 * (attempt + 1))
     fetcher = Fetcher(store)
-    try:
-        _, manifests = new_manifests(con, store)  # chain checked from the catalog's anchor
-        for manifest in manifests:
-            rows = _verify(fetcher, manifest, report)
-            for attempt in range(MAX_ATTEMPTS):
-                try:
-                    done = _commit_manifest(con, store, manifest)
-                    break
-                except duckdb.Error as exc:
-                    if not _is_conflict(exc) or attempt == MAX_ATTEMPTS - 1:
-                        raise CatalogError(
-                            f"manifest {manifest.seq}: could not publish to the catalog: "
-                            f"{str(exc).splitlines()[0] if str(exc) else exc!r}"
-                        ) from None
-                    time.sleep(0.05 * (attempt + 1))  # another publisher committed: re-check
+    prefetch: _Prefetch | None = None
+    pending: list[tuple[Manifest, Counter[str]]] = []
+
+    def commit_pending() -> None:
+        if not pending:
+            return
+        batch = [m for m, _ in pending]
+        for attempt in range(MAX_ATTEMPTS):
+            try:
+                done = _commit_manifests(con, store, batch)
+                break
+            except duckdb.Error as exc:
+                if not _is_conflict(exc) or attempt == MAX_ATTEMPTS - 1:
+                    raise CatalogError(
+                        f"manifest {batch[0].seq}: could not publish to the catalog: "
+                        f"{str(exc).splitlines()[0] if str(exc) else exc!r}"
+                    ) from None
+                time.sleep(0.05 * (attempt + 1))  # another publisher committed: re-check
+        for manifest, rows in pending:
             if done and manifest.seq <= published_seq:
                 report.caught_up.append(manifest.seq)
             elif done:
@@ -464,7 +514,25 @@ def _publish_manifests(
                 report.rows.update(rows)
             else:
                 report.raced.append(manifest.seq)
+        pending.clear()
+
+    try:
+        _, manifests = new_manifests(con, store)  # chain checked from the catalog's anchor
+        if group > 1 and manifests:
+            prefetch = _Prefetch(fetcher, manifests)
+        for manifest in manifests:
+            try:
+                rows = _verify(fetcher, manifest, report, prefetch)
+            except AuditError:
+                commit_pending()  # the manifests before the refused one stay published
+                raise
+            pending.append((manifest, rows))
+            if len(pending) >= group:
+                commit_pending()
+        commit_pending()
     finally:
+        if prefetch is not None:
+            prefetch.close()
         fetcher.close()
     report.last_seq = _last_published(con)
 
@@ -518,7 +586,9 @@ def publish_catalog(
                     _set_inlining(con)
                     refused: AuditError | None = None
                     try:
-                        _publish_manifests(con, store, report, published_seq)
+                        _publish_manifests(
+                            con, store, report, published_seq, REBUILD_GROUP if rebuild else 1
+                        )
                     except AuditError as exc:  # the manifests before it are still published
                         refused = exc
                     con.execute("USE memory")

@@ -211,6 +211,49 @@ def test_a_tampered_file_refuses_its_manifest_and_registers_nothing_of_it(
     assert seen["manifests"] == [first] and len(seen["runs"]) == 1
 
 
+def test_a_rebuild_commits_manifests_in_groups_and_travels_to_each_group_end(
+    kit: ArchiveKit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`publish --rebuild` commits REBUILD_GROUP manifests per snapshot (named after the
+    last); as of a manifest inside a group is refused in one line that says how to read it;
+    a tampered file refuses its manifest after the ones before it in its group committed."""
+    monkeypatch.setattr(ducklake, "REBUILD_GROUP", 2)
+    catalog = catalog_of(tmp_path)
+    s3 = kit.uri.startswith("s3://")
+    one, two, three = commit(kit, 1, 1, 1)
+    report = publish_catalog(catalog, kit.uri, rebuild=True)
+    assert report.manifests == [one, two, three] and report.rows["runs"] == 3
+    with ducklake.reading_catalog(catalog, s3=s3) as con:
+        messages = con.execute(
+            "SELECT commit_message FROM snapshots() WHERE author = ? ORDER BY snapshot_id",
+            [ducklake.AUTHOR],
+        ).fetchall()
+        assert [m for (m,) in messages if m.startswith("manifest ")] == [
+            f"manifest {two}",
+            f"manifest {three}",
+        ]
+        with pytest.raises(CatalogError) as caught:
+            ducklake.snapshot_of_manifest(con, one)
+    assert "\n" not in str(caught.value) and "batch_id" in str(caught.value)
+    with ducklake.reading_catalog(catalog, s3=s3, as_of_manifest=two) as con:
+        assert con.execute("SELECT count(*) FROM runs").fetchone() == (2,)
+    now, then = read_in_subprocess(catalog, (None, ["runs"]), (two, ["runs"]), s3=s3)
+    assert now["manifests"] == [one, two, three] and now["runs"] == expected_rows(kit, "runs")
+    assert then["manifests"] == [one, two]
+    assert then["runs"] == expected_rows(kit, "runs", upto=two)
+
+    log = ManifestLog(kit.store)
+    log.refresh()
+    (manifest,) = [m for m in log if m.seq == two]
+    victim = next(f for f in manifest.files if f.table == "runs")
+    plant(kit.uri, victim.key, kit.store.get_bytes(victim.key)[:-8] + b"tampered")
+    with pytest.raises(CatalogError) as caught:
+        publish_catalog(catalog, kit.uri, rebuild=True)
+    assert victim.key in str(caught.value) and f"manifest {two}" in str(caught.value)
+    (seen,) = read_in_subprocess(catalog, (None, ["runs"]), s3=s3)
+    assert seen["manifests"] == [one] and seen["runs"] == expected_rows(kit, "runs", upto=one)
+
+
 PUBLISHER = textwrap.dedent(
     """
     import json, sys
