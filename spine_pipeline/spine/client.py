@@ -20,7 +20,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -803,6 +803,25 @@ def _client_timeout(phases: dict[str, float | None]) -> aiohttp.ClientTimeout:
     )
 
 
+async def _run_flow(flow: Flow[T], send: Callable[[_Outgoing], Awaitable[_Received]]) -> T:
+    """Drive a sans-IO flow with an async `send`: the one loop both async paths share, so
+    sleeps, transport errors and oversized bodies reach the flow the same way."""
+    step = next(flow)
+    while True:
+        reply: _Reply = None
+        if isinstance(step, _Sleep):
+            await asyncio.sleep(step.seconds)
+        else:
+            try:
+                reply = await send(step.request)
+            except (httpx.HTTPError, BodyTooLarge) as exc:
+                reply = exc
+        try:
+            step = flow.send(reply)
+        except StopIteration as done:
+            return done.value
+
+
 class AsyncSpineClient(_Base):
     """Asyncio client with the same rules; the poll sensor uses it for bounded concurrency."""
 
@@ -847,25 +866,15 @@ class AsyncSpineClient(_Base):
         await self._download_http.aclose()
 
     async def _drive(self, flow: Flow[T], http: httpx.AsyncClient) -> T:
-        step = next(flow)
-        while True:
-            reply: _Reply = None
-            if isinstance(step, _Sleep):
-                await asyncio.sleep(step.seconds)
-            else:
-                try:
-                    response = await http.send(_as_httpx(step.request), stream=True)
-                    try:
-                        body = await aread_capped(response, self.max_reply_bytes)
-                    finally:
-                        await response.aclose()
-                    reply = _Received(response.status_code, response.headers, body)
-                except (httpx.HTTPError, BodyTooLarge) as exc:
-                    reply = exc
+        async def send(request: _Outgoing) -> _Received:
+            response = await http.send(_as_httpx(request), stream=True)
             try:
-                step = flow.send(reply)
-            except StopIteration as done:
-                return done.value
+                body = await aread_capped(response, self.max_reply_bytes)
+            finally:
+                await response.aclose()
+            return _Received(response.status_code, response.headers, body)
+
+        return await _run_flow(flow, send)
 
     async def create_run(
         self,
@@ -940,21 +949,12 @@ class AsyncSpineClient(_Base):
 
     async def _drive_direct(self, flow: Flow[T]) -> T:
         """`_drive` for flows of `_Get`s: each is sent by `_get_direct`."""
-        step = next(flow)
-        while True:
-            reply: _Reply = None
-            if isinstance(step, _Sleep):
-                await asyncio.sleep(step.seconds)
-            else:
-                assert isinstance(step.request, _Get)
-                try:
-                    reply = await self._get_direct(step.request)
-                except (httpx.HTTPError, BodyTooLarge) as exc:
-                    reply = exc
-            try:
-                step = flow.send(reply)
-            except StopIteration as done:
-                return done.value
+
+        async def send(request: _Outgoing) -> _Received:
+            assert isinstance(request, _Get)
+            return await self._get_direct(request)
+
+        return await _run_flow(flow, send)
 
     async def get_dag(self, canvas_id: str, *, deadline: float | None = None) -> CanvasDAG:
         flow = self._get_flow(f"/canvas/{_segment(canvas_id, 'canvas_id')}/dag", deadline)
