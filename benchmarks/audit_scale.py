@@ -79,6 +79,18 @@ def _archive(runs: int, blocks: int, result: Result) -> Path:
     return base / "archive"
 
 
+def prepare(name: str, runs: int, result: Result) -> tuple[Path, Path, Path]:
+    """The cached archive of `runs` runs (generated if absent) with any increments a crashed
+    earlier run left removed, and a fresh scratch directory: (archive, scratch, audit db)."""
+    archive = _archive(runs, BLOCKS_PER_RUN, result)
+    _drop_increments(archive, runs // 100)
+    work = BENCH_DIR / "scratch" / name
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    return archive, work, work / "audit.duckdb"
+
+
 def _drop_increments(archive: Path, keep: int) -> None:
     """Remove manifests after `keep` (earlier increments) and the files they listed."""
     store = open_store(str(archive))
@@ -193,14 +205,8 @@ def _timed(fn: Callable[[], object]) -> float:
 def run(reps: int = 5, quick: bool = False) -> Result:
     result = Result("audit")
     runs = int(os.environ.get(RUNS_ENV) or (10_000 if quick else RUNS))
-    archive = _archive(runs, BLOCKS_PER_RUN, result)
+    archive, work, db = prepare("audit", runs, result)
     base_manifests = runs // 100
-    _drop_increments(archive, base_manifests)  # a crashed earlier run may have left some
-    work = BENCH_DIR / "scratch" / "audit"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    db = work / "audit.duckdb"
     uri = str(archive)
     result.facts.update(
         {"runs": runs, "blocks": runs * BLOCKS_PER_RUN, "manifests": base_manifests}

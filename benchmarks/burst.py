@@ -108,12 +108,17 @@ def submit(sim: SimProcess, n: int) -> list[str]:
 
 
 def pipeline_once(
-    sim: SimProcess, ids: list[str], workdir: Path, keys: Path | None = None
+    sim: SimProcess,
+    ids: list[str],
+    workdir: Path,
+    keys: Path | None = None,
+    timeout: float = 6 * TARGET_SECONDS,
 ) -> tuple[float, dict[str, Any]]:
     """Seconds from the first tick until every run is committed and the audit DB refreshed.
 
     With `keys` (a `keygen` directory) the pipeline signs, checkpoints and witnesses (a
     fresh local witness under `workdir`), and what it wrote is checked afterwards.
+    `timeout` guards against a hang; it is not the target.
     """
     _fresh(workdir)
     archive = workdir / "archive"
@@ -146,23 +151,34 @@ def pipeline_once(
             log,
             len(ids),
             tick_every=TICK_EVERY,
-            timeout=6 * TARGET_SECONDS,  # a guard against a hang, not the target
+            timeout=timeout,
         )
         seconds = time.perf_counter() - start
+        facts["worker_peak_rss_mb"] = [round(vm_hwm_mb(w.pid), 1) for w in pool.workers]
         facts["ticks"] = daemon.ticks
         facts["dagster_runs"] = daemon.archive_runs + daemon.audit_refreshes
+        facts["archive_runs"] = daemon.archive_runs
         facts["audit_refreshes"] = daemon.audit_refreshes
         if daemon.failed_runs:
             raise RuntimeError(f"Dagster runs failed: {daemon.failed_runs[:3]}")
         runs = instance.get_runs()
         facts["dagster_run_failures"] = sum(1 for r in runs if r.is_failure)
         facts["manifests"] = log.last_seq
-        facts.update(_phase_seconds(instance))
+        facts.update(_phase_seconds(instance, limit=max(1000, len(ids))))
         facts["timeline"] = timeline(instance, wall_start)
     if keys is not None:
         facts.update(_check_signed(archive, workdir / "witness", keys))
     facts["archive_bytes"] = _du(archive)
     return seconds, facts
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """Peak resident set size of a live process (VmHWM), in MiB."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _check_signed(archive: Path, witness: Path, keys: Path) -> dict[str, int]:

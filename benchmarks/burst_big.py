@@ -18,30 +18,15 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks import burst
 from benchmarks.common import BENCH_DIR, Result, Row, say
-from benchmarks.daemon import drive_burst, run_workers
-from benchmarks.dagster_env import pipeline_env
 from benchmarks.sim import SimProcess
-from spine_pipeline.archive.ledger import Ledger
-from spine_pipeline.archive.manifest import ManifestLog
-from spine_pipeline.archive.stores import open_store
 
 RUNS_ENV = "SPINE_BENCH_BURST_BIG_RUNS"
 RUNS = 10_000
-
-
-def vm_hwm_mb(pid: int) -> float:
-    """Peak resident set size of a live process (VmHWM), in MiB."""
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def event_log_rows(dagster_home: Path) -> dict[str, int]:
@@ -63,46 +48,9 @@ def event_log_rows(dagster_home: Path) -> dict[str, int]:
 
 
 def pipeline_big(sim: SimProcess, ids: list[str], workdir: Path) -> tuple[float, dict[str, Any]]:
-    burst._fresh(workdir)
-    archive = workdir / "archive"
-    ledger = Ledger(open_store(str(archive)))
-    from datetime import UTC, datetime
-
-    now = datetime.now(UTC)
-    for run_id in ids:
-        ledger.track(run_id, request_name="burst", submitted_at=now, now=now)
-    facts: dict[str, Any] = {}
-    with (
-        pipeline_env(base_url=sim.base_url, api_key=sim.api_key, workdir=workdir) as (
-            defs,
-            instance,
-        ),
-        run_workers(burst.WORKERS, workdir / "worker-logs") as pool,
-    ):
-        log = ManifestLog(open_store(str(archive)))
-        wall_start = time.time()
-        start = time.perf_counter()
-        daemon = drive_burst(
-            defs,
-            instance,
-            pool,
-            log,
-            len(ids),
-            tick_every=burst.TICK_EVERY,
-            timeout=3600.0,  # a guard against a hang
-        )
-        seconds = time.perf_counter() - start
-        facts["worker_peak_rss_mb"] = [round(vm_hwm_mb(w.pid), 1) for w in pool.workers]
-        if daemon.failed_runs:
-            raise RuntimeError(f"Dagster runs failed: {daemon.failed_runs[:3]}")
-        facts["ticks"] = daemon.ticks
-        facts["archive_runs"] = daemon.archive_runs
-        facts["audit_refreshes"] = daemon.audit_refreshes
-        facts["manifests"] = log.last_seq
-        facts.update(burst._phase_seconds(instance, limit=10_000))
-        facts["timeline"] = burst.timeline(instance, wall_start)
+    """`burst.pipeline_once` with a long guard, plus the event log's row counts."""
+    seconds, facts = burst.pipeline_once(sim, ids, workdir, timeout=3600.0)
     facts.update(event_log_rows(workdir / "dagster_home"))
-    facts["archive_bytes"] = burst._du(archive)
     return seconds, facts
 
 

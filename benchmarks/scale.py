@@ -36,11 +36,10 @@ from benchmarks import synth
 from benchmarks.audit_scale import (
     BLOCKS_PER_RUN,
     WORDS_QUERY,
-    _archive,
-    _drop_increments,
     _timed,
+    prepare,
 )
-from benchmarks.common import BENCH_DIR, Result, Row, median, say
+from benchmarks.common import Result, Row, median, say
 from benchmarks.ducklake import ingest_and_query, publish_all
 from spine_pipeline.archive.stores import open_store
 from spine_pipeline.archive.verify import verify_archive
@@ -65,14 +64,8 @@ def _tree_bytes(root: Path) -> int:
 def run(reps: int = 5, quick: bool = False) -> Result:
     result = Result("scale")
     runs = int(os.environ.get(RUNS_ENV) or (5_000 if quick else RUNS))
-    archive = _archive(runs, BLOCKS_PER_RUN, result)
+    archive, work, db = prepare("scale", runs, result)
     base_manifests = runs // 100
-    _drop_increments(archive, base_manifests)  # a crashed earlier run may have left some
-    work = BENCH_DIR / "scratch" / "scale"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    db = work / "audit.duckdb"
     uri = str(archive)
     size = f"{runs:,} runs"
     archive_bytes = _tree_bytes(archive)
