@@ -343,6 +343,20 @@ class Archiver:
         for _ in range(COMMIT_ATTEMPTS):
             if self.before_commit is not None:
                 self.before_commit(list(draft.files))
+            # The commit goes after the log as this writer knows it now, which may have
+            # caught up since the batch was fetched (a signing writer's checkpoint refreshes
+            # it): runs those newer manifests hold must leave the draft first, or a commit
+            # that wins its number outright would archive them twice.
+            taken = [r for r in runs if r.run_id in self.log.committed_runs]
+            if taken:
+                for run in taken:
+                    outcomes[run.run_id] = RunOutcome(
+                        run.run_id, "already_archived", seq=self.log.committed_runs[run.run_id]
+                    )
+                runs = [r for r in runs if r.run_id not in self.log.committed_runs]
+                if not runs:
+                    return None
+                draft = self._write_files(runs, new_batch_id())
             committed = self.log.commit(
                 draft,
                 signing_key=publisher.key if publisher else None,
@@ -354,19 +368,9 @@ class Archiver:
                 if publisher is not None:
                     self.checkpoint = publisher.publish(self.log)
                 return committed
-            # Lost the race for this sequence number: catch up; if the winner committed any
-            # of our runs, rewrite our files without them (the old ones become garbage).
+            # Lost the race for this sequence number: catch up and try again (the check above
+            # then drops the runs the winner committed; their old files become garbage).
             self.log.refresh()
-            taken = [r for r in runs if r.run_id in self.log.committed_runs]
-            for run in taken:
-                outcomes[run.run_id] = RunOutcome(
-                    run.run_id, "already_archived", seq=self.log.committed_runs[run.run_id]
-                )
-            if taken:
-                runs = [r for r in runs if r.run_id not in self.log.committed_runs]
-                if not runs:
-                    return None
-                draft = self._write_files(runs, new_batch_id())
         raise RuntimeError(f"could not commit a manifest after {COMMIT_ATTEMPTS} attempts")
 
     def _write_files(self, runs: list[FetchedRun], batch_id: str) -> Manifest:

@@ -178,6 +178,31 @@ def test_the_same_run_archived_by_two_racing_writers_appears_once(kit):
     assert len(keys) == len(set(keys))
 
 
+def test_a_run_another_writer_committed_before_our_log_caught_up_is_not_committed_again(kit):
+    """The log can catch up between fetching a batch and committing it (a signing writer's
+    checkpoint refreshes it); runs the newer manifests hold must leave the draft even when
+    our commit then wins its sequence number outright (racing signing writers on S3 found
+    this: a shared run in manifests 1 and 7)."""
+    shared = kit.submit("[scenario:completed] shared run")
+    own = kit.submit("[scenario:completed] only A")
+    state = {"raced": False}
+
+    def other_writer_commits_shared_and_we_catch_up(files):
+        if not state["raced"]:
+            state["raced"] = True
+            assert kit.archiver().archive(shared).manifest.seq == 1
+            archiver.log.refresh()
+
+    archiver = kit.archiver(before_commit=other_writer_commits_shared_and_we_catch_up)
+    result = archiver.archive(shared + own)
+    outcome = {o.run_id: o.outcome for o in result.outcomes}
+    assert outcome == {shared[0]: "already_archived", own[0]: "archived"}
+    log = ManifestLog(kit.store)
+    log.refresh()
+    assert [list(m.run_ids) for m in log] == [shared, own]
+    assert sorted(kit.tables()["runs"]["run_id"].to_pylist()) == sorted(shared + own)
+
+
 def test_expired_url_is_refreshed_by_refetching_the_run(kit):
     run_id = kit.submit("[scenario:completed] expiring", template="report")[0]
     kit.sim.set_faults("download:expiredx1")
