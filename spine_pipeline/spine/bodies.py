@@ -25,7 +25,15 @@ import httpx
 from spine_pipeline.spine.content_coding import ContentCodingError, StreamDecoder
 from spine_pipeline.spine.redact import redacted_field
 
-__all__ = ["FILE_BYTES", "PIECE", "BodyTooLarge", "BoundedDecoder", "aread_capped", "read_capped"]
+__all__ = [
+    "FILE_BYTES",
+    "PIECE",
+    "BodyTooLarge",
+    "BoundedDecoder",
+    "aread_capped",
+    "aread_raw_capped",
+    "read_capped",
+]
 
 #: Most bytes one inflate step may produce: the memory a hostile coding costs beyond the cap.
 PIECE = 1 << 20
@@ -155,9 +163,18 @@ def read_capped(response: httpx.Response, limit: int) -> bytes:
 
 async def aread_capped(response: httpx.Response, limit: int) -> bytes:
     """Async twin of `read_capped`."""
-    decoder = BoundedDecoder(response.status_code, response.headers, limit)
+    return await aread_raw_capped(
+        response.aiter_raw(), response.status_code, response.headers, limit
+    )
+
+
+async def aread_raw_capped(
+    raw_chunks: AsyncIterator[bytes], status: int, headers: httpx.Headers, limit: int
+) -> bytes:
+    """The decoded body of raw (still content-coded) chunks, refused past `limit` decoded
+    bytes: `aread_capped` without the httpx response, for the client's direct aiohttp GET."""
+    decoder = BoundedDecoder(status, headers, limit)
     body = _Body()
-    raw_chunks: AsyncIterator[bytes] = response.aiter_raw()
     try:
         async for raw in raw_chunks:
             body.extend(decoder.decode(raw))

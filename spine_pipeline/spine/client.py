@@ -32,7 +32,12 @@ import yarl
 from httpx_aiohttp import AiohttpTransport
 from httpx_aiohttp.transport import map_aiohttp_exceptions
 
-from spine_pipeline.spine.bodies import BodyTooLarge, BoundedDecoder, aread_capped, read_capped
+from spine_pipeline.spine.bodies import (
+    BodyTooLarge,
+    aread_capped,
+    aread_raw_capped,
+    read_capped,
+)
 from spine_pipeline.spine.content_coding import (
     ACCEPT_ENCODING,
     ContentCodingError,
@@ -928,7 +933,8 @@ class AsyncSpineClient(_Base):
         timeout (capped to the deadline by the flow) map to aiohttp's as that transport maps
         them, redirects are not followed, aiohttp's errors become the same httpx exceptions
         (its own `map_aiohttp_exceptions`, so retries and error types cannot drift), and the
-        body is read raw and inflated by `BoundedDecoder`, refused past `max_reply_bytes`.
+        body is read raw and inflated by `aread_raw_capped` (the same reader as `aread_capped`),
+        refused past `max_reply_bytes`.
         """
         phases = request.extensions.get("timeout")
         timeout = self._default_phases if phases is None else _client_timeout(phases)
@@ -940,12 +946,10 @@ class AsyncSpineClient(_Base):
                 timeout=timeout,
             ) as response:
                 headers = httpx.Headers(response.raw_headers)
-                decoder = BoundedDecoder(response.status, headers, self.max_reply_bytes)
-                pieces: list[bytes] = []
-                async for raw in response.content.iter_any():
-                    pieces.extend(decoder.decode(raw))
-                pieces.extend(decoder.flush())
-        return _Received(response.status, headers, b"".join(pieces))
+                body = await aread_raw_capped(
+                    response.content.iter_any(), response.status, headers, self.max_reply_bytes
+                )
+        return _Received(response.status, headers, body)
 
     async def _drive_direct(self, flow: Flow[T]) -> T:
         """`_drive` for flows of `_Get`s: each is sent by `_get_direct`."""
