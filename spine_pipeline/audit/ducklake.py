@@ -66,7 +66,7 @@ from spine_pipeline.audit.duck import AuditError, configure_s3, load_extension, 
 from spine_pipeline.audit.ingest import (
     Fetcher,
     IngestError,
-    _Prefetch,
+    Prefetch,
     check_file_runs,
     check_runs_covered,
     insert_manifest_row,
@@ -389,11 +389,11 @@ def _verify(
     fetcher: Fetcher,
     manifest: Manifest,
     report: PublishReport,
-    prefetch: _Prefetch | None = None,
+    prefetch: Prefetch | None = None,
 ) -> Counter[str]:
     """Check every listed file of the manifest (nothing is registered unless all match);
     with `prefetch`, its files were fetched, hashed and parsed ahead by the rebuild's rule
-    (`ingest._Prefetch`, the same `verified_table`)."""
+    (`ingest.Prefetch`, the same `verified_table`)."""
     rows: Counter[str] = Counter()
     seen: set[str] = set()
     prepared = prefetch.take(manifest) if prefetch is not None else {}
@@ -487,7 +487,7 @@ def _publish_manifests(
                 raise
             time.sleep(0.05 * (attempt + 1))
     fetcher = Fetcher(store)
-    prefetch: _Prefetch | None = None
+    prefetch: Prefetch | None = None
     pending: list[tuple[Manifest, Counter[str]]] = []
 
     def commit_pending() -> None:
@@ -519,7 +519,7 @@ def _publish_manifests(
     try:
         _, manifests = new_manifests(con, store)  # chain checked from the catalog's anchor
         if group > 1 and manifests:
-            prefetch = _Prefetch(fetcher, manifests)
+            prefetch = Prefetch(fetcher, manifests)
         for manifest in manifests:
             try:
                 rows = _verify(fetcher, manifest, report, prefetch)

@@ -254,7 +254,7 @@ def _prepare(fetcher: Fetcher, manifest: Manifest) -> _Prepared:
     return out
 
 
-class _Prefetch:
+class Prefetch:
     """A rebuild's next manifests fetched, verified and parsed in one worker thread while
     DuckDB inserts and indexes the current ones (sha256 and pyarrow release the GIL).
 
@@ -335,7 +335,7 @@ def _load_manifest(
     bulk: bool,
     signatures_verified: bool,
     pending: _Pending | None = None,
-    prefetch: _Prefetch | None = None,
+    prefetch: Prefetch | None = None,
 ) -> Counter[str]:
     """Verify and insert the manifest's files and its row (in the caller's transaction).
 
@@ -390,7 +390,7 @@ def _ingest_group(
     published_seq: int,
     bulk: bool = False,
     signatures_verified: bool = False,
-    prefetch: _Prefetch | None = None,
+    prefetch: Prefetch | None = None,
 ) -> None:
     """Ingest manifests in one transaction: all of them or none.
 
@@ -503,7 +503,7 @@ def ingest_manifests(
         if manifests is None:
             manifests = new_manifests(con, store)[1]
         size = BULK_GROUP if bulk else 1
-        prefetch = _Prefetch(fetcher, manifests) if bulk else None
+        prefetch = Prefetch(fetcher, manifests) if bulk else None
         try:
             for i in range(0, len(manifests), size):
                 progress(Step("audit: ingesting manifests", i, len(manifests)))
